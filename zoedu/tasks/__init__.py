@@ -1,0 +1,46 @@
+"""Tasks: ``load_task(name, tokenizer=None, seed=0, **options) -> Task``.
+
+=============  ==============  ===========================================================
+name           kind            what it is
+=============  ==============  ===========================================================
+sentiment      classification  generated reviews: negation, intensifiers, long-tailed lengths
+sst2           classification  GLUE SST-2 through ``datasets`` (online only)
+multidomain    lm              prose, Python code, ROT13 prose, arithmetic — one task each
+tabular        tabular         scikit-learn breast cancer or digits, as tensors
+=============  ==============  ===========================================================
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import SPLITS, Task, move_batch
+
+TASKS = ("sentiment", "sst2", "multidomain", "tabular")
+
+
+def load_task(name: str, *, tokenizer=None, seed: int = 0, **options) -> Task:
+    """Build the task ``name`` (see the table above); ``options`` go to its builder.
+
+    Text tasks tokenize with ``tokenizer``, by default the bundled MiniLM tokenizer
+    (:func:`zoedu.models.default_tokenizer`), which every offline model shares.
+    """
+    if name not in TASKS:
+        raise ValueError(f"task name={name!r} is unknown; allowed: {', '.join(TASKS)}")
+    module = import_module(f".{name}", __name__)
+    if name != "tabular" and tokenizer is None:
+        from ..models import default_tokenizer
+
+        tokenizer = default_tokenizer()
+    try:
+        return module.build(tokenizer, seed=seed, **options)
+    except TypeError as err:
+        if "unexpected keyword" in str(err):
+            import inspect
+
+            allowed = [p for p in inspect.signature(module.build).parameters if p not in ("tokenizer", "seed")]
+            raise ValueError(f"task {name!r}: {err}; allowed options: {', '.join(allowed)}") from None
+        raise
+
+
+__all__ = ["SPLITS", "TASKS", "Task", "load_task", "move_batch"]

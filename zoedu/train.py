@@ -1,0 +1,329 @@
+"""The one training loop: ``fit(model, task, method, ...) -> History``.
+
+Every method — Adam, SGD, IP-SGD, MeZO, Addax, semi-DP SGD, with or without a data
+mixer — runs through :func:`fit`, so comparisons share the objective
+(:meth:`zoedu.tasks.Task.loss`), the batches, the evaluation and the bookkeeping.
+
+How a method plugs in
+---------------------
+A *method* is a factory ``make(ctx: FitContext, **options) -> Runner``. A runner has an
+``optimizer`` attribute (or ``None``) and ``step(step) -> dict`` that performs one
+training step and returns at least ``loss`` (float), ``forward_passes`` and
+``backward_passes`` (this step's counts); any other keys become History columns.
+Built-in: ``"adam"`` and ``"sgd"``; the packages ``zoedu.optim``, ``zoedu.mixing`` and
+``zoedu.privacy`` contribute theirs through a ``FIT_METHODS`` dict, and users add their
+own with :func:`register_method`. A ``torch.optim.Optimizer`` instance is a method too:
+it is driven with a forward–backward closure, or — when it declares
+``zeroth_order = True`` — with a forward-only closure under ``torch.no_grad``.
+
+Batches come from a *batch source* (``next_batch(ctx) -> batch``): by default a uniform
+random draw from the training split; ``mixer=`` hands multi-task sampling to
+:func:`zoedu.mixing.make_batch_source`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .models import resolve_device
+from .tasks import Task, move_batch
+
+History = pd.DataFrame
+"""A History is a pandas DataFrame, one row per step (see :func:`fit`)."""
+
+MethodFactory = Callable[..., Any]
+_USER_METHODS: dict[str, MethodFactory] = {}
+
+
+# --------------------------------------------------------------------------- context
+@dataclass
+class FitContext:
+    """What a method needs from the loop: the model, the task, the batches and the loss."""
+
+    model: nn.Module
+    task: Task
+    lr: float
+    batch_size: int
+    seed: int
+    device: torch.device
+    rng: np.random.Generator = field(repr=False)
+    batch_source: Any = field(default=None, repr=False)
+
+    def params(self) -> list[nn.Parameter]:
+        """The trainable parameters, in registration order (tied weights once)."""
+        seen, out = set(), []
+        for p in self.model.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def sample(self, batch_size: int | None = None, *, split: str = "train",
+               indices: np.ndarray | None = None) -> dict:
+        """A batch on the device: from the batch source, or from ``indices`` if given."""
+        if indices is None and batch_size is None and self.batch_source is not None:
+            batch = self.batch_source.next_batch(self)
+        else:
+            batch = self.task.sample(split, batch_size or self.batch_size, self.rng, indices=indices)
+        return move_batch(batch, self.device)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """The training objective on ``batch`` (mean per-example loss)."""
+        return self.task.loss(self.model, batch)
+
+
+def check_loss(loss: torch.Tensor | float, where: str = "the loss") -> float:
+    """The loss as a float; a clear error when it is NaN or infinite."""
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"{where} is {value}; training diverged. Lower the learning rate (lr) or check the data."
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- runners
+class FirstOrderRunner:
+    """Drive a first-order ``torch.optim.Optimizer``: sample, forward, backward, step."""
+
+    def __init__(self, ctx: FitContext, optimizer: torch.optim.Optimizer):
+        self.ctx, self.optimizer = ctx, optimizer
+
+    def step(self, step: int) -> dict:
+        batch = self.ctx.sample()
+
+        def closure():
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.ctx.loss(batch)
+            check_loss(loss, f"the loss at step {step}")
+            loss.backward()
+            return loss
+
+        loss = self.optimizer.step(closure)
+        return {"loss": float(loss.detach()), "forward_passes": 1, "backward_passes": 1}
+
+
+class ZerothOrderRunner:
+    """Drive an optimizer that declares ``zeroth_order = True`` with a forward-only closure."""
+
+    def __init__(self, ctx: FitContext, optimizer: torch.optim.Optimizer):
+        self.ctx, self.optimizer = ctx, optimizer
+
+    def step(self, step: int) -> dict:
+        batch = self.ctx.sample()
+
+        @torch.no_grad()
+        def closure():
+            return self.ctx.loss(batch)
+
+        loss = self.optimizer.step(closure)
+        fwd = int(getattr(self.optimizer, "forwards_per_step", 2))
+        return {"loss": float(loss), "forward_passes": fwd, "backward_passes": 0}
+
+
+def _make_adam(ctx: FitContext, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    return FirstOrderRunner(ctx, torch.optim.AdamW(ctx.params(), lr=ctx.lr, betas=betas, eps=eps,
+                                                   weight_decay=weight_decay))
+
+
+def _make_sgd(ctx: FitContext, *, momentum=0.0, weight_decay=0.0):
+    return FirstOrderRunner(ctx, torch.optim.SGD(ctx.params(), lr=ctx.lr, momentum=momentum,
+                                                 weight_decay=weight_decay))
+
+
+_BUILTIN: dict[str, MethodFactory] = {"adam": _make_adam, "sgd": _make_sgd}
+_PLUGIN_PACKAGES = ("zoedu.optim", "zoedu.mixing", "zoedu.privacy")
+
+
+def register_method(name: str, factory: MethodFactory) -> None:
+    """Make ``fit(..., method=name)`` use ``factory(ctx, **options) -> runner``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name={name!r} must be a non-empty string")
+    if not callable(factory):
+        raise ValueError(f"factory for {name!r} must be callable, got {type(factory).__name__}")
+    _USER_METHODS[name] = factory
+
+
+def methods() -> dict[str, MethodFactory]:
+    """Every method name that :func:`fit` accepts, with its factory."""
+    found = dict(_BUILTIN)
+    for pkg in _PLUGIN_PACKAGES:
+        try:
+            module = import_module(pkg)
+        except ImportError as err:  # a package that is not there yet contributes nothing
+            if err.name != pkg:
+                raise
+            continue
+        found.update(getattr(module, "FIT_METHODS", {}))
+    found.update(_USER_METHODS)
+    return found
+
+
+def available_methods() -> list[str]:
+    """Sorted names of the methods :func:`fit` accepts."""
+    return sorted(methods())
+
+
+def _runner_for(method, ctx: FitContext, options: dict):
+    if isinstance(method, torch.optim.Optimizer):
+        if options:
+            raise ValueError(f"method options {sorted(options)} cannot be used with an optimizer instance")
+        cls = ZerothOrderRunner if getattr(method, "zeroth_order", False) else FirstOrderRunner
+        return cls(ctx, method)
+    if not isinstance(method, str):
+        raise ValueError(f"method={method!r} must be a method name or a torch.optim.Optimizer; "
+                         f"names: {', '.join(available_methods())}")
+    table = methods()
+    if method not in table:
+        raise ValueError(f"method={method!r} is unknown; allowed: {', '.join(sorted(table))}")
+    try:
+        return table[method](ctx, **options)
+    except TypeError as err:
+        if "unexpected keyword" in str(err):
+            raise ValueError(f"method {method!r}: {err}") from None
+        raise
+
+
+# --------------------------------------------------------------------------- memory
+def _cuda_peak(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
+
+
+# --------------------------------------------------------------------------- the loop
+def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_size: int = 16,
+        seed: int = 0, device="auto", eval_every: int | None = None,
+        eval_examples: int | None = None, eval_batch_size: int = 64, mixer=None,
+        track_memory: bool = True, quiet: bool = False, progress_desc: str | None = None,
+        **method_options) -> History:
+    """Train ``model`` on ``task`` with ``method`` for ``steps`` steps; return the History.
+
+    Args:
+        model: any ``nn.Module`` the task can call (a transformers model for text tasks).
+        task: a :class:`zoedu.tasks.Task`.
+        method: a name from :func:`available_methods` or a ``torch.optim.Optimizer``.
+        steps: number of optimizer steps (> 0).
+        lr: learning rate (> 0).
+        batch_size: examples per step.
+        seed: seeds batch order, dropout and every method's randomness; the same seed
+            gives the same History on CPU (but for ``seconds``).
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        eval_every: evaluate on the validation split every this many steps (and after
+            the last step); ``None`` evaluates only after the last step, ``0`` never.
+        eval_examples: evaluate on at most this many validation examples.
+        mixer: a data mixer for multi-domain tasks (a name such as ``"uniform"`` or
+            ``"pike"``, a sampler or a PiKE object; see :mod:`zoedu.mixing`).
+        track_memory: record ``peak_memory`` (bytes): on CUDA each step's peak from the
+            allocator; on CPU the first step is measured with :func:`zoedu.memory.measure`
+            (steps after it have the same footprint) and the column holds the running max.
+        quiet: no progress bar.
+        **method_options: passed to the method's factory (e.g. ``eps`` for MeZO).
+
+    Returns:
+        A DataFrame with one row per step: ``step``, ``loss``, ``eval_loss`` and
+        ``eval_accuracy`` (NaN except at eval steps), ``seconds`` (cumulative training
+        wall time, evaluation excluded), ``forward_passes`` and ``backward_passes``
+        (cumulative), ``peak_memory``, and the method's own columns. ``attrs`` holds the
+        method, lr, seed, device and parameter count.
+    """
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive integer")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr={lr!r} must be a positive finite number")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    if eval_every is not None and (not isinstance(eval_every, (int, np.integer)) or eval_every < 0):
+        raise ValueError(f"eval_every={eval_every!r} must be None, 0 (never) or a positive integer")
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a zoedu.tasks.Task (see zoedu.tasks.load_task), got {type(task).__name__}")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    dev = resolve_device(device)
+    model.to(dev)
+    model.train()
+    torch.manual_seed(seed)
+    ctx = FitContext(model=model, task=task, lr=float(lr), batch_size=int(batch_size), seed=seed,
+                     device=dev, rng=np.random.default_rng(seed))
+    if mixer is not None:
+        from .mixing import make_batch_source
+
+        ctx.batch_source = make_batch_source(mixer, ctx)
+    runner = _runner_for(method, ctx, method_options)
+    name = method if isinstance(method, str) else type(method).__name__.lower()
+
+    rows: list[dict] = []
+    seconds = 0.0
+    fwd = bwd = 0
+    peak = 0
+    eval_at = set()
+    if eval_every is None:
+        eval_at = {steps}
+    elif eval_every > 0:
+        eval_at = set(range(eval_every, steps + 1, eval_every)) | {steps}
+    bar = None
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=progress_desc or name, leave=False)
+    try:
+        for step in range(1, steps + 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+            t0 = time.perf_counter()
+            if track_memory and dev.type == "cpu" and step == 1:
+                from .memory import measure
+
+                out: dict = {}
+                footprint = measure(lambda: out.update(runner.step(step)), model=model,
+                                    optimizer=getattr(runner, "optimizer", None))
+                peak = max(peak, int(footprint.total))
+            else:
+                out = runner.step(step)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds += time.perf_counter() - t0
+            if track_memory and dev.type == "cuda":
+                peak = max(peak, _cuda_peak(dev))
+            if "loss" not in out:
+                raise RuntimeError(f"method {name!r} returned no 'loss' from its step")
+            fwd += int(out.pop("forward_passes", 0))
+            bwd += int(out.pop("backward_passes", 0))
+            row = {"step": step, "loss": float(out.pop("loss"))}
+            if step in eval_at:
+                metrics = task.evaluate(model, "validation", batch_size=eval_batch_size,
+                                        max_examples=eval_examples, device=dev)
+                row.update({f"eval_{k}": v for k, v in metrics.items()})
+            row.update(seconds=seconds, forward_passes=fwd, backward_passes=bwd,
+                       peak_memory=peak if track_memory else np.nan)
+            if ctx.batch_source is not None and hasattr(ctx.batch_source, "after_step"):
+                ctx.batch_source.after_step(ctx, step, out)
+            row.update(out)
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    history = pd.DataFrame(rows)
+    for col in ("eval_loss", "eval_accuracy"):
+        if col not in history:
+            history[col] = np.nan
+    from .models import count_parameters
+
+    history.attrs.update(method=name, lr=float(lr), seed=seed, batch_size=int(batch_size),
+                         device=str(dev), task=task.name, parameters=count_parameters(model))
+    return history
+
