@@ -1,0 +1,58 @@
+"""The ``zoedu`` command.
+
+Each subcommand lives next to the code it drives: a module listed in
+:data:`SUBCOMMAND_MODULES` defines ``add_cli(subparsers)``, which adds its parser and sets
+``func`` (called with the parsed arguments; its return value is the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+from . import __version__
+
+SUBCOMMAND_MODULES = (
+    "zoedu.experiments.compare",   # zoedu compare
+    "zoedu.experiments.memory",    # zoedu memory
+    "zoedu.experiments.mixing",    # zoedu mix
+    "zoedu.experiments.privacy",   # zoedu privacy
+    "zoedu.notebooks",             # zoedu notebooks run|check
+    "zoedu.assignments",           # zoedu assignments build
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoedu",
+        description="Memory-efficient and private training of language models, made visible.",
+    )
+    parser.add_argument("--version", action="version", version=f"zoedu {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = import_module(name)
+        except ImportError as err:
+            if err.name == name:  # not written yet
+                continue
+            raise
+        module.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"zoedu {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
