@@ -1,0 +1,165 @@
+"""Shared look of every zoedu figure: theme, one colour per method, notebook setup.
+
+Every figure builder in :mod:`zoedu.viz` is a pure function from data (a History, a
+DataFrame of footprints, arrays) to a ``plotly.graph_objects.Figure`` and calls
+:func:`apply_theme` last, so all notebooks look alike. Colours are keyed by *name*
+(method, memory category, domain) so the same method has the same colour in every
+notebook.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+# One colour per method, stable across notebooks (Okabe–Ito-like, colour-blind safe).
+METHOD_COLORS: dict[str, str] = {
+    # optimizers (notebooks 00–03)
+    "adam": "#0072B2",
+    "sgd": "#56B4E9",
+    "ipsgd": "#009E73",
+    "mezo": "#D55E00",
+    "addax": "#CC79A7",
+    "inference": "#7F7F7F",
+    # data mixing (notebook 04)
+    "uniform": "#7F7F7F",
+    "pike": "#CC79A7",
+    "balanced_pike": "#882255",
+    "pcgrad": "#E69F00",
+    "mgda": "#0072B2",
+    # DP with public data (notebook 05)
+    "throw_away": "#E69F00",
+    "treat_as_private": "#56B4E9",
+    "semi_dp": "#CC79A7",
+    "public_only": "#E69F00",
+    "dp_sgd": "#56B4E9",
+    "semi_dp_sgd": "#CC79A7",
+}
+
+# Memory categories of zoedu.memory.Footprint, bottom to top of a stacked bar.
+MEMORY_CATEGORIES: tuple[str, ...] = ("params", "grads", "optimizer", "activations", "other")
+MEMORY_COLORS: dict[str, str] = {
+    "params": "#4C72B0",
+    "grads": "#DD8452",
+    "optimizer": "#C44E52",
+    "activations": "#55A868",
+    "other": "#B0B0B0",
+}
+
+# Human names for legends and axes.
+METHOD_LABELS: dict[str, str] = {
+    "adam": "Adam", "sgd": "SGD", "ipsgd": "IP-SGD", "mezo": "MeZO", "addax": "Addax",
+    "inference": "inference", "uniform": "uniform", "pike": "PiKE",
+    "balanced_pike": "Balanced-PiKE", "pcgrad": "PCGrad", "mgda": "MGDA",
+    "throw_away": "throw away private", "treat_as_private": "treat public as private",
+    "semi_dp": "semi-DP (weighted)", "public_only": "public only", "dp_sgd": "DP-SGD",
+    "semi_dp_sgd": "semi-DP SGD",
+}
+
+_FALLBACK = ("#332288", "#117733", "#44AA99", "#88CCEE", "#DDCC77", "#CC6677", "#AA4499",
+             "#882255", "#999933", "#661100")
+
+TEMPLATE = "zoedu"
+GiB = 1024 ** 3
+
+
+def _register_template() -> None:
+    if TEMPLATE in pio.templates:
+        return
+    base = pio.templates["plotly_white"]
+    tmpl = go.layout.Template(base)
+    tmpl.layout.font = dict(family="Helvetica, Arial, sans-serif", size=13)
+    tmpl.layout.margin = dict(l=60, r=20, t=60, b=50)
+    tmpl.layout.legend = dict(bgcolor="rgba(255,255,255,0.6)")
+    tmpl.layout.colorway = list(_FALLBACK)
+    pio.templates[TEMPLATE] = tmpl
+
+
+_register_template()
+
+
+def method_color(name: str, index: int = 0) -> str:
+    """The colour of ``name`` (a method, mixer or estimator); a stable fallback otherwise."""
+    key = str(name).lower().replace("-", "_")
+    if key in METHOD_COLORS:
+        return METHOD_COLORS[key]
+    if key in MEMORY_COLORS:
+        return MEMORY_COLORS[key]
+    return _FALLBACK[(index if index else sum(map(ord, key))) % len(_FALLBACK)]
+
+
+def method_label(name: str) -> str:
+    """The display name of ``name`` ("ipsgd" -> "IP-SGD"); the name itself otherwise."""
+    return METHOD_LABELS.get(str(name).lower().replace("-", "_"), str(name))
+
+
+def apply_theme(fig: go.Figure, *, title: str | None = None, height: int | None = None,
+                width: int | None = None) -> go.Figure:
+    """Give ``fig`` the zoedu look (template, title, size) and return it."""
+    if not isinstance(fig, go.Figure):
+        raise ValueError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
+    fig.update_layout(template=TEMPLATE)
+    if title is not None:
+        fig.update_layout(title=dict(text=title, x=0.01, xanchor="left"))
+    if height is not None:
+        fig.update_layout(height=height)
+    if width is not None:
+        fig.update_layout(width=width)
+    return fig
+
+
+def format_bytes(n: float) -> str:
+    """``1536 -> '1.5 KiB'``: bytes in the largest unit that keeps the number ≥ 1."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"  # pragma: no cover
+
+
+def require_columns(df, columns: Iterable[str], argument: str = "data") -> None:
+    """Raise a ValueError naming ``argument`` when ``df`` lacks any of ``columns``."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{argument} is missing column(s) {missing}; it has {list(df.columns)}")
+
+
+def check_choice(value, allowed: Iterable, argument: str):
+    """Return ``value`` if it is one of ``allowed``; else a ValueError naming both."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{argument}={value!r} is not allowed; choose one of {allowed}")
+    return value
+
+
+def setup_notebook(*, renderer: str | None = None, quiet: bool = True) -> str:
+    """Prepare a notebook for zoedu figures; returns the plotly renderer in use.
+
+    - plotly renderer ``"plotly_mimetype+notebook"``: figures render in JupyterLab and
+      the executed notebook's HTML (nbconvert) embeds plotly.js, so it works offline;
+    - the zoedu template is the default for every figure;
+    - ``quiet`` silences the progress bars and transformers' warnings, which would
+      otherwise clutter executed notebooks.
+
+    ``ZOEDU_PLOTLY_RENDERER`` overrides the renderer (e.g. ``png`` for a static export).
+    """
+    renderer = renderer or os.environ.get("ZOEDU_PLOTLY_RENDERER", "plotly_mimetype+notebook")
+    pio.renderers.default = renderer
+    pio.templates.default = TEMPLATE
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+        except Exception:  # pragma: no cover - transformers is a dependency
+            pass
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+    return renderer
