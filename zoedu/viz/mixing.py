@@ -1,0 +1,382 @@
+"""Figures and dashboards for multi-task data mixing and gradient conflicts (notebook 04).
+
+Li, Deng, Zhong, Razaviyayn, Mirrokni, "PiKE: Adaptive Data Mixing for Large-Scale
+Multi-Task Learning Under Low Gradient Conflicts", NeurIPS 2025; the conflict-averse
+baselines PCGrad (Yu et al., NeurIPS 2020) and MGDA (Sener & Koltun, NeurIPS 2018).
+
+Builders are pure functions from the data of :mod:`zoedu.experiments.mixing` (DataFrames,
+Histories, cosine matrices) to plotly figures:
+
+* :func:`conflict_figure` / :class:`ConflictDashboard` — the synthetic K-task problem at
+  one conflict level (a slider over the levels): average and worst-task loss per mixer;
+* :func:`conflict_summary_figure` — final loss against the conflict level;
+* :func:`cosine_heatmap` / :class:`CosineDashboard` — the K×K cosine matrix between domain
+  gradients (a negative entry is a conflict), with a slider over training steps;
+* :func:`mixing_weights_figure` — PiKE's mixing weights w_k over training against uniform;
+* :func:`domain_losses_figure` — per-domain validation loss of each mixer, its average and worst;
+* :func:`tau_figure` — Balanced-PiKE's τ against the average and the worst-domain loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .common import apply_theme, method_color, method_label, require_columns
+
+MIXERS = ("uniform", "proportional", "round_robin", "random_task", "pcgrad", "mgda", "pike",
+          "balanced_pike")
+"""The mixers in the order they are drawn (others follow in the order they appear)."""
+
+DOMAIN_COLORS = {"prose": "#0072B2", "code": "#D55E00", "rot13": "#009E73", "arithmetic": "#CC79A7"}
+
+
+def _key(name) -> str:
+    return str(name).lower().replace("-", "_")
+
+
+def _ordered(names: Sequence) -> list:
+    present = list(dict.fromkeys(names))
+    known = [m for m in MIXERS if m in {_key(p) for p in present}]
+    by_key = {_key(p): p for p in present}
+    ordered = [by_key[m] for m in known]
+    return ordered + [p for p in present if p not in ordered]
+
+
+def domain_color(name: str, index: int = 0) -> str:
+    """The colour of a domain (``prose``, ``code`` …); a method colour or fallback otherwise."""
+    return DOMAIN_COLORS.get(str(name), method_color(f"domain_{name}", index))
+
+
+def _mixer_label(name) -> str:
+    key = _key(name)
+    return method_label(key) if key in ("pike", "balanced_pike", "pcgrad", "mgda", "uniform") else str(name)
+
+
+# --------------------------------------------------------------------------- synthetic conflict
+def conflict_figure(results: pd.DataFrame, *, conflict: float | None = None,
+                    losses: Sequence[str] = ("average_loss", "worst_loss"), log_y: bool = True,
+                    title: str | None = None) -> go.Figure:
+    """Loss curves of each mixer on the synthetic problem at one conflict level.
+
+    ``results`` is long-format, one row per (conflict, mixer, step), with the columns
+    named in ``losses`` (one panel each, e.g. the average over tasks and the worst task).
+    ``conflict`` selects the level (nearest available); ``None`` needs a single level.
+    """
+    require_columns(results, ["mixer", "step", *losses], "results")
+    data = _at_conflict(results, conflict)
+    fig = make_subplots(rows=1, cols=len(losses), horizontal_spacing=0.08,
+                        subplot_titles=[c.replace("_", " ") for c in losses])
+    for mixer in _ordered(data["mixer"].tolist()):
+        part = data[data["mixer"] == mixer].sort_values("step")
+        for j, col in enumerate(losses):
+            fig.add_trace(go.Scatter(
+                x=part["step"].to_numpy(float), y=part[col].to_numpy(float), mode="lines",
+                name=_mixer_label(mixer), legendgroup=str(mixer), showlegend=j == 0,
+                line=dict(color=method_color(_key(mixer)), width=2.5),
+                hovertemplate=f"{_mixer_label(mixer)}<br>step=%{{x}}<br>{col}=%{{y:.4g}}<extra></extra>"),
+                row=1, col=j + 1)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(type="log" if log_y else "linear")
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    level = data["conflict"].iloc[0] if "conflict" in data else None
+    return apply_theme(fig, title=title or "Synthetic multi-task problem"
+                       + (f" at conflict = {level:g}" if level is not None else ""), height=420)
+
+
+def _at_conflict(results: pd.DataFrame, conflict: float | None) -> pd.DataFrame:
+    if "conflict" not in results:
+        if conflict is not None:
+            raise ValueError("conflict was given but results has no 'conflict' column")
+        return results
+    levels = np.asarray(sorted(set(results["conflict"].astype(float))))
+    if conflict is None:
+        if len(levels) > 1:
+            raise ValueError(f"results holds several conflict levels {levels.tolist()}; pass conflict=")
+        conflict = levels[0]
+    level = levels[np.argmin(np.abs(levels - float(conflict)))]
+    return results[np.isclose(results["conflict"].astype(float), level)]
+
+
+def conflict_summary_figure(results: pd.DataFrame, *, loss: str = "average_loss",
+                            log_y: bool = True, title: str | None = None) -> go.Figure:
+    """Final ``loss`` of each mixer against the conflict level (aligned → orthogonal → opposed)."""
+    require_columns(results, ["conflict", "mixer", "step", loss], "results")
+    last = results.sort_values("step").groupby(["mixer", "conflict"], as_index=False).last()
+    fig = go.Figure()
+    for mixer in _ordered(last["mixer"].tolist()):
+        part = last[last["mixer"] == mixer].sort_values("conflict")
+        fig.add_trace(go.Scatter(x=part["conflict"].to_numpy(float), y=part[loss].to_numpy(float),
+                                 mode="lines+markers", name=_mixer_label(mixer),
+                                 line=dict(color=method_color(_key(mixer)), width=2.5)))
+    fig.update_xaxes(title_text="conflict level (0 = aligned, 1 = opposed)")
+    fig.update_yaxes(title_text=f"final {loss.replace('_', ' ')}", type="log" if log_y else "linear")
+    return apply_theme(fig, title=title or "Which mixer wins depends on the conflict level", height=400)
+
+
+class ConflictDashboard:
+    """A slider over the synthetic problem's conflict levels redrawing :func:`conflict_figure`.
+
+    Set ``dash.conflict.value``; ``dash.figure`` (a ``go.FigureWidget``) gets the curves
+    of that level. ``dash.widget`` is the container to display.
+    """
+
+    def __init__(self, results: pd.DataFrame, *, losses: Sequence[str] = ("average_loss", "worst_loss"),
+                 conflict: float | None = None, log_y: bool = True):
+        import ipywidgets as widgets
+
+        require_columns(results, ["conflict", "mixer", "step", *losses], "results")
+        if results.empty:
+            raise ValueError("results is empty")
+        self.results, self.losses, self.log_y = results, tuple(losses), log_y
+        levels = sorted(set(results["conflict"].astype(float)))
+        start = levels[0] if conflict is None else min(levels, key=lambda v: abs(v - conflict))
+        self.conflict = widgets.SelectionSlider(options=[(f"{v:g}", v) for v in levels], value=start,
+                                                description="conflict", continuous_update=False)
+        self.figure = go.FigureWidget(self._build(start))
+        self.conflict.observe(self._on_change, names="value")
+        self.widget = widgets.VBox([self.conflict, self.figure])
+
+    def _build(self, level: float) -> go.Figure:
+        return conflict_figure(self.results, conflict=level, losses=self.losses, log_y=self.log_y)
+
+    def _on_change(self, change=None) -> None:
+        new = self._build(self.conflict.value)
+        with self.figure.batch_update():
+            for old, fresh in zip(self.figure.data, new.data):
+                old.x, old.y = fresh.x, fresh.y
+            self.figure.layout.title = new.layout.title
+
+
+def conflict_dashboard(results: pd.DataFrame, **options):
+    """The :class:`ConflictDashboard` widget for ``results`` (see the class)."""
+    return ConflictDashboard(results, **options).widget
+
+
+# --------------------------------------------------------------------------- cosine matrices
+def _check_matrix(matrix, domains: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"matrix must be a square K×K cosine matrix, got shape {m.shape}")
+    names = list(domains) if domains is not None else [f"task {k}" for k in range(m.shape[0])]
+    if len(names) != m.shape[0]:
+        raise ValueError(f"domains has {len(names)} names but the matrix is {m.shape[0]}×{m.shape[0]}")
+    return m, [str(n) for n in names]
+
+
+def cosine_heatmap(matrix, domains: Sequence[str] | None = None, *, step: int | None = None,
+                   title: str | None = None) -> go.Figure:
+    """The K×K cosine matrix between task gradients: red < 0 (conflict), blue > 0 (aligned)."""
+    m, names = _check_matrix(matrix, domains)
+    fig = go.Figure(go.Heatmap(
+        z=m, x=names, y=names, zmin=-1, zmax=1, zmid=0, colorscale="RdBu",
+        text=np.round(m, 2), texttemplate="%{text:.2f}", colorbar=dict(title="cosine"),
+        hovertemplate="cos(∇L_%{y}, ∇L_%{x}) = %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    default = "Cosine between domain gradients" + (f" at step {step}" if step is not None else "")
+    return apply_theme(fig, title=title or default, height=460, width=560)
+
+
+def cosine_snapshots(history: pd.DataFrame, column: str = "cosine") -> list[tuple[int, np.ndarray]]:
+    """The (step, K×K matrix) pairs stored in a History's ``column`` (NaN rows skipped)."""
+    require_columns(history, ["step", column], "history")
+    out = []
+    for step, value in zip(history["step"], history[column]):
+        if value is None or (np.isscalar(value) and pd.isna(value)):
+            continue
+        out.append((int(step), np.asarray(value, dtype=float)))
+    if not out:
+        raise ValueError(f"history has no cosine matrices in column {column!r}")
+    return out
+
+
+class CosineDashboard:
+    """A slider over training steps redrawing :func:`cosine_heatmap`.
+
+    ``snapshots`` is a list of ``(step, K×K matrix)`` (see :func:`cosine_snapshots`) or a
+    History with a ``cosine`` column. Set ``dash.step.value`` to a recorded step;
+    ``dash.figure.data[0].z`` becomes that step's matrix.
+    """
+
+    def __init__(self, snapshots, domains: Sequence[str] | None = None):
+        import ipywidgets as widgets
+
+        if isinstance(snapshots, pd.DataFrame):
+            snapshots = cosine_snapshots(snapshots)
+        snapshots = [(int(s), np.asarray(m, dtype=float)) for s, m in snapshots]
+        if not snapshots:
+            raise ValueError("snapshots must hold at least one (step, matrix) pair")
+        self.snapshots = dict(snapshots)
+        _, self.domains = _check_matrix(snapshots[0][1], domains)
+        steps = sorted(self.snapshots)
+        self.step = widgets.SelectionSlider(options=steps, value=steps[0], description="step",
+                                            continuous_update=True)
+        self.figure = go.FigureWidget(cosine_heatmap(self.snapshots[steps[0]], self.domains, step=steps[0]))
+        self.step.observe(self._on_change, names="value")
+        self.widget = widgets.VBox([self.step, self.figure])
+
+    def _on_change(self, change=None) -> None:
+        step = self.step.value
+        m, _ = _check_matrix(self.snapshots[step], self.domains)
+        with self.figure.batch_update():
+            self.figure.data[0].z = m
+            self.figure.data[0].text = np.round(m, 2)
+            self.figure.layout.title.text = f"Cosine between domain gradients at step {step}"
+
+
+def cosine_dashboard(snapshots, domains: Sequence[str] | None = None):
+    """The :class:`CosineDashboard` widget (see the class)."""
+    return CosineDashboard(snapshots, domains).widget
+
+
+def off_diagonal_summary(snapshots) -> pd.DataFrame:
+    """Per recorded step: the mean, min and fraction of negative off-diagonal cosines."""
+    if isinstance(snapshots, pd.DataFrame):
+        snapshots = cosine_snapshots(snapshots)
+    rows = []
+    for step, m in snapshots:
+        m = np.asarray(m, dtype=float)
+        off = m[~np.eye(len(m), dtype=bool)]
+        rows.append({"step": int(step), "mean_cosine": float(off.mean()), "min_cosine": float(off.min()),
+                     "fraction_negative": float((off < 0).mean())})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- weights and losses
+def _prefixed(history: pd.DataFrame, prefix: str) -> list[str]:
+    return [c for c in history.columns if c.startswith(prefix)]
+
+
+def mixing_weights_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame], *,
+                          prefix: str = "weight/", title: str | None = None) -> go.Figure:
+    """Mixing weights w_k over training (one line per domain) against uniform 1/K (dashed).
+
+    ``histories`` is a History with ``weight/<domain>`` columns, or a dict of them (one
+    panel per mixer, e.g. PiKE and Balanced-PiKE).
+    """
+    if isinstance(histories, pd.DataFrame):
+        histories = {histories.attrs.get("mixer", "pike"): histories}
+    if not histories:
+        raise ValueError("histories must hold at least one History")
+    names = list(histories)
+    fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True, horizontal_spacing=0.05,
+                        subplot_titles=[_mixer_label(n) for n in names])
+    for j, name in enumerate(names):
+        h = histories[name]
+        cols = _prefixed(h, prefix)
+        if not cols:
+            raise ValueError(f"the History of {name!r} has no {prefix}<domain> columns; columns: {list(h.columns)}")
+        require_columns(h, ["step"], f"histories[{name!r}]")
+        for i, col in enumerate(cols):
+            domain = col[len(prefix):]
+            part = h[["step", col]].dropna()
+            fig.add_trace(go.Scatter(x=part["step"].to_numpy(float), y=part[col].to_numpy(float),
+                                     mode="lines", name=domain, legendgroup=domain, showlegend=j == 0,
+                                     line=dict(color=domain_color(domain, i), width=2.5, shape="hv")),
+                          row=1, col=j + 1)
+        fig.add_hline(y=1.0 / len(cols), line=dict(color="#7F7F7F", dash="dash"),
+                      annotation_text="uniform 1/K" if j == 0 else None, row=1, col=j + 1)
+        fig.update_xaxes(title_text="step", row=1, col=j + 1)
+    fig.update_yaxes(title_text="mixing weight w_k", rangemode="tozero", row=1, col=1)
+    return apply_theme(fig, title=title or "Mixing weights over training (dashed: uniform)", height=400)
+
+
+def domain_losses_figure(summary: pd.DataFrame, *, mixer: str = "mixer", domain: str = "domain",
+                         loss: str = "loss", title: str | None = None) -> go.Figure:
+    """Per-domain validation loss of each mixer (grouped bars), with its average and worst.
+
+    ``summary`` is long-format, one row per (mixer, domain) with the final ``loss``.
+    The bars "average" and "worst" are computed here from the per-domain rows.
+    """
+    require_columns(summary, [mixer, domain, loss], "summary")
+    if summary.empty:
+        raise ValueError("summary is empty")
+    domains = list(dict.fromkeys(summary[domain].astype(str)))
+    fig = go.Figure()
+    for m in _ordered(summary[mixer].tolist()):
+        part = summary[summary[mixer] == m].set_index(summary[summary[mixer] == m][domain].astype(str))[loss]
+        values = [float(part.get(d, np.nan)) for d in domains]
+        values += [float(np.nanmean(values)), float(np.nanmax(values))]
+        fig.add_trace(go.Bar(x=domains + ["average", "worst"], y=values, name=_mixer_label(m),
+                             marker_color=method_color(_key(m)),
+                             hovertemplate=f"{_mixer_label(m)}<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="validation loss")
+    return apply_theme(fig, title=title or "Validation loss per domain, on average and on the worst domain",
+                       height=420)
+
+
+def domain_loss_curves(histories: Mapping[str, pd.DataFrame], *, prefix: str = "eval_loss/",
+                       title: str | None = None) -> go.Figure:
+    """Per-domain validation loss over training, one panel per domain, one line per mixer."""
+    if not histories:
+        raise ValueError("histories must hold at least one History")
+    first = next(iter(histories.values()))
+    domains = [c[len(prefix):] for c in _prefixed(first, prefix)]
+    if not domains:
+        raise ValueError(f"the Histories have no {prefix}<domain> columns; columns: {list(first.columns)}")
+    fig = make_subplots(rows=1, cols=len(domains), subplot_titles=domains, horizontal_spacing=0.05)
+    for name in _ordered(list(histories)):
+        h = histories[name]
+        for j, d in enumerate(domains):
+            part = h[["step", prefix + d]].dropna()
+            fig.add_trace(go.Scatter(x=part["step"].to_numpy(float), y=part[prefix + d].to_numpy(float),
+                                     mode="lines+markers", name=_mixer_label(name), legendgroup=str(name),
+                                     showlegend=j == 0, line=dict(color=method_color(_key(name)))),
+                          row=1, col=j + 1)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="validation loss", row=1, col=1)
+    return apply_theme(fig, title=title or "Validation loss per domain during training", height=380)
+
+
+def tau_figure(sweep: pd.DataFrame, *, tau: str = "tau", average: str = "average_loss",
+               worst: str = "worst_loss", reference: Mapping[str, float] | None = None,
+               title: str | None = None) -> go.Figure:
+    """Balanced-PiKE: the average and the worst-domain loss against its temperature τ.
+
+    The tilted objective (1/τ)·log Σ_k exp(τ·L_k) is the average loss as τ → 0 and the
+    worst-task loss as τ → ∞, so the worst-domain line should fall as τ grows (at some cost
+    in the average). ``reference`` maps a label (e.g. ``"uniform"``) to its worst-domain
+    loss, drawn as a dashed horizontal line.
+    """
+    require_columns(sweep, [tau, average, worst], "sweep")
+    if sweep.empty:
+        raise ValueError("sweep is empty")
+    part = sweep.sort_values(tau)
+    fig = go.Figure()
+    colour = method_color("balanced_pike")
+    fig.add_trace(go.Scatter(x=part[tau].to_numpy(float), y=part[worst].to_numpy(float),
+                             mode="lines+markers", name="worst domain", line=dict(color=colour, width=2.5)))
+    fig.add_trace(go.Scatter(x=part[tau].to_numpy(float), y=part[average].to_numpy(float),
+                             mode="lines+markers", name="average over domains",
+                             line=dict(color=colour, width=2.5, dash="dot")))
+    for label, value in (reference or {}).items():
+        fig.add_hline(y=float(value), line=dict(color=method_color(_key(label)), dash="dash"),
+                      annotation_text=f"{_mixer_label(label)} (worst)", annotation_position="top right")
+    fig.update_xaxes(title_text="τ (log scale)", type="log")
+    fig.update_yaxes(title_text="validation loss")
+    return apply_theme(fig, title=title or "Balanced-PiKE: larger τ protects the worst domain", height=400)
+
+
+__all__ = [
+    "ConflictDashboard",
+    "CosineDashboard",
+    "DOMAIN_COLORS",
+    "MIXERS",
+    "conflict_dashboard",
+    "conflict_figure",
+    "conflict_summary_figure",
+    "cosine_dashboard",
+    "cosine_heatmap",
+    "cosine_snapshots",
+    "domain_color",
+    "domain_loss_curves",
+    "domain_losses_figure",
+    "mixing_weights_figure",
+    "off_diagonal_summary",
+    "tau_figure",
+]
