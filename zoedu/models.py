@@ -203,6 +203,25 @@ def load_model(name: str, *, num_labels: int | None = None, dtype: str | torch.d
         return _load_hub_model(name, num_labels=num_labels, dtype=dtype, device=device)
 
 
+def load_tokenizer(name: str):
+    """The tokenizer that :func:`load_model` would return for ``name``, without the model."""
+    if name in OFFLINE_MODELS:
+        return default_tokenizer()
+    if _offline():
+        raise ValueError(f"model {name!r} is not an offline model and HF_HUB_OFFLINE is set; "
+                         f"offline choices: {', '.join(OFFLINE_MODELS)}")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"the tokenizer of {name!r} could not be loaded ({err}); "
+                         f"offline choices: {', '.join(OFFLINE_MODELS)}") from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
