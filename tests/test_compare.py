@@ -1,0 +1,45 @@
+"""zoedu compare: the experiment and the command."""
+
+import pytest
+
+from zoedu.cli import main
+from zoedu.experiments.compare import compare, parse_lr
+
+
+def test_compare_trains_each_method_from_the_same_start(tmp_path, capsys):
+    table, histories = compare(["adam", "sgd"], model="tiny-opt", model_options={"size": "1m"},
+                               task_options={"n_train": 60, "n_validation": 20, "max_length": 32},
+                               steps=3, batch_size=4, eval_examples=20)
+    assert list(table["method"]) == ["adam", "sgd"]
+    assert set(histories) == {"adam", "sgd"}
+    # the same seed: both methods see the same first batch from the same weights
+    assert histories["adam"]["loss"].iloc[0] == pytest.approx(histories["sgd"]["loss"].iloc[0])
+    assert (table["peak_memory_mb"] > 0).all() and (table["seconds"] > 0).all()
+    assert table["eval_accuracy"].between(0, 1).all()
+
+
+def test_compare_command_prints_a_table_and_writes_html(tmp_path, capsys):
+    html = tmp_path / "plot.html"
+    code = main(["compare", "--model", "tiny-gpt2", "--size", "1m", "--methods", "sgd,adam", "--steps", "2",
+                 "--batch-size", "2", "--max-length", "16", "--eval-examples", "8", "--quiet",
+                 "--html", str(html)])
+    out = capsys.readouterr().out
+    assert code == 0
+    for column in ("method", "eval_accuracy", "seconds", "peak_memory_mb"):
+        assert column in out
+    assert "sgd" in out and "adam" in out
+    assert html.exists() and "plotly" in html.read_text()[:5000].lower()
+
+
+def test_parse_lr():
+    assert parse_lr("1e-3", ["adam", "sgd"]) == {"adam": 1e-3, "sgd": 1e-3}
+    assert parse_lr("adam=2e-4", ["adam", "sgd"])["adam"] == 2e-4
+    with pytest.raises(ValueError, match="not in methods"):
+        parse_lr("mezo=1e-6", ["adam"])
+    with pytest.raises(ValueError, match="not a number"):
+        parse_lr("adam=fast", ["adam"])
+
+
+def test_compare_bad_method(capsys):
+    assert main(["compare", "--methods", "adam,lion", "--model", "tiny-opt", "--steps", "1"]) == 2
+    assert "lion" in capsys.readouterr().err
