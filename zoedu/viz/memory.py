@@ -57,6 +57,8 @@ def footprints_frame(footprints) -> pd.DataFrame:
         for name, fp in footprints.items():
             if isinstance(fp, Mapping):
                 row = dict(fp)
+            elif hasattr(fp, "to_dict"):
+                row = fp.to_dict()
             elif hasattr(fp, "_asdict"):
                 row = fp._asdict()
             elif hasattr(fp, "__dataclass_fields__"):
@@ -71,8 +73,7 @@ def footprints_frame(footprints) -> pd.DataFrame:
     if not present:
         raise ValueError(f"footprints has none of the categories {list(MEMORY_CATEGORIES)}; columns: {list(df.columns)}")
     for c in MEMORY_CATEGORIES:
-        if c not in df.columns:
-            df[c] = 0.0
+        df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0.0) if c in df.columns else 0.0
     if "total" not in df.columns:
         df["total"] = df[list(MEMORY_CATEGORIES)].sum(axis=1)
     return df

@@ -1,0 +1,280 @@
+"""Run, validate and tidy the notebooks headlessly: ``zoedu notebooks run|check|strip``.
+
+- :func:`run_notebooks` executes notebooks with papermill, injecting ``FAST`` (and setting
+  ``ZOEDU_FAST`` in the kernel's environment, which the parameters cell reads, so the
+  sizes derived from ``FAST`` follow), and returns one row per notebook with its wall
+  seconds and the peak resident memory of the kernel process tree.
+- :func:`check_notebooks` runs ``pytest --nbval-lax`` on the notebooks: every cell must
+  run, and cells marked ``# NBVAL_CHECK_OUTPUT`` must print what the committed notebook
+  holds. nbval injects no parameters, so it runs the FAST default.
+- :func:`strip_outputs` enforces the output policy of the committed notebooks: outputs
+  and execution counts are removed from every cell except those marked
+  ``# NBVAL_CHECK_OUTPUT``, whose text outputs are kept (they are the reference nbval
+  compares against).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+"""The repository's ``notebooks/`` folder (a source checkout; pass ``directory=`` otherwise)."""
+
+
+# --------------------------------------------------------------------------- finding
+def find_notebooks(names: Iterable[str] | None = None, directory: str | Path | None = None) -> list[Path]:
+    """The notebooks to run: all top-level ``*.ipynb`` in ``directory`` (sorted; assignments
+    excluded), or those matching ``names`` (a file name, a stem such as ``00_tour``, or a
+    prefix such as ``00``)."""
+    directory = Path(directory) if directory is not None else NOTEBOOK_DIR
+    if not directory.is_dir():
+        raise FileNotFoundError(f"directory={str(directory)!r} is not a folder of notebooks")
+    available = sorted(p for p in directory.glob("*.ipynb") if not p.name.startswith("."))
+    if names is None:
+        return available
+    if isinstance(names, str):
+        names = [names]
+    chosen = []
+    for name in names:
+        hits = [p for p in available if p.name == name or p.stem == name or p.stem.startswith(str(name))]
+        if not hits:
+            raise ValueError(f"names: {name!r} matches no notebook in {directory}; "
+                             f"allowed: {', '.join(p.stem for p in available)}")
+        chosen += [p for p in hits if p not in chosen]
+    return chosen
+
+
+# --------------------------------------------------------------------------- memory
+class _PeakRSS:
+    """Poll the resident memory of this process's children (the kernel and what it spawns)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil comes with ipykernel
+            return
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- running
+def run_notebooks(names: Iterable[str] | None = None, *, fast: bool = True, out_dir: str | Path = "executed",
+                  directory: str | Path | None = None, kernel_name: str | None = None,
+                  timeout: int | None = None, parameters: dict | None = None,
+                  quiet: bool = False) -> pd.DataFrame:
+    """Execute notebooks with papermill, one at a time; return their times and peak memory.
+
+    Args:
+        names: notebooks to run (see :func:`find_notebooks`); ``None`` runs all.
+        fast: inject ``FAST=fast`` (and set ``ZOEDU_FAST``) — ``True`` is the ≤ 60 s version.
+        out_dir: where the executed notebooks are written (same file names).
+        directory: the folder holding the notebooks (default: the repository's ``notebooks/``).
+        kernel_name: Jupyter kernel (default: the notebook's own, i.e. ``python3``).
+        timeout: per-cell timeout in seconds (``None``: no limit).
+        parameters: further parameters to inject.
+        quiet: print nothing (by default a line per notebook).
+
+    Returns:
+        A DataFrame with ``notebook``, ``seconds`` (wall, kernel start included),
+        ``peak_rss_mb`` (peak resident memory of the kernel process tree, polled every
+        0.2 s), ``status`` (``"ok"`` or the error's first line) and ``output``.
+    """
+    import papermill as pm
+
+    paths = find_notebooks(names, directory)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"FAST": bool(fast), **(parameters or {})}
+    env_before = os.environ.get("ZOEDU_FAST")
+    os.environ["ZOEDU_FAST"] = "1" if fast else "0"
+    rows = []
+    try:
+        for path in paths:
+            target = out / path.name
+            status = "ok"
+            t0 = time.perf_counter()
+            with _PeakRSS() as mem:
+                try:
+                    pm.execute_notebook(str(path), str(target), parameters=params, kernel_name=kernel_name,
+                                        cwd=str(path.parent), progress_bar=False, execution_timeout=timeout,
+                                        log_output=False)
+                except Exception as err:  # a failing notebook is reported, the others still run
+                    status = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            seconds = time.perf_counter() - t0
+            rows.append({"notebook": path.name, "seconds": round(seconds, 1),
+                         "peak_rss_mb": round(mem.peak / 2 ** 20, 0), "status": status, "output": str(target)})
+            if not quiet:
+                print(f"{path.name:40s} {seconds:7.1f} s  {mem.peak / 2 ** 20:7.0f} MB  {status}", flush=True)
+    finally:
+        if env_before is None:
+            os.environ.pop("ZOEDU_FAST", None)
+        else:
+            os.environ["ZOEDU_FAST"] = env_before
+    return pd.DataFrame(rows)
+
+
+def check_notebooks(names: Iterable[str] | None = None, *, directory: str | Path | None = None,
+                    extra_args: Iterable[str] = ()) -> int:
+    """Run ``pytest --nbval-lax`` on the notebooks (FAST by default); return pytest's exit code."""
+    paths = find_notebooks(names, directory)
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:randomly", "-q",
+           "--nbval-current-env", *map(str, paths), *extra_args]
+    env = {**os.environ, "ZOEDU_FAST": os.environ.get("ZOEDU_FAST", "1")}
+    return subprocess.call(cmd, env=env)
+
+
+# --------------------------------------------------------------------------- output policy
+def is_check_cell(cell) -> bool:
+    """True for a code cell whose source contains ``# NBVAL_CHECK_OUTPUT``."""
+    return cell.get("cell_type") == "code" and CHECK_MARK in "".join(cell.get("source", ""))
+
+
+def strip_outputs(path: str | Path, *, write: bool = True) -> bool:
+    """Apply the output policy to the notebook at ``path``; return True if it changed.
+
+    Every code cell loses its outputs and execution count, except ``# NBVAL_CHECK_OUTPUT``
+    cells, which keep their ``stream`` and ``text/plain`` outputs (nbval's reference).
+    Notebook-level widget state and papermill's per-cell metadata are dropped too.
+    """
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    before = nbformat.writes(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            cell.pop("attachments", None) if cell.cell_type == "raw" else None
+            continue
+        for key in ("execution", "papermill", "collapsed", "scrolled", "jupyter"):
+            cell.metadata.pop(key, None)
+        if is_check_cell(cell):
+            kept = []
+            for o in cell.outputs:
+                if o.output_type == "stream":
+                    kept.append(o)
+                elif o.output_type in ("execute_result", "display_data") and "text/plain" in o.get("data", {}):
+                    o["data"] = {"text/plain": o["data"]["text/plain"]}
+                    o["metadata"] = {}
+                    kept.append(o)
+            for o in kept:
+                if "execution_count" in o:
+                    o["execution_count"] = None
+            cell.outputs = kept
+        else:
+            cell.outputs = []
+        cell.execution_count = None
+    for key in ("widgets", "papermill"):
+        nb.metadata.pop(key, None)
+    after = nbformat.writes(nb)
+    changed = after != before
+    if changed and write:
+        path.write_text(after + ("" if after.endswith("\n") else "\n"), encoding="utf-8")
+    return changed
+
+
+def adopt_outputs(executed: str | Path, source: str | Path) -> None:
+    """Copy the ``# NBVAL_CHECK_OUTPUT`` cells' outputs from an executed notebook into the
+    committed ``source`` notebook (matched by position), then strip the rest.
+    This is how the reference outputs are refreshed after a deliberate change."""
+    import nbformat
+
+    ex = nbformat.read(Path(executed), as_version=4)
+    src = nbformat.read(Path(source), as_version=4)
+    ex_checks = [c for c in ex.cells if is_check_cell(c)]
+    src_checks = [c for c in src.cells if is_check_cell(c)]
+    if len(ex_checks) != len(src_checks):
+        raise ValueError(f"executed={str(executed)!r} has {len(ex_checks)} check cells, "
+                         f"source={str(source)!r} has {len(src_checks)}; they must be the same notebook")
+    for e, s in zip(ex_checks, src_checks):
+        s.outputs = e.outputs
+    nbformat.write(src, Path(source))
+    strip_outputs(source)
+
+
+# --------------------------------------------------------------------------- CLI
+def _cmd_run(args) -> int:
+    table = run_notebooks(args.names or None, fast=not args.full, out_dir=args.out, directory=args.dir,
+                          timeout=args.timeout)
+    total = table["seconds"].sum()
+    print(f"{'total':40s} {total:7.1f} s  {table['peak_rss_mb'].max():7.0f} MB (max)")
+    if args.adopt:
+        for _, row in table[table["status"] == "ok"].iterrows():
+            adopt_outputs(row["output"], find_notebooks([row["notebook"]], args.dir)[0])
+        print("copied the NBVAL_CHECK_OUTPUT outputs into the source notebooks")
+    return 0 if (table["status"] == "ok").all() else 1
+
+
+def _cmd_check(args) -> int:
+    return check_notebooks(args.names or None, directory=args.dir)
+
+
+def _cmd_strip(args) -> int:
+    paths = find_notebooks(args.names or None, args.dir)
+    changed = [p.name for p in paths if strip_outputs(p, write=not args.check)]
+    for name in changed:
+        print(("would strip " if args.check else "stripped ") + name)
+    return 1 if (args.check and changed) else 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("notebooks", help="run the notebooks headlessly (papermill), validate them (nbval), strip outputs",
+                              description="Execute, validate and tidy zoedu's notebooks without a browser.")
+    sub = p.add_subparsers(dest="notebooks_command", metavar="ACTION", required=True)
+    common = {"nargs": "*", "metavar": "NAME", "help": "notebooks to use: a stem (00_tour) or prefix (00); default all"}
+
+    r = sub.add_parser("run", help="execute the notebooks with papermill and print each one's time and peak memory")
+    r.add_argument("names", **common)
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--fast", action="store_true", default=True,
+                      help="FAST=True: the small version, ≤ 60 s each on 2 CPU cores (default)")
+    mode.add_argument("--full", action="store_true", help="FAST=False: the full version (≤ 10 min each; uses a GPU if present)")
+    r.add_argument("--out", default="executed", help="folder for the executed notebooks (default: ./executed)")
+    r.add_argument("--dir", default=None, help="folder holding the notebooks (default: the repository's notebooks/)")
+    r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    r.add_argument("--adopt", action="store_true",
+                   help="copy the NBVAL_CHECK_OUTPUT outputs of the run into the source notebooks")
+    r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("check", help="validate the notebooks with pytest --nbval-lax (FAST mode)")
+    c.add_argument("names", **common)
+    c.add_argument("--dir", default=None, help="folder holding the notebooks")
+    c.set_defaults(func=_cmd_check)
+
+    s = sub.add_parser("strip", help="remove outputs except the NBVAL_CHECK_OUTPUT cells' (the committed-output policy)")
+    s.add_argument("names", **common)
+    s.add_argument("--dir", default=None, help="folder holding the notebooks")
+    s.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook would change")
+    s.set_defaults(func=_cmd_strip)
+
+
+__all__ = ["CHECK_MARK", "NOTEBOOK_DIR", "find_notebooks", "run_notebooks", "check_notebooks", "is_check_cell",
+           "strip_outputs", "adopt_outputs", "add_cli"]
