@@ -81,9 +81,17 @@ def _register_template() -> None:
 _register_template()
 
 
+def _key(name: str, table: dict) -> str:
+    """``name`` normalised to a key of ``table``: case, '-' vs '_' and 'IP-SGD' vs 'ipsgd' ignored."""
+    key = str(name).lower().replace("-", "_").replace(" ", "_")
+    if key not in table and key.replace("_", "") in table:
+        return key.replace("_", "")
+    return key
+
+
 def method_color(name: str, index: int = 0) -> str:
     """The colour of ``name`` (a method, mixer or estimator); a stable fallback otherwise."""
-    key = str(name).lower().replace("-", "_")
+    key = _key(name, METHOD_COLORS)
     if key in METHOD_COLORS:
         return METHOD_COLORS[key]
     if key in MEMORY_COLORS:
@@ -93,7 +101,7 @@ def method_color(name: str, index: int = 0) -> str:
 
 def method_label(name: str) -> str:
     """The display name of ``name`` ("ipsgd" -> "IP-SGD"); the name itself otherwise."""
-    return METHOD_LABELS.get(str(name).lower().replace("-", "_"), str(name))
+    return METHOD_LABELS.get(_key(name, METHOD_LABELS), str(name))
 
 
 def apply_theme(fig: go.Figure, *, title: str | None = None, height: int | None = None,
