@@ -1,0 +1,203 @@
+"""Seeded random directions ``z ~ N(0, I)`` that are regenerated, never stored.
+
+MeZO (Malladi et al., NeurIPS 2023, Algorithm 1) keeps memory at inference level by
+never materialising the direction ``z``: it re-draws ``z`` from the step's seed every
+time it needs it ("resample z" in lines 3–4 and 7 of ``PerturbParameters`` and
+``Update``). This module is that trick, organised for speed:
+
+* Every parameter is cut into *streams* of :data:`CHUNK` elements; stream ``c`` of
+  parameter ``i`` under direction seed ``s`` is drawn from its own generator seeded with
+  ``stream_seed(s, i, c)``. The same ``(s, i, c)`` always gives the same numbers, in any
+  order and on any thread, so the passes over the streams run in parallel (torch ops
+  release the GIL) and each stream's ``z`` lives in a small per-worker buffer.
+* A *pass* applies one in-place kernel to every stream:
+  ``kernel(view, zgen, item)`` gets the flat slice of the weights and ``zgen(seed, slot)``,
+  which draws the stream's ``z`` for ``seed`` into buffer ``slot``.
+* Buffers are allocated in the calling thread at the start of a pass, so
+  :func:`zoedu.memory.measure` sees them (they are the only scratch memory: one chunk per
+  worker and slot).
+
+The direction for a parameter stored in ``bfloat16``/``float16`` is drawn in that dtype,
+so the perturbation is exactly what is added to the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+#: Elements per random stream on CPU (256 Ki: a stream's z fits in L2 cache).
+CHUNK = 1 << 18
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed that mixes ``values`` (splitmix64); distinct inputs give unrelated seeds."""
+    x = 0x243F6A8885A308D3
+    for v in values:
+        x = _splitmix64(x ^ (int(v) & _MASK64))
+    return x & ((1 << 63) - 1)
+
+
+def stream_seed(direction_seed: int, param_index: int, chunk_index: int) -> int:
+    """Seed of the random stream for chunk ``chunk_index`` of parameter ``param_index``."""
+    return mix_seed(direction_seed, param_index, chunk_index)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One slice of one parameter: ``flat[start:stop]`` (or the whole tensor if not contiguous)."""
+
+    param_index: int
+    chunk_index: int
+    param: torch.Tensor
+    start: int
+    stop: int
+    contiguous: bool
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    def view(self) -> torch.Tensor:
+        """The weights of this stream, as a tensor that aliases the parameter."""
+        data = self.param.detach()
+        if self.contiguous:
+            return data.view(-1)[self.start:self.stop]
+        return data
+
+
+def plan_streams(params: Sequence[torch.Tensor], chunk: int = CHUNK,
+                 start_index: int = 0) -> list[Stream]:
+    """Cut ``params`` into streams; parameter ``k`` gets index ``start_index + k``."""
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be a positive number of elements")
+    streams = []
+    for k, p in enumerate(params):
+        index = start_index + k
+        n = p.numel()
+        if n == 0:
+            continue
+        if not p.is_contiguous():
+            streams.append(Stream(index, 0, p, 0, n, False))
+            continue
+        for c, start in enumerate(range(0, n, chunk)):
+            streams.append(Stream(index, c, p, start, min(start + chunk, n), True))
+    return streams
+
+
+def default_workers() -> int:
+    """Worker threads for the CPU passes: ``ZOEDU_PERTURB_THREADS`` or torch's thread count."""
+    env = os.environ.get("ZOEDU_PERTURB_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, torch.get_num_threads())
+
+
+class Perturber:
+    """Runs in-place passes over the streams of a fixed list of parameters.
+
+    Args:
+        params: the tensors to perturb and update (in a fixed order: the index of a
+            parameter in this list is part of its streams' seeds).
+        chunk: elements per stream on CPU; on CUDA each parameter is one stream.
+        workers: CPU threads for the passes (default :func:`default_workers`).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], *, chunk: int = CHUNK, workers: int | None = None):
+        self.params = list(params)
+        self.chunk = int(chunk)
+        on_cuda = any(p.is_cuda for p in self.params)
+        self.streams = plan_streams(self.params, chunk=max(p.numel() for p in self.params) if on_cuda
+                                    and self.params else self.chunk)
+        self.workers = 1 if on_cuda else int(workers or default_workers())
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ internals
+    def _buffers(self, slots: int) -> list[dict]:
+        """Per worker, per (dtype, device, slot): a scratch buffer of one stream."""
+        need: dict[tuple, int] = {}
+        for s in self.streams:
+            key = (s.param.dtype, s.param.device)
+            need[key] = max(need.get(key, 0), s.numel)
+        return [{(dt, dev, slot): torch.empty(n, dtype=dt, device=dev)
+                 for (dt, dev), n in need.items() for slot in range(slots)}
+                for _ in range(self.workers)]
+
+    @staticmethod
+    def _draw(stream: Stream, buffers: dict, seed: int, slot: int) -> torch.Tensor:
+        p = stream.param
+        buf = buffers[(p.dtype, p.device, slot)][: stream.numel]
+        gen = torch.Generator(device=p.device)
+        gen.manual_seed(stream_seed(seed, stream.param_index, stream.chunk_index))
+        torch.randn(stream.numel, generator=gen, dtype=p.dtype, device=p.device, out=buf)
+        return buf if stream.contiguous else buf.view(p.shape)
+
+    def run(self, kernel: Callable, *, slots: int = 1, streams: Sequence[Stream] | None = None) -> None:
+        """Apply ``kernel(view, zgen, stream)`` to every stream (in parallel on CPU).
+
+        ``zgen(seed, slot=0)`` returns the stream's direction for ``seed`` in scratch
+        buffer ``slot`` (``slots`` buffers per worker are allocated for this pass).
+        """
+        streams = self.streams if streams is None else streams
+        if not streams:
+            return
+        workers = min(self.workers, len(streams))
+        buffers = self._buffers(slots)
+
+        def work(w: int) -> None:
+            for s in streams[w::workers]:
+                kernel(s.view(), lambda seed, slot=0, s=s: self._draw(s, buffers[w], seed, slot), s)
+
+        with torch.no_grad():
+            if workers == 1:
+                work(0)
+                return
+            if self._pool is None or self._pool._max_workers < workers:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="zoedu-perturb")
+            futures = [self._pool.submit(_no_grad_call, work, w) for w in range(workers)]
+            for f in futures:
+                f.result()
+
+    def streams_of(self, param_index: int) -> list[Stream]:
+        """The streams of one parameter (for per-parameter passes such as Addax's hooks)."""
+        return [s for s in self.streams if s.param_index == param_index]
+
+    def add(self, seed: int, scale: float) -> None:
+        """``θ ← θ + scale · z(seed)`` over all parameters (one pass)."""
+        self.run(lambda v, zgen, s: v.add_(zgen(seed), alpha=scale))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __del__(self):  # pragma: no cover - interpreter shutdown order
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _no_grad_call(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def direction(params: Sequence[torch.Tensor], seed: int, *, chunk: int = CHUNK) -> list[torch.Tensor]:
+    """The direction ``z(seed)`` as materialised tensors shaped like ``params`` (for tests,
+    the forward-gradient reference and teaching; the optimizers never store it)."""
+    out = [torch.zeros_like(p) for p in params]
+    Perturber(out, chunk=chunk, workers=1).add(seed, 1.0)
+    return out

@@ -1,0 +1,372 @@
+"""Addax: zeroth-order gradients on long sequences, in-place SGD on short ones.
+
+Li, Zhang, Zhong, Deng, Razaviyayn, Mirrokni, "Addax: Utilizing Zeroth-Order Gradients to
+Improve Memory Efficiency and Performance of SGD for Fine-Tuning Language Models",
+ICLR 2025, Algorithm 1.
+
+Backpropagation's memory grows with the sequence length (activations are kept for the
+backward pass); a forward pass under ``torch.no_grad`` barely does. Addax therefore
+splits the data by token length at a threshold ``L_T`` (§3, "data assignment"):
+
+* the *long* examples (length > L_T; K⁰ per step) give a zeroth-order estimate from two
+  forward passes, as in MeZO (Malladi et al. 2023, Alg. 1):
+  ``g⁰ = (L(θ + εz; B⁰) − L(θ − εz; B⁰)) / (2ε)``;
+* the *short* examples (length ≤ L_T; K¹ per step) give a first-order gradient ``g¹``,
+  applied in place during backward (IP-SGD, :mod:`.ipsgd`);
+
+and the step mixes them (Algorithm 1, update line)::
+
+    θ ← θ − η (α g⁰ z + (1 − α) g¹)
+
+α = 1 is MeZO on the long part; α = 0 is IP-SGD on the short part. The zeroth-order
+estimate doubles as a regulariser (§4). Both estimates are taken at the same θ: the
+perturbation is undone before the first-order pass, and the zeroth-order term of each
+parameter is added inside that parameter's backward hook, right after its first-order
+update (so ``z`` is re-drawn four times per step, and no full gradient ever exists).
+
+*Addax-WA* (the paper's ablation "without assignment") draws both parts from the whole
+training set; :func:`make_addax_wa` is its ``fit`` plug-in.
+
+Beyond the paper, :func:`choose_threshold` picks the largest ``L_T`` whose first-order
+part fits a memory budget, from :func:`zoedu.memory.estimate`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ._perturb import CHUNK, Perturber
+from .mezo import _UpdateRule, _decays, _scalar, direction_seed
+
+#: Default mixing weight α of the zeroth-order term. ``α g⁰ z`` has a variance that grows
+#: with the parameter count d, so α is small; α·η is MeZO's learning rate in effect.
+DEFAULT_ALPHA = 1e-3
+
+
+def split_by_length(batch: dict, length_threshold: int) -> tuple[dict | None, dict | None]:
+    """Split a batch into its long part (length > ``length_threshold``) and short part (≤).
+
+    Both parts keep every key of the batch; their padding is trimmed to their own longest
+    example, so the short part really costs a short sequence's memory. A part with no
+    examples is ``None``. Returns ``(long, short)`` (Addax §3: long → zeroth order,
+    short → first order).
+    """
+    if "lengths" not in batch:
+        raise ValueError("the batch has no 'lengths' (tokens per example); batches from "
+                         "zoedu.tasks carry them")
+    if isinstance(length_threshold, bool) or not isinstance(length_threshold, (int, np.integer)) \
+            or length_threshold < 0:
+        raise ValueError(f"length_threshold={length_threshold!r} must be an integer ≥ 0 (tokens)")
+    lengths = batch["lengths"]
+    n = lengths.shape[0]
+    width = batch["input_ids"].shape[1] if "input_ids" in batch else None
+    parts = []
+    for mask in (lengths > length_threshold, lengths <= length_threshold):
+        idx = mask.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            parts.append(None)
+            continue
+        keep = int(lengths[idx].max())
+        part = {}
+        for key, value in batch.items():
+            if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == n:
+                value = value.index_select(0, idx.to(value.device))
+                if width is not None and value.dim() == 2 and value.shape[1] == width:
+                    value = value[:, :keep]
+            part[key] = value
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+class Addax(torch.optim.Optimizer):
+    """Addax (Li et al., ICLR 2025, Algorithm 1): ``θ ← θ − η (α g⁰ z + (1 − α) g¹)``.
+
+    ``step(zo_closure, fo_closure)``: ``zo_closure`` runs a forward pass on the long part
+    and returns its loss (called twice, under ``torch.no_grad``); ``fo_closure`` runs
+    forward **and** backward on the short part and returns its loss (the first-order update
+    happens during that backward). With ``alpha=1`` the first-order closure is not called,
+    with ``alpha=0`` the zeroth-order one is not (either may then be ``None``).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate η (≥ 0; per group).
+        eps: perturbation scale ε (> 0).
+        alpha: α in [0, 1], the weight of the zeroth-order estimate.
+        weight_decay: λ (per group), ``θ ← θ − ηλθ``; not on biases and norm weights.
+        seed: seeds the directions (step t uses ``direction_seed(seed, t)``, as MeZO).
+        workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
+    """
+
+    def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, alpha: float = DEFAULT_ALPHA,
+                 weight_decay: float = 0.0, seed: int = 0, workers: int | None = None, chunk: int = CHUNK):
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
+        if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise ValueError(f"eps={eps!r} must be a finite number > 0 (the perturbation scale ε)")
+        if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the weight of the zeroth-order part)")
+        if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
+        self._hooks: list = []
+        self._active = False
+        super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
+        self.eps, self.alpha, self.seed = float(eps), float(alpha), int(seed)
+        self.workers, self.chunk = workers, int(chunk)
+        self.step_count = 0
+        self.skipped_steps = 0
+        self.last_projected_grad = math.nan
+        self._flat = [p for g in self.param_groups for p in g["params"]]
+        self._group_of = [k for k, g in enumerate(self.param_groups) for _ in g["params"]]
+        self._index = {id(p): k for k, p in enumerate(self._flat)}
+        self.perturber = Perturber([p.detach() for p in self._flat], chunk=self.chunk, workers=workers)
+        self._zo_update: tuple[int, float] | None = None   # (seed, g⁰) of the running step
+        self._done: set[int] = set()
+
+    def add_param_group(self, param_group: dict) -> None:
+        if getattr(self, "step_count", None) is not None:
+            raise ValueError("Addax fixes its parameters at construction; pass every group to the constructor")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            if p.requires_grad:
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._hook_for(group)))
+
+    @property
+    def forwards_per_step(self) -> int:
+        return (2 if self.alpha > 0 else 0) + (1 if self.alpha < 1 else 0)
+
+    # ------------------------------------------------------------------ the in-place parts
+    def _hook_for(self, group: dict) -> Callable:
+        def hook(p: torch.Tensor) -> None:
+            if not self._active:
+                return
+            with torch.no_grad():
+                lr, wd = group["lr"], group["weight_decay"]
+                if lr != 0:
+                    if wd != 0 and _decays(p):
+                        p.mul_(1 - lr * wd)
+                    p.add_(p.grad, alpha=-lr * (1 - self.alpha))           # −η(1−α) g¹
+                p.grad = None
+                self._apply_zo(self._index[id(p)])                       # −η α g⁰ z
+        return hook
+
+    def _apply_zo(self, k: int, decay: bool = False) -> None:
+        """Add ``−η α g⁰ z`` to parameter ``k`` (and its decay if no hook did it)."""
+        self._done.add(k)
+        group = self.param_groups[self._group_of[k]]
+        lr, wd = group["lr"], group["weight_decay"]
+        if lr == 0:
+            return
+        if decay and wd != 0 and _decays(self._flat[k]):
+            self._flat[k].detach().mul_(1 - lr * wd)
+        if self._zo_update is None:
+            return
+        seed, g0 = self._zo_update
+        coef = -lr * self.alpha * g0
+        self.perturber.run(lambda v, zgen, s: v.add_(zgen(seed), alpha=coef),
+                           streams=self.perturber.streams_of(k))
+
+    # ------------------------------------------------------------------ the step
+    def step(self, zo_closure: Callable | None = None, fo_closure: Callable | None = None):
+        """One Addax step; returns ``(zo_loss, fo_loss)`` (``nan`` for a part not run)."""
+        alpha, eps = self.alpha, self.eps
+        if alpha > 0 and zo_closure is None:
+            raise ValueError(f"alpha={alpha} > 0 needs a zo_closure (forward pass on the long examples)")
+        if alpha < 1 and fo_closure is None:
+            raise ValueError(f"alpha={alpha} < 1 needs an fo_closure (forward and backward on the short examples)")
+        t = self.step_count
+        self.step_count += 1
+        seed = direction_seed(self.seed, t)
+        zo_loss = fo_loss = math.nan
+        self._zo_update = None
+        g0 = math.nan
+        if alpha > 0:
+            with torch.no_grad():
+                self.perturber.add(seed, eps)                                 # θ + εz
+                plus = _scalar(zo_closure(), "zo_closure")
+                if not math.isfinite(plus):
+                    self.perturber.add(seed, -eps)
+                    return self._skip(t, plus), fo_loss
+                self.perturber.add(seed, -2 * eps)                            # θ − εz
+                minus = _scalar(zo_closure(), "zo_closure")
+                if not math.isfinite(minus):
+                    self.perturber.add(seed, eps)
+                    return self._skip(t, minus), fo_loss
+            g0 = (plus - minus) / (2 * eps)                                   # g⁰ (SPSA)
+            zo_loss = 0.5 * (plus + minus)
+            self.last_projected_grad = g0
+            if alpha == 1:  # MeZO on the long part: restore fused with the update, as MeZO does
+                rule = _UpdateRule(self._flat, self._group_of, "sgd", 1, 0.0, (0.9, 0.999), 1e-8, self.state)
+                lrs = [float(g["lr"]) for g in self.param_groups]
+                wds = [float(g["weight_decay"]) for g in self.param_groups]
+                self.perturber.run(rule.kernel([seed], [g0], lrs, wds, 1, restore=(seed, eps)), slots=2)
+                return zo_loss, fo_loss
+            self.perturber.add(seed, eps)                                     # restore θ
+            self._zo_update = (seed, g0)
+        # first-order part: updates happen in the hooks during backward
+        self._done = set()
+        for p in self._flat:
+            p.grad = None
+        self._active = True
+        try:
+            with torch.enable_grad():
+                fo = fo_closure()
+        finally:
+            self._active = False
+        fo_loss = _scalar(fo, "fo_closure")
+        with torch.no_grad():  # parameters the short batch did not reach still get −η(α g⁰ z + λθ)
+            for k in range(len(self._flat)):
+                if k not in self._done:
+                    self._apply_zo(k, decay=True)
+        self._zo_update = None
+        return zo_loss, fo_loss
+
+    def _skip(self, t: int, loss: float) -> float:
+        self.skipped_steps += 1
+        warnings.warn(f"Addax step {t}: the zeroth-order loss is {loss}; the weights were restored and "
+                      f"the step skipped ({self.skipped_steps} so far).", RuntimeWarning, stacklevel=3)
+        return loss
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+# --------------------------------------------------------------------------- threshold
+def choose_threshold(model, task, memory_budget_bytes: float, *, k1: int = 16, dtype="float32",
+                     split: str = "train") -> int:
+    """The largest ``L_T`` (a token length of ``task``) whose first-order part fits the budget.
+
+    The first-order part backpropagates ``k1`` examples of up to ``L_T`` tokens; its
+    footprint is :func:`zoedu.memory.estimate` ``(model, "ipsgd", batch_size=k1,
+    seq_len=L_T)``, which grows with ``L_T``, so the largest fitting length is found by
+    bisection over the task's distinct example lengths.
+
+    Raises:
+        ValueError: when even the shortest example does not fit (naming the budget needed).
+    """
+    from ..memory import estimate
+
+    if not isinstance(memory_budget_bytes, (int, float)) or not memory_budget_bytes > 0:
+        raise ValueError(f"memory_budget_bytes={memory_budget_bytes!r} must be a positive number of bytes")
+    if isinstance(k1, bool) or not isinstance(k1, (int, np.integer)) or k1 < 1:
+        raise ValueError(f"k1={k1!r} must be a positive integer (first-order examples per step)")
+    lengths = np.unique(task.lengths(split))
+
+    def cost(length: int) -> float:
+        return float(estimate(model, "ipsgd", batch_size=int(k1), seq_len=int(length), dtype=dtype).total)
+
+    if cost(int(lengths[0])) > memory_budget_bytes:
+        raise ValueError(f"memory_budget_bytes={memory_budget_bytes:.4g} is too small: the first-order part "
+                         f"needs {cost(int(lengths[0])):.4g} bytes even for the shortest examples "
+                         f"({int(lengths[0])} tokens, k1={k1})")
+    lo, hi = 0, len(lengths) - 1  # lengths[lo] fits; find the last that does
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(int(lengths[mid])) <= memory_budget_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return int(lengths[lo])
+
+
+# --------------------------------------------------------------------------- fit plug-ins
+class AddaxRunner:
+    """Drive :class:`Addax` in :func:`zoedu.train.fit` from two pools of training examples.
+
+    The zeroth-order forwards run in eval mode (dropout off, so ℓ₊ and ℓ₋ see the same
+    function); the first-order pass runs in the model's training mode.
+    """
+
+    def __init__(self, ctx, optimizer: Addax, zo_pool: np.ndarray, fo_pool: np.ndarray, k0: int, k1: int,
+                 length_threshold: int | None):
+        self.ctx, self.optimizer = ctx, optimizer
+        self.zo_pool, self.fo_pool, self.k0, self.k1 = zo_pool, fo_pool, k0, k1
+        self.length_threshold = length_threshold
+
+    def step(self, step: int) -> dict:
+        from ..train import check_loss
+
+        ctx, opt = self.ctx, self.optimizer
+        zo_batch = ctx.sample(self.k0, indices=self.zo_pool) if opt.alpha > 0 else None
+        fo_batch = ctx.sample(self.k1, indices=self.fo_pool) if opt.alpha < 1 else None
+        model = ctx.model
+        was_training = model.training
+
+        def zo_closure():
+            model.eval()
+            try:
+                return ctx.loss(zo_batch)
+            finally:
+                model.train(was_training)
+
+        def fo_closure():
+            loss = ctx.loss(fo_batch)
+            check_loss(loss, f"the first-order loss at step {step}")
+            loss.backward()
+            return loss
+
+        zo_loss, fo_loss = opt.step(zo_closure if zo_batch is not None else None,
+                                    fo_closure if fo_batch is not None else None)
+        k0 = self.k0 if zo_batch is not None else 0
+        k1 = self.k1 if fo_batch is not None and not math.isnan(fo_loss) else 0
+        total = (k0 * (zo_loss if k0 else 0.0) + k1 * (fo_loss if k1 else 0.0)) / max(k0 + k1, 1)
+        if k0 and not math.isfinite(zo_loss):
+            total = zo_loss
+        return {"loss": total, "forward_passes": opt.forwards_per_step,
+                "backward_passes": 1 if opt.alpha < 1 else 0,
+                "zo_loss": zo_loss, "fo_loss": fo_loss, "projected_grad": opt.last_projected_grad,
+                "skipped_steps": opt.skipped_steps}
+
+
+def _check_k(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer (examples per step)")
+    return int(value)
+
+
+def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = None, k1: int | None = None,
+               alpha: float = DEFAULT_ALPHA, eps: float = 1e-3, weight_decay: float = 0.0,
+               workers: int | None = None) -> AddaxRunner:
+    """``fit(..., "addax", length_threshold=, k0=, k1=, alpha=)``.
+
+    Examples longer than ``length_threshold`` (default: the median training length) form
+    the zeroth-order pool, the others the first-order pool; each step draws ``k0`` and
+    ``k1`` examples (default: ``batch_size`` each) from them.
+    """
+    lengths = ctx.task.lengths("train")
+    if length_threshold is None:
+        length_threshold = int(np.median(lengths))
+    if isinstance(length_threshold, bool) or not isinstance(length_threshold, (int, np.integer)) \
+            or length_threshold < 0:
+        raise ValueError(f"length_threshold={length_threshold!r} must be an integer ≥ 0 (tokens)")
+    long_pool = np.flatnonzero(lengths > length_threshold)
+    short_pool = np.flatnonzero(lengths <= length_threshold)
+    opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
+                workers=workers)
+    if alpha > 0 and long_pool.size == 0:
+        raise ValueError(f"length_threshold={length_threshold} leaves no training example longer than it "
+                         f"(longest: {int(lengths.max())} tokens); lower it")
+    if alpha < 1 and short_pool.size == 0:
+        raise ValueError(f"length_threshold={length_threshold} leaves no training example of at most that "
+                         f"length (shortest: {int(lengths.min())} tokens); raise it")
+    k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
+    k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
+    return AddaxRunner(ctx, opt, long_pool, short_pool, k0, k1, int(length_threshold))
+
+
+def make_addax_wa(ctx, *, k0: int | None = None, k1: int | None = None, alpha: float = DEFAULT_ALPHA,
+                  eps: float = 1e-3, weight_decay: float = 0.0, workers: int | None = None) -> AddaxRunner:
+    """``fit(..., "addax-wa")``: Addax without length assignment (both parts from all examples)."""
+    everything = np.arange(ctx.task.size("train"))
+    opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
+                workers=workers)
+    k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
+    k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
+    return AddaxRunner(ctx, opt, everything, everything, k0, k1, None)

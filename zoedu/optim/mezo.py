@@ -1,0 +1,606 @@
+"""MeZO: memory-efficient zeroth-order SGD (Malladi et al., NeurIPS 2023, Algorithm 1).
+
+One step, for a direction ``z ~ N(0, I_d)`` drawn from the step's seed ``s``::
+
+    θ ← θ + ε z                      PerturbParameters(θ, ε, s)        (Alg. 1, line 5)
+    ℓ₊ ← L(θ; B)                                                       (line 6)
+    θ ← θ − 2ε z                     PerturbParameters(θ, −2ε, s)      (line 7)
+    ℓ₋ ← L(θ; B)                                                       (line 8)
+    θ ← θ + ε z                      PerturbParameters(θ, ε, s)        (line 9: restore)
+    g ← (ℓ₊ − ℓ₋) / (2ε)             projected gradient (SPSA, Eq. 1)  (line 10)
+    θ ← θ − η (g z + λ θ)            update, z re-drawn from s          (lines 11–15)
+
+``z`` is never stored: every pass re-draws it from ``s`` (see :mod:`._perturb`). The
+paper's code draws ``z`` four times per step; here the restore of line 9 and the
+update of lines 11–15 are one pass (``θ ← θ + ε z − η (g z + λ θ)``), so three.
+Weight decay λ skips biases and normalisation weights, as in the paper (here: every
+parameter with fewer than two dimensions).
+
+Variants (``MeZO(..., n_perturb=n, estimator=...)``):
+
+* ``n_perturb = n``: the n-SPSA estimate ``ĝ = (1/n) Σⱼ gⱼ zⱼ`` (Definition 1, Eq. 1).
+* ``one_sided=True``: ``g = (L(θ + εz) − L(θ)) / ε`` (n + 1 forwards instead of 2n).
+* ``estimator``: ``"sgd"`` (MeZO, Alg. 1), ``"sign"`` (ZO-SGD-Sign: ``θ ← θ − η sign(ĝ)``),
+  ``"momentum"`` (ZO-SGD with heavy-ball momentum) and ``"adam"`` (ZO-Adam), the variants
+  of the paper's Appendix B. The last two keep model-sized state (``exp_avg``,
+  ``exp_avg_sq``) in ``optimizer.state``, which :func:`zoedu.memory.measure` counts.
+
+Every step is logged (the paper's §2, "storage-efficient checkpointing"): the step
+index, the projected gradients and the learning rates, from which :func:`replay`
+rebuilds the fine-tuned weights from the base weights. The log is in ``state_dict()``.
+
+Exactness. A perturbation pass rounds: ``fl(fl(fl(θ + εz) − 2εz) + εz)`` differs from θ
+in the last bit for about 45 % of elements, whatever the precision, and no in-place
+scheme can undo that without storing information: ``x ↦ fl(x + δ)`` is not injective
+where it crosses into a coarser binade, so the lost bits are gone. ``exact_restore=True``
+keeps the low byte of every weight (one byte per parameter, plus the rare element whose
+round trip lands more than 127 units in the last place away, kept by value) and restores
+bit for bit; the default keeps nothing and drifts by a few units in the last place per
+step (measured in ``benchmarks/README.md``). :func:`replay` reproduces a run bit for bit
+either way, because it replays the same passes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from ._perturb import CHUNK, Perturber, Stream, mix_seed
+
+ESTIMATORS = ("sgd", "sign", "momentum", "adam")
+
+# trajectory status codes
+_OK, _SKIP_PLUS, _SKIP_MINUS, _SKIP_BASE = 0, 1, 2, 3
+
+
+def direction_seed(seed: int, step: int, j: int = 0) -> int:
+    """Seed of direction ``j`` at step ``step`` for an optimizer created with ``seed``."""
+    return mix_seed(seed, step, j)
+
+
+def _decays(p: torch.Tensor) -> bool:
+    """Weight decay applies to matrices, not to biases or normalisation weights (MeZO §E)."""
+    return p.dim() >= 2
+
+
+def _scalar(value, where: str) -> float:
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise ValueError(f"{where} must return a scalar loss, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must return a scalar loss (a float or 1-element tensor), "
+                         f"got {type(value).__name__}") from None
+
+
+def _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas, adam_eps):
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps={eps!r} must be a finite number > 0 (the perturbation scale ε)")
+    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
+    if isinstance(n_perturb, bool) or not isinstance(n_perturb, int) or n_perturb < 1:
+        raise ValueError(f"n_perturb={n_perturb!r} must be an integer ≥ 1 (directions per step)")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r} is unknown; allowed: {', '.join(ESTIMATORS)}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum={momentum!r} must be in [0, 1)")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1)")
+    if adam_eps <= 0:
+        raise ValueError(f"adam_eps={adam_eps!r} must be > 0")
+
+
+# --------------------------------------------------------------------------- the update pass
+class _UpdateRule:
+    """Lines 11–15 of Algorithm 1 (and the variants' rules), applied stream by stream.
+
+    Shared by :class:`MeZO` and :func:`replay`, so a replay performs the very same
+    floating-point operations as the run it reproduces.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], group_of: Sequence[int], estimator: str,
+                 n_perturb: int, momentum: float, betas: tuple[float, float], adam_eps: float,
+                 state: dict):
+        self.params, self.group_of = list(params), list(group_of)
+        self.estimator, self.n = estimator, n_perturb
+        self.momentum, self.betas, self.adam_eps = momentum, betas, adam_eps
+        self.state = state  # param -> dict of tensors (momentum / adam moments)
+
+    def buffers(self, p: torch.Tensor) -> dict:
+        st = self.state.setdefault(p, {})
+        if self.estimator == "momentum" and "momentum_buffer" not in st:
+            st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        if self.estimator == "adam" and "exp_avg" not in st:
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        return st
+
+    def prepare(self) -> None:
+        if self.estimator in ("momentum", "adam"):
+            for p in self.params:
+                self.buffers(p)
+
+    def kernel(self, seeds: Sequence[int], grads: Sequence[float], lrs: Sequence[float],
+               wds: Sequence[float], t: int, restore: tuple[int, float] | None) -> Callable:
+        """The in-place kernel of one fused restore + update pass (see module docstring)."""
+        n, est = self.n, self.estimator
+        b1, b2 = self.betas
+        last = len(seeds) - 1
+
+        def run(v: torch.Tensor, zgen, s: Stream) -> None:
+            if restore is not None:  # line 9, fused: θ ← θ + εz (two-sided) / θ − εz (one-sided)
+                v.add_(zgen(restore[0]), alpha=restore[1])
+            g_index = self.group_of[s.param_index]
+            lr, wd = lrs[g_index], wds[g_index]
+            p = self.params[s.param_index]
+            decay = wd != 0 and _decays(p)
+            if est == "sgd" and n == 1:  # the paper's update: θ ← θ − η (g z + λθ)
+                if lr == 0:
+                    return
+                if decay:
+                    v.mul_(1 - lr * wd)
+                v.add_(zgen(seeds[0]), alpha=-lr * grads[0])
+                return
+            # ĝ = (1/n) Σ_j g_j z_j   (n-SPSA, Definition 1)
+            ghat = zgen(seeds[last], 0).mul_(grads[last] / n)
+            for j in range(last):
+                ghat.add_(zgen(seeds[j], 1), alpha=grads[j] / n)
+            if est == "adam":
+                st = self.state[p]
+                m, vv = _stream_view(st["exp_avg"], s), _stream_view(st["exp_avg_sq"], s)
+                m.mul_(b1).add_(ghat, alpha=1 - b1)
+                vv.mul_(b2).addcmul_(ghat, ghat, value=1 - b2)
+                if lr == 0:
+                    return
+                if decay:  # decoupled, as in AdamW
+                    v.mul_(1 - lr * wd)
+                denom = torch.sqrt(vv, out=ghat).div_(math.sqrt(1 - b2 ** t)).add_(self.adam_eps)
+                v.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+                return
+            if est == "sign":
+                ghat.sign_()
+            if decay:
+                ghat.add_(v, alpha=wd)
+            if est == "momentum":
+                m = _stream_view(self.state[p]["momentum_buffer"], s)
+                m.mul_(self.momentum).add_(ghat)
+                ghat = m
+            if lr != 0:
+                v.add_(ghat, alpha=-lr)
+
+        return run
+
+
+def _stream_view(t: torch.Tensor, s: Stream) -> torch.Tensor:
+    return t.view(-1)[s.start:s.stop] if s.contiguous else t
+
+
+# --------------------------------------------------------------------------- exact restore
+class _LowByteKeeper:
+    """Bit-exact restoration: keep each weight's low byte, recover the rest from the round trip.
+
+    After ``θ → fl(fl(fl(θ+εz) − 2εz) + εz) = θ̃`` the result is within a few units in the
+    last place (ulp) of θ; θ is the float nearest to θ̃ whose bit pattern has θ's low byte.
+    Elements whose round trip ends ≥ 128 ulp away (tiny weights under a large ε) are kept
+    by value. Costs one byte per parameter (plus those rare elements) while a step runs.
+    """
+
+    def __init__(self):
+        self.low: dict[int, torch.Tensor] = {}
+        self.exceptions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def _bits(v: torch.Tensor) -> torch.Tensor:
+        if v.dtype == torch.float32:
+            return v.view(torch.int32)
+        if v.dtype in (torch.bfloat16, torch.float16):
+            return v.view(torch.int16)
+        if v.dtype == torch.float64:
+            return v.view(torch.int64)
+        raise ValueError(f"exact_restore supports float32/bfloat16/float16/float64 weights, not {v.dtype}")
+
+    def save(self, key: int, v: torch.Tensor, roundtrip: torch.Tensor) -> None:
+        bits = self._bits(v)
+        self.low[key] = (bits & 0xFF).to(torch.uint8)
+        far = (self._bits(roundtrip).long() - bits.long()).abs() >= 128
+        if bool(far.any()):
+            idx = far.flatten().nonzero().squeeze(1)
+            self.exceptions[key] = (idx, v.flatten()[idx])
+
+    def restore(self, key: int, v: torch.Tensor) -> None:
+        """``v`` holds the round-tripped weights; put back the exact ones, in place."""
+        bits = self._bits(v)
+        low = self.low.pop(key).to(bits.dtype)
+        # ordered integer keys are monotone in value only for one sign; work per sign on the
+        # magnitude bits, which are monotone in |x|: the correction keeps the sign bit.
+        diff = (low - (bits & 0xFF)) & 0xFF           # in [0, 255]
+        diff = torch.where(diff >= 128, diff - 256, diff)  # nearest: in [-128, 127]
+        bits.add_(diff.to(bits.dtype))
+        if key in self.exceptions:
+            idx, val = self.exceptions.pop(key)
+            v[torch.unravel_index(idx, v.shape)] = val
+
+
+# --------------------------------------------------------------------------- the optimizer
+class MeZO(torch.optim.Optimizer):
+    """Memory-efficient zeroth-order SGD (Malladi et al., NeurIPS 2023, Algorithm 1).
+
+    ``step(closure)``: the closure runs a forward pass only (it is called under
+    ``torch.no_grad``) and returns a scalar objective — any scalar: a non-differentiable
+    one such as minus the accuracy works. Drop-in for ``torch.optim.SGD``::
+
+        opt = MeZO(model.parameters(), lr=1e-6, eps=1e-3)
+        opt.step(lambda: loss_fn(model, batch))
+
+    Args:
+        params: parameters or parameter groups (only these are perturbed and updated, so
+            passing a LoRA adapter's parameters fine-tunes the adapter alone).
+        lr: learning rate η (≥ 0; per group).
+        eps: perturbation scale ε (> 0).
+        weight_decay: λ (per group); not applied to parameters with fewer than 2 dims.
+        n_perturb: directions per step n (n-SPSA, 2n forwards).
+        estimator: ``"sgd"``, ``"sign"``, ``"momentum"`` or ``"adam"``.
+        one_sided: ``g = (L(θ+εz) − L(θ))/ε`` (n + 1 forwards).
+        momentum: heavy-ball coefficient of ``estimator="momentum"``.
+        betas, adam_eps: Adam's coefficients for ``estimator="adam"``.
+        seed: seeds every direction: step t, direction j uses ``direction_seed(seed, t, j)``.
+        exact_restore: restore the weights bit for bit after the ± passes (costs one byte
+            per parameter while a step runs; see the module docstring).
+        workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
+    """
+
+    zeroth_order = True
+
+    def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, weight_decay: float = 0.0,
+                 n_perturb: int = 1, estimator: str = "sgd", one_sided: bool = False,
+                 momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+                 seed: int = 0, exact_restore: bool = False, workers: int | None = None,
+                 chunk: int = CHUNK):
+        _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas, adam_eps)
+        super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
+        self.eps = float(eps)
+        self.n_perturb = int(n_perturb)
+        self.estimator = estimator
+        self.one_sided = bool(one_sided)
+        self.momentum, self.betas, self.adam_eps = float(momentum), tuple(betas), float(adam_eps)
+        self.seed = int(seed)
+        self.exact_restore = bool(exact_restore)
+        self.workers, self.chunk = workers, int(chunk)
+        self.step_count = 0       # steps taken (the t in the direction seeds)
+        self.update_count = 0     # updates applied (Adam's bias-correction t)
+        self.skipped_steps = 0    # steps skipped because a loss was NaN or infinite
+        self._log: dict[str, list] = {"step": [], "status": [], "projected_grads": [], "lrs": []}
+        self._perturber: Perturber | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._perturber = None  # the stream plan follows the parameter list
+
+    @property
+    def forwards_per_step(self) -> int:
+        """Forward passes per step: 2n (two-sided) or n + 1 (one-sided)."""
+        return self.n_perturb + 1 if self.one_sided else 2 * self.n_perturb
+
+    def _flat_params(self) -> tuple[list[torch.Tensor], list[int]]:
+        params, group_of = [], []
+        for g_index, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                params.append(p)
+                group_of.append(g_index)
+        return params, group_of
+
+    @property
+    def perturber(self) -> Perturber:
+        if self._perturber is None:
+            params, _ = self._flat_params()
+            self._perturber = Perturber([p.detach() for p in params], chunk=self.chunk, workers=self.workers)
+        return self._perturber
+
+    def _rule(self) -> _UpdateRule:
+        params, group_of = self._flat_params()
+        return _UpdateRule(params, group_of, self.estimator, self.n_perturb, self.momentum, self.betas,
+                           self.adam_eps, self.state)
+
+    def _perturb(self, seed: int, scale: float) -> None:
+        self.perturber.add(seed, scale)
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> float:
+        """One MeZO step (Algorithm 1); returns the loss estimate at θ (the mean of ℓ₊ and ℓ₋,
+        or L(θ) when one-sided), or the non-finite loss of a skipped step."""
+        if closure is None:
+            raise ValueError("MeZO.step needs a closure that runs a forward pass and returns the loss")
+        t = self.step_count
+        self.step_count += 1
+        eps, n = self.eps, self.n_perturb
+        seeds = [direction_seed(self.seed, t, j) for j in range(n)]
+        restore_scale = -eps if self.one_sided else eps
+        grads: list[float] = []
+        losses: list[float] = []
+
+        def evaluate() -> float:
+            return _scalar(closure(), "the closure")
+
+        keeper = _LowByteKeeper() if self.exact_restore else None
+        base = evaluate() if self.one_sided else None
+        if base is not None and not math.isfinite(base):
+            return self._skip(t, _SKIP_BASE, base, grads)
+        for j, s in enumerate(seeds):
+            if keeper is not None:
+                self._save_low_bytes(keeper, s)
+            self._perturb(s, eps)                                   # θ + εz        (line 5)
+            plus = evaluate()                                       # ℓ₊            (line 6)
+            if not math.isfinite(plus):
+                self._restore(keeper, s, -eps)
+                return self._skip(t, _SKIP_PLUS, plus, grads)
+            if self.one_sided:
+                grads.append((plus - base) / eps)
+                losses.append(base)
+            else:
+                self._perturb(s, -2 * eps)                          # θ − εz        (line 7)
+                minus = evaluate()                                  # ℓ₋            (line 8)
+                if not math.isfinite(minus):
+                    self._restore(keeper, s, eps)
+                    return self._skip(t, _SKIP_MINUS, minus, grads)
+                grads.append((plus - minus) / (2 * eps))            # g             (line 10)
+                losses.append(0.5 * (plus + minus))
+            if j < n - 1:
+                self._restore(keeper, s, restore_scale)             # θ             (line 9)
+        self.update_count += 1
+        lrs = [float(g["lr"]) for g in self.param_groups]
+        wds = [float(g["weight_decay"]) for g in self.param_groups]
+        rule = self._rule()
+        rule.prepare()
+        if keeper is None:  # restore (line 9) fused with the update (lines 11–15): one pass
+            self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
+                                           restore=(seeds[-1], restore_scale)), slots=2)
+        else:
+            self._restore(keeper, seeds[-1], restore_scale)
+            self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count, restore=None), slots=2)
+        self._record(t, _OK, grads, lrs)
+        return float(losses[0] if self.one_sided else sum(losses) / n)
+
+    def _save_low_bytes(self, keeper: _LowByteKeeper, seed: int) -> None:
+        """Exact mode: before the ± passes, remember θ's low bytes (and far-off elements)."""
+        eps, one = self.eps, self.one_sided
+
+        def kernel(v, zgen, s):
+            z = zgen(seed)
+            trip = v.clone()  # the round trip, with the very operations the passes will use
+            trip.add_(z, alpha=eps)
+            if not one:
+                trip.add_(z, alpha=-2 * eps)
+                trip.add_(z, alpha=eps)
+            else:
+                trip.add_(z, alpha=-eps)
+            keeper.save((s.param_index, s.chunk_index), v, trip)
+
+        self.perturber.run(kernel)
+
+    def _restore(self, keeper: _LowByteKeeper | None, seed: int, scale: float) -> None:
+        if keeper is None:
+            self._perturb(seed, scale)
+            return
+
+        def kernel(v, zgen, s):
+            v.add_(zgen(seed), alpha=scale)
+            keeper.restore((s.param_index, s.chunk_index), v)
+
+        self.perturber.run(kernel)
+
+    def _skip(self, t: int, status: int, loss: float, grads: list[float]) -> float:
+        """A NaN/inf loss: the weights are already restored; skip the update, warn, count."""
+        self.skipped_steps += 1
+        warnings.warn(f"MeZO step {t}: the loss is {loss}; the weights were restored and the update "
+                      f"skipped ({self.skipped_steps} skipped so far). Lower lr or eps if this repeats.",
+                      RuntimeWarning, stacklevel=3)
+        self._record(t, status, grads, [float(g["lr"]) for g in self.param_groups])
+        return loss
+
+    def _record(self, t: int, status: int, grads: list[float], lrs: list[float]) -> None:
+        self._log["step"].append(t)
+        self._log["status"].append(status)
+        self._log["projected_grads"].append(list(grads) + [math.nan] * (self.n_perturb - len(grads)))
+        self._log["lrs"].append(list(lrs))
+
+    # ------------------------------------------------------------------ the trajectory log
+    def trajectory(self) -> dict:
+        """The log :func:`replay` needs: hyper-parameters and, per step, the step index,
+        status (0 applied, 1–3 skipped), projected gradients and learning rates."""
+        params, group_of = self._flat_params()
+        return {
+            "seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
+            "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
+            "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self.exact_restore,
+            "weight_decay": [float(g["weight_decay"]) for g in self.param_groups],
+            "group_of": torch.tensor(group_of, dtype=torch.int32),
+            "step": torch.tensor(self._log["step"], dtype=torch.int64),
+            "status": torch.tensor(self._log["status"], dtype=torch.int8),
+            "projected_grads": torch.tensor(self._log["projected_grads"], dtype=torch.float64).reshape(-1, self.n_perturb),
+            "lrs": torch.tensor(self._log["lrs"], dtype=torch.float64).reshape(-1, len(self.param_groups)),
+        }
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out["trajectory"] = self.trajectory()
+        out["counters"] = {"step_count": self.step_count, "update_count": self.update_count,
+                           "skipped_steps": self.skipped_steps}
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        log = state_dict.pop("trajectory", None)
+        counters = state_dict.pop("counters", None)
+        super().load_state_dict(state_dict)
+        if counters:
+            self.step_count = int(counters["step_count"])
+            self.update_count = int(counters["update_count"])
+            self.skipped_steps = int(counters["skipped_steps"])
+        if log is not None:
+            self._log = {"step": log["step"].tolist(), "status": log["status"].tolist(),
+                         "projected_grads": log["projected_grads"].tolist(), "lrs": log["lrs"].tolist()}
+
+
+# --------------------------------------------------------------------------- replay
+@torch.no_grad()
+def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None,
+           passes: bool = True, workers: int | None = None) -> None:
+    """Rebuild fine-tuned weights from the base weights and a MeZO trajectory log, in place.
+
+    The log (``optimizer.trajectory()`` or ``optimizer.state_dict()["trajectory"]``) holds
+    only the seed, the projected gradient of every step and the learning rates — a few
+    bytes per step (MeZO §2: a checkpoint of well under 0.1 MB for thousands of steps).
+    Every direction is re-drawn from its seed and the update re-applied.
+
+    Args:
+        params: the base weights, in the same order as the optimizer's parameters.
+        log: the trajectory log.
+        lr: use this learning rate for every step instead of the logged ones.
+        passes: also replay the ± perturbation passes (no forwards), so the result is bit
+            for bit the weights of the run; ``False`` applies only the updates (faster,
+            equal up to rounding).
+    """
+    params = [p.detach() for p in params]
+    group_of = log["group_of"].tolist()
+    if len(group_of) != len(params):
+        raise ValueError(f"params has {len(params)} tensors but the log was written for {len(group_of)}")
+    if lr is not None and (not math.isfinite(lr) or lr < 0):
+        raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
+    n, eps, one = int(log["n_perturb"]), float(log["eps"]), bool(log["one_sided"])
+    exact = bool(log.get("exact_restore", False)) and passes
+    perturber = Perturber(params, chunk=int(log["chunk"]), workers=workers)
+    rule = _UpdateRule(params, group_of, log["estimator"], n, float(log["momentum"]), tuple(log["betas"]),
+                       float(log["adam_eps"]), state={})
+    rule.prepare()
+    wds = [float(w) for w in log["weight_decay"]]
+    restore_scale = -eps if one else eps
+    updates = 0
+    for t, status, grads, lrs in zip(log["step"].tolist(), log["status"].tolist(),
+                                     log["projected_grads"].tolist(), log["lrs"].tolist()):
+        seeds = [direction_seed(int(log["seed"]), t, j) for j in range(n)]
+        lrs = [lr] * len(lrs) if lr is not None else lrs
+        if status != _OK:
+            if passes and not exact and status != _SKIP_BASE:
+                done = sum(1 for g in grads if not math.isnan(g))
+                for s in seeds[:done]:
+                    perturber.add(s, eps)
+                    if not one:
+                        perturber.add(s, -2 * eps)
+                    perturber.add(s, restore_scale)
+                s = seeds[done]
+                perturber.add(s, eps)
+                if status == _SKIP_PLUS:
+                    perturber.add(s, -eps)
+                else:
+                    perturber.add(s, -2 * eps)
+                    perturber.add(s, eps)
+            continue
+        updates += 1
+        if passes and not exact:
+            for j, s in enumerate(seeds):
+                perturber.add(s, eps)
+                if not one:
+                    perturber.add(s, -2 * eps)
+                if j < n - 1:
+                    perturber.add(s, restore_scale)
+            perturber.run(rule.kernel(seeds, grads, lrs, wds, updates, restore=(seeds[-1], restore_scale)),
+                          slots=2)
+        else:  # exact restoration returns θ bit for bit, so only the update remains
+            perturber.run(rule.kernel(seeds, grads, lrs, wds, updates, restore=None), slots=2)
+
+
+# --------------------------------------------------------------------------- forward gradient
+class _LossModule(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self):
+        return self.loss_fn(self.model)
+
+
+def forward_gradient(model: torch.nn.Module, loss_fn: Callable, *, seed: int = 0,
+                     params: Sequence[torch.nn.Parameter] | None = None,
+                     chunk: int = CHUNK) -> tuple[float, float, list[torch.Tensor]]:
+    """The exact directional derivative ``∇L(θ)·z`` by forward-mode AD (``torch.func.jvp``).
+
+    The reference for MeZO's projected gradient: the SPSA estimate ``(L(θ+εz) −
+    L(θ−εz))/(2ε)`` tends to it as ε → 0 (MeZO Eq. 1), and ``(∇L·z) z`` is the "forward
+    gradient", an unbiased estimate of ∇L (E[z zᵀ] = I). ``z`` is the same direction MeZO
+    draws for ``seed`` when ``params`` are in the optimizer's order.
+
+    Args:
+        model: the module; ``loss_fn(model)`` returns the scalar loss.
+        seed: the direction seed (e.g. ``direction_seed(opt.seed, t)``).
+        params: the parameters to differentiate (default: every trainable parameter).
+
+    Returns:
+        ``(loss, directional_derivative, z)``.
+    """
+    from ._perturb import direction
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if params is not None:
+        wanted = {id(p) for p in params}
+        order = {id(p): k for k, p in enumerate(params)}
+        named = sorted([(n, p) for n, p in named if id(p) in wanted], key=lambda np_: order[id(np_[1])])
+        if len(named) != len(wanted):
+            raise ValueError("params must be trainable parameters of model")
+    if not named:
+        raise ValueError("model has no trainable parameters to differentiate")
+    names = ["model." + n for n, _ in named]
+    primals = tuple(p.detach() for _, p in named)
+    z = direction(primals, seed, chunk=chunk)
+    wrapper = _LossModule(model, loss_fn)
+
+    def f(*tensors):
+        return torch.func.functional_call(wrapper, dict(zip(names, tensors)), ())
+
+    loss, jvp = torch.func.jvp(f, primals, tuple(z))
+    return float(loss), float(jvp), z
+
+
+# --------------------------------------------------------------------------- fit plug-in
+class MeZORunner:
+    """Drive :class:`MeZO` in :func:`zoedu.train.fit`.
+
+    The forwards run in eval mode (dropout off), so ℓ₊ and ℓ₋ are losses of the same
+    function at θ ± εz — with dropout on they would see different masks and the
+    difference would be dominated by the mask, not by z.
+    """
+
+    def __init__(self, ctx, optimizer: MeZO):
+        self.ctx, self.optimizer = ctx, optimizer
+
+    def step(self, step: int) -> dict:
+        batch = self.ctx.sample()
+        model = self.ctx.model
+        was_training = model.training
+        model.eval()
+        try:
+            loss = self.optimizer.step(lambda: self.ctx.loss(batch))
+        finally:
+            model.train(was_training)
+        grads = self.optimizer._log["projected_grads"][-1]
+        return {"loss": loss, "forward_passes": self.optimizer.forwards_per_step, "backward_passes": 0,
+                "projected_grad": float(grads[0]), "skipped_steps": self.optimizer.skipped_steps}
+
+
+def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: int = 1,
+              estimator: str = "sgd", one_sided: bool = False, exact_restore: bool = False,
+              workers: int | None = None, **options) -> MeZORunner:
+    """``fit(..., "mezo", eps=..., n_perturb=..., estimator=...)``: MeZO on the trainable parameters."""
+    opt = MeZO(ctx.params(), lr=ctx.lr, eps=eps, weight_decay=weight_decay, n_perturb=n_perturb,
+               estimator=estimator, one_sided=one_sided, seed=ctx.seed, exact_restore=exact_restore,
+               workers=workers, **options)
+    return MeZORunner(ctx, opt)
