@@ -194,8 +194,9 @@ def spsa_figure(grid_x, grid_y, values, point, true_grad, estimate, directions=N
 def variance_figure(data: pd.DataFrame, *, title: str | None = None, height: int = 420) -> go.Figure:
     """Measured ``E‖ĝ‖² / ‖∇L‖²`` against the dimension ``d``, next to MeZO's Lemma 2.
 
-    ``data`` has columns ``d``, ``n`` (directions), ``measured`` and optionally ``theory``
-    (default ``(d + n − 1) / n``, Malladi et al. 2023, Lemma 2); one colour per ``n``.
+    ``data`` has columns ``d``, ``n`` (directions), ``measured``, optionally ``stderr``
+    (drawn as 95 % error bars) and ``theory`` (default ``(d + n − 1) / n``, Malladi et al.
+    2023, Lemma 2); one colour per ``n``.
     Both axes are logarithmic: the law is a straight line of slope 1 once ``d ≫ n``.
     """
     require_columns(data, ["d", "n", "measured"], "data")
@@ -205,8 +206,9 @@ def variance_figure(data: pd.DataFrame, *, title: str | None = None, height: int
         theory = part["theory"] if "theory" in part else (part["d"] + n - 1) / n
         fig.add_trace(go.Scatter(x=part["d"], y=theory, mode="lines", name=f"(d+n−1)/n, n={n}",
                                  legendgroup=str(n), line=dict(color=color, dash="dash")))
+        err = dict(type="data", array=1.96 * part["stderr"].to_numpy(float), visible=True) if "stderr" in part else None
         fig.add_trace(go.Scatter(x=part["d"], y=part["measured"], mode="markers", name=f"measured, n={n}",
-                                 legendgroup=str(n), marker=dict(color=color, size=9)))
+                                 legendgroup=str(n), marker=dict(color=color, size=9), error_y=err))
     fig.update_xaxes(type="log", title_text="dimension d (number of parameters)")
     fig.update_yaxes(type="log", title_text="E‖ĝ‖² / ‖∇L‖²")
     return apply_theme(fig, title=title or "The SPSA estimate's second moment grows linearly with d",
