@@ -9,43 +9,64 @@ from zoedu.viz import mixing as vm
 
 
 def _conflict_results() -> pd.DataFrame:
+    """Per-step rows shaped like zoedu.experiments.mixing.synthetic_conflict's, at three cosines."""
     rows = []
-    for conflict in (0.0, 0.5, 1.0):
-        for mixer, rate in (("uniform", 0.9), ("pcgrad", 0.8), ("pike", 0.7)):
+    for cosine in (1.0, 0.0, -1.0):
+        for method, rate in (("uniform", 0.9), ("pcgrad", 0.8), ("pike", 0.7)):
             for step in range(1, 6):
-                avg = (rate + conflict / 10) ** step
-                rows.append(dict(conflict=conflict, mixer=mixer, step=step, average_loss=avg,
-                                 worst_loss=2 * avg))
+                avg = (rate + (1 - cosine) / 20) ** step
+                rows.append(dict(cosine=cosine, method=method, step=step, average=avg, worst=2 * avg))
     return pd.DataFrame(rows)
 
 
 def test_conflict_figure_selects_the_level():
     res = _conflict_results()
-    fig = vm.conflict_figure(res, conflict=0.5)
-    assert len(fig.data) == 6  # 3 mixers × (average, worst)
+    fig = vm.conflict_figure(res, cosine=0.1)  # nearest level: 0
+    assert len(fig.data) == 6  # 3 methods × (average, worst)
     pike = next(t for t in fig.data if t.name == "PiKE" and t.xaxis in (None, "x"))
     np.testing.assert_allclose(pike.y, 0.75 ** np.arange(1, 6))
-    with pytest.raises(ValueError, match="pass conflict="):
+    assert "+0" in fig.layout.title.text or "cosine 0" in fig.layout.title.text
+    with pytest.raises(ValueError, match="pass cosine="):
         vm.conflict_figure(res)
+    with pytest.raises(ValueError, match="results is missing"):
+        vm.conflict_figure(res.drop(columns="worst"), cosine=0.0)
 
 
-def test_conflict_dashboard_slider_changes_the_curves():
+def test_conflict_dashboard_slider_runs_from_aligned_to_opposed_and_changes_the_curves():
     dash = vm.ConflictDashboard(_conflict_results())
     assert isinstance(dash.figure, go.FigureWidget)
-    assert dash.conflict.value == 0.0
+    assert [v for _, v in dash.cosine.options] == [1.0, 0.0, -1.0]
+    assert dash.cosine.value == 1.0
     before = np.array(dash.figure.data[0].y)
-    dash.conflict.value = 1.0
+    dash.cosine.value = -1.0
     after = np.array(dash.figure.data[0].y)
     np.testing.assert_allclose(before, 0.9 ** np.arange(1, 6))
     np.testing.assert_allclose(after, 1.0 ** np.arange(1, 6))
-    assert "conflict = 1" in dash.figure.layout.title.text
+    assert "-1" in dash.figure.layout.title.text
 
 
-def test_conflict_summary_takes_the_final_step():
+def test_conflict_summary_takes_the_final_step_or_a_sweep_summary():
     fig = vm.conflict_summary_figure(_conflict_results())
     uniform = next(t for t in fig.data if t.name == "uniform")
-    np.testing.assert_allclose(uniform.x, [0, 0.5, 1.0])
+    np.testing.assert_allclose(uniform.x, [1.0, 0.0, -1.0])
     np.testing.assert_allclose(uniform.y, [0.9 ** 5, 0.95 ** 5, 1.0])
+    summary = pd.DataFrame({"cosine": [1.0, -1.0], "method": ["pike", "pike"], "average": [0.1, 0.2]})
+    fig = vm.conflict_summary_figure(summary)
+    np.testing.assert_allclose(fig.data[0].y, [0.1, 0.2])
+
+
+def test_conflict_dashboard_on_the_real_synthetic_experiment():
+    from zoedu.experiments.mixing import synthetic_conflict
+
+    res = pd.concat([synthetic_conflict(c, steps=12, methods=("uniform", "pike"), update_every=4)
+                     for c in (1.0, -1.0)], ignore_index=True)
+    dash = vm.ConflictDashboard(res)
+    uniform_aligned = np.array(dash.figure.data[0].y)
+    dash.cosine.value = -1.0
+    uniform_opposed = np.array(dash.figure.data[0].y)
+    expected = res[(res.cosine == -1.0) & (res.method == "uniform")].sort_values("step")["average"]
+    np.testing.assert_allclose(uniform_opposed, expected.to_numpy())
+    assert not np.allclose(uniform_aligned, uniform_opposed)
 
 
 def test_cosine_heatmap_and_dashboard_slider_over_steps():
@@ -54,8 +75,10 @@ def test_cosine_heatmap_and_dashboard_slider_over_steps():
     m2 = np.array([[1, -0.5, 0.2], [-0.5, 1, 0.1], [0.2, 0.1, 1]])
     fig = vm.cosine_heatmap(m2, domains, step=20)
     assert fig.data[0].zmid == 0 and list(fig.data[0].x) == domains
-    history = pd.DataFrame({"step": [10, 11, 20], "cosine": [m1, np.nan, m2]})
-    dash = vm.CosineDashboard(history, domains)
+    history = pd.DataFrame({"step": [10, 11, 20], "cosine": [m1, np.nan, m2],
+                            **{f"weight/{d}": [1 / 3] * 3 for d in domains}})
+    dash = vm.CosineDashboard(history)
+    assert dash.domains == domains
     assert list(dash.step.options) == [10, 20]
     np.testing.assert_allclose(np.array(dash.figure.data[0].z), m1)
     dash.step.value = 20
@@ -84,13 +107,40 @@ def test_domain_losses_figure_adds_average_and_worst():
                             "loss": [3.0, 5.0, 2.0, 4.0]})
     fig = vm.domain_losses_figure(summary)
     assert list(fig.data[0].x) == ["prose", "code", "average", "worst"]
+    wide = pd.DataFrame({"mixer": ["uniform", "pike"], "val/prose": [3.0, 2.0], "val/code": [5.0, 4.0],
+                         "val_average": [4.0, 3.0]})
+    fig = vm.domain_losses_figure(wide)
+    assert list(fig.data[0].x) == ["prose", "code", "average", "worst"]
     np.testing.assert_allclose(fig.data[0].y, [3.0, 5.0, 4.0, 5.0])
     np.testing.assert_allclose(fig.data[1].y, [2.0, 4.0, 3.0, 4.0])
 
 
 def test_tau_figure_and_reference_line():
-    sweep = pd.DataFrame({"tau": [10.0, 0.1, 1.0], "average_loss": [3.2, 3.0, 3.1], "worst_loss": [3.5, 4.0, 3.8]})
+    sweep = pd.DataFrame({"tau": [10.0, 0.1, 1.0], "average": [3.2, 3.0, 3.1], "worst": [3.5, 4.0, 3.8]})
     fig = vm.tau_figure(sweep, reference={"uniform": 4.1})
     np.testing.assert_allclose(fig.data[0].x, [0.1, 1.0, 10.0])
     np.testing.assert_allclose(fig.data[0].y, [4.0, 3.8, 3.5])
     assert fig.layout.shapes[0].y0 == 4.1
+    per_step = pd.DataFrame({"tau": [1.0, 1.0, 2.0, 2.0], "step": [1, 2, 1, 2], "average": [9, 1, 9, 2],
+                             "worst": [9, 3, 9, 4]})
+    np.testing.assert_allclose(vm.tau_figure(per_step).data[0].y, [3, 4])
+
+
+def test_cosine_dashboard_and_weights_on_a_real_mixed_training_history():
+    from zoedu.experiments.mixing import pretrain_multidomain
+
+    run = pretrain_multidomain(("pike",), fast=True, steps=4, stats_every=2, eval_every=4, batch_size=8,
+                               n_train={"prose": 16, "code": 16, "rot13": 16, "arithmetic": 16},
+                               n_validation=4, max_length=16)
+    history = run["histories"]["pike"]
+    dash = vm.CosineDashboard(history)
+    assert dash.domains == ["prose", "code", "rot13", "arithmetic"]
+    assert list(dash.step.options) == [2, 4]
+    dash.step.value = 4
+    np.testing.assert_allclose(np.array(dash.figure.data[0].z), history.loc[history.step == 4, "cosine"].iloc[0])
+    fig = vm.mixing_weights_figure({"pike": history})
+    assert [t.name for t in fig.data] == dash.domains
+    np.testing.assert_allclose(sum(np.array(t.y) for t in fig.data), 1.0)
+    bars = vm.domain_losses_figure(run["summary"])
+    assert bars.data[0].y[-2] == pytest.approx(run["summary"]["val_average"].iloc[0])
+    assert bars.data[0].y[-1] == pytest.approx(run["summary"]["val_worst"].iloc[0])

@@ -58,21 +58,45 @@ def _mixer_label(name) -> str:
 
 
 # --------------------------------------------------------------------------- synthetic conflict
-def conflict_figure(results: pd.DataFrame, *, conflict: float | None = None,
-                    losses: Sequence[str] = ("average_loss", "worst_loss"), log_y: bool = True,
-                    title: str | None = None) -> go.Figure:
-    """Loss curves of each mixer on the synthetic problem at one conflict level.
+KNOB_TITLE = "cosine between task gradients (+1 aligned, 0 orthogonal, −1 opposed)"
 
-    ``results`` is long-format, one row per (conflict, mixer, step), with the columns
-    named in ``losses`` (one panel each, e.g. the average over tasks and the worst task).
-    ``conflict`` selects the level (nearest available); ``None`` needs a single level.
+
+def _levels(results: pd.DataFrame, knob: str) -> list[float]:
+    """The knob's levels from aligned (+1) to opposed (−1): descending cosines."""
+    return sorted(set(results[knob].astype(float)), reverse=True)
+
+
+def _at_level(results: pd.DataFrame, knob: str, level: float | None) -> tuple[pd.DataFrame, float | None]:
+    if knob not in results:
+        if level is not None:
+            raise ValueError(f"a {knob} level was given but results has no {knob!r} column")
+        return results, None
+    levels = np.asarray(_levels(results, knob))
+    if level is None:
+        if len(levels) > 1:
+            raise ValueError(f"results holds several {knob} levels {levels.tolist()}; pass {knob}=")
+        level = levels[0]
+    chosen = float(levels[np.argmin(np.abs(levels - float(level)))])
+    return results[np.isclose(results[knob].astype(float), chosen)], chosen
+
+
+def conflict_figure(results: pd.DataFrame, *, cosine: float | None = None, knob: str = "cosine",
+                    by: str = "method", losses: Sequence[str] = ("average", "worst"),
+                    log_y: bool = True, title: str | None = None) -> go.Figure:
+    """Loss curves of each method on the synthetic K-task problem at one conflict level.
+
+    ``results`` is long-format, one row per (``knob`` level, ``by``, step) — the
+    concatenated output of :func:`zoedu.experiments.mixing.synthetic_conflict` — with
+    the columns named in ``losses`` (one panel each: the average excess loss over tasks
+    and the worst task's). ``cosine`` selects the level (nearest available); ``None``
+    needs a single level.
     """
-    require_columns(results, ["mixer", "step", *losses], "results")
-    data = _at_conflict(results, conflict)
+    require_columns(results, [by, "step", *losses], "results")
+    data, level = _at_level(results, knob, cosine)
     fig = make_subplots(rows=1, cols=len(losses), horizontal_spacing=0.08,
-                        subplot_titles=[c.replace("_", " ") for c in losses])
-    for mixer in _ordered(data["mixer"].tolist()):
-        part = data[data["mixer"] == mixer].sort_values("step")
+                        subplot_titles=[f"{c.replace('_', ' ')} excess loss" for c in losses])
+    for mixer in _ordered(data[by].tolist()):
+        part = data[data[by] == mixer].sort_values("step")
         for j, col in enumerate(losses):
             fig.add_trace(go.Scatter(
                 x=part["step"].to_numpy(float), y=part[col].to_numpy(float), mode="lines",
@@ -82,70 +106,67 @@ def conflict_figure(results: pd.DataFrame, *, conflict: float | None = None,
                 row=1, col=j + 1)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(type="log" if log_y else "linear")
-    fig.update_yaxes(title_text="loss", row=1, col=1)
-    level = data["conflict"].iloc[0] if "conflict" in data else None
-    return apply_theme(fig, title=title or "Synthetic multi-task problem"
-                       + (f" at conflict = {level:g}" if level is not None else ""), height=420)
+    fig.update_yaxes(title_text="excess loss L_k − L_k*", row=1, col=1)
+    suffix = f" — task gradients at cosine {level:+g}" if level is not None else ""
+    return apply_theme(fig, title=title or "Synthetic multi-task problem" + suffix, height=420)
 
 
-def _at_conflict(results: pd.DataFrame, conflict: float | None) -> pd.DataFrame:
-    if "conflict" not in results:
-        if conflict is not None:
-            raise ValueError("conflict was given but results has no 'conflict' column")
-        return results
-    levels = np.asarray(sorted(set(results["conflict"].astype(float))))
-    if conflict is None:
-        if len(levels) > 1:
-            raise ValueError(f"results holds several conflict levels {levels.tolist()}; pass conflict=")
-        conflict = levels[0]
-    level = levels[np.argmin(np.abs(levels - float(conflict)))]
-    return results[np.isclose(results["conflict"].astype(float), level)]
+def conflict_summary_figure(results: pd.DataFrame, *, knob: str = "cosine", by: str = "method",
+                            loss: str = "average", last: int = 1, log_y: bool = True,
+                            title: str | None = None) -> go.Figure:
+    """Final ``loss`` of each method against the conflict knob (aligned → orthogonal → opposed).
 
-
-def conflict_summary_figure(results: pd.DataFrame, *, loss: str = "average_loss",
-                            log_y: bool = True, title: str | None = None) -> go.Figure:
-    """Final ``loss`` of each mixer against the conflict level (aligned → orthogonal → opposed)."""
-    require_columns(results, ["conflict", "mixer", "step", loss], "results")
-    last = results.sort_values("step").groupby(["mixer", "conflict"], as_index=False).last()
+    ``results`` is either the per-step output of ``synthetic_conflict`` (with ``step``:
+    the mean of the ``last`` steps is taken) or the per-level summary of
+    :func:`zoedu.experiments.mixing.conflict_sweep` (one row per level and method).
+    """
+    require_columns(results, [knob, by, loss], "results")
+    if "step" in results:
+        cut = results["step"].max() - max(1, int(last))
+        results = results[results["step"] > cut]
+    final = results.groupby([by, knob], as_index=False)[loss].mean()
     fig = go.Figure()
-    for mixer in _ordered(last["mixer"].tolist()):
-        part = last[last["mixer"] == mixer].sort_values("conflict")
-        fig.add_trace(go.Scatter(x=part["conflict"].to_numpy(float), y=part[loss].to_numpy(float),
+    for mixer in _ordered(final[by].tolist()):
+        part = final[final[by] == mixer].sort_values(knob, ascending=False)
+        fig.add_trace(go.Scatter(x=part[knob].to_numpy(float), y=part[loss].to_numpy(float),
                                  mode="lines+markers", name=_mixer_label(mixer),
                                  line=dict(color=method_color(_key(mixer)), width=2.5)))
-    fig.update_xaxes(title_text="conflict level (0 = aligned, 1 = opposed)")
-    fig.update_yaxes(title_text=f"final {loss.replace('_', ' ')}", type="log" if log_y else "linear")
-    return apply_theme(fig, title=title or "Which mixer wins depends on the conflict level", height=400)
+    fig.update_xaxes(title_text=KNOB_TITLE if knob == "cosine" else knob, autorange="reversed")
+    fig.update_yaxes(title_text=f"final {loss.replace('_', ' ')} excess loss", type="log" if log_y else "linear")
+    return apply_theme(fig, title=title or "Which method wins depends on the conflict level", height=400)
 
 
 class ConflictDashboard:
     """A slider over the synthetic problem's conflict levels redrawing :func:`conflict_figure`.
 
-    Set ``dash.conflict.value``; ``dash.figure`` (a ``go.FigureWidget``) gets the curves
-    of that level. ``dash.widget`` is the container to display.
+    The slider runs from aligned (cosine +1, left) to opposed (−1, right). Set
+    ``dash.cosine.value``; ``dash.figure`` (a ``go.FigureWidget``) gets the curves of that
+    level. ``dash.widget`` is the container to display.
     """
 
-    def __init__(self, results: pd.DataFrame, *, losses: Sequence[str] = ("average_loss", "worst_loss"),
-                 conflict: float | None = None, log_y: bool = True):
+    def __init__(self, results: pd.DataFrame, *, knob: str = "cosine", by: str = "method",
+                 losses: Sequence[str] = ("average", "worst"), cosine: float | None = None,
+                 log_y: bool = True):
         import ipywidgets as widgets
 
-        require_columns(results, ["conflict", "mixer", "step", *losses], "results")
+        require_columns(results, [knob, by, "step", *losses], "results")
         if results.empty:
             raise ValueError("results is empty")
-        self.results, self.losses, self.log_y = results, tuple(losses), log_y
-        levels = sorted(set(results["conflict"].astype(float)))
-        start = levels[0] if conflict is None else min(levels, key=lambda v: abs(v - conflict))
-        self.conflict = widgets.SelectionSlider(options=[(f"{v:g}", v) for v in levels], value=start,
-                                                description="conflict", continuous_update=False)
+        self.results, self.knob, self.by, self.losses, self.log_y = results, knob, by, tuple(losses), log_y
+        levels = _levels(results, knob)
+        start = levels[0] if cosine is None else min(levels, key=lambda v: abs(v - cosine))
+        self.cosine = widgets.SelectionSlider(options=[(f"{v:+g}", v) for v in levels], value=start,
+                                              description=knob, continuous_update=False)
         self.figure = go.FigureWidget(self._build(start))
-        self.conflict.observe(self._on_change, names="value")
-        self.widget = widgets.VBox([self.conflict, self.figure])
+        self.cosine.observe(self._on_change, names="value")
+        self.widget = widgets.VBox([self.cosine, self.figure])
 
     def _build(self, level: float) -> go.Figure:
-        return conflict_figure(self.results, conflict=level, losses=self.losses, log_y=self.log_y)
+        return conflict_figure(self.results, cosine=level, knob=self.knob, by=self.by, losses=self.losses,
+                               log_y=self.log_y)
 
     def _on_change(self, change=None) -> None:
-        new = self._build(self.conflict.value)
+        new = self._build(self.cosine.value)
         with self.figure.batch_update():
             for old, fresh in zip(self.figure.data, new.data):
                 old.x, old.y = fresh.x, fresh.y
@@ -181,6 +202,11 @@ def cosine_heatmap(matrix, domains: Sequence[str] | None = None, *, step: int | 
     return apply_theme(fig, title=title or default, height=460, width=560)
 
 
+def history_domains(history: pd.DataFrame, prefix: str = "weight/") -> list[str]:
+    """The domain names of a mixed-training History, read off its ``weight/<domain>`` columns."""
+    return [c[len(prefix):] for c in history.columns if c.startswith(prefix)]
+
+
 def cosine_snapshots(history: pd.DataFrame, column: str = "cosine") -> list[tuple[int, np.ndarray]]:
     """The (step, K×K matrix) pairs stored in a History's ``column`` (NaN rows skipped)."""
     require_columns(history, ["step", column], "history")
@@ -206,6 +232,8 @@ class CosineDashboard:
         import ipywidgets as widgets
 
         if isinstance(snapshots, pd.DataFrame):
+            if domains is None:
+                domains = history_domains(snapshots) or None
             snapshots = cosine_snapshots(snapshots)
         snapshots = [(int(s), np.asarray(m, dtype=float)) for s, m in snapshots]
         if not snapshots:
@@ -286,12 +314,19 @@ def mixing_weights_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame], 
 
 
 def domain_losses_figure(summary: pd.DataFrame, *, mixer: str = "mixer", domain: str = "domain",
-                         loss: str = "loss", title: str | None = None) -> go.Figure:
+                         loss: str = "loss", prefix: str = "val/", title: str | None = None) -> go.Figure:
     """Per-domain validation loss of each mixer (grouped bars), with its average and worst.
 
-    ``summary`` is long-format, one row per (mixer, domain) with the final ``loss``.
-    The bars "average" and "worst" are computed here from the per-domain rows.
+    ``summary`` is either wide — one row per mixer with ``val/<domain>`` columns, the
+    ``summary`` of :func:`zoedu.experiments.mixing.pretrain_multidomain` — or long, one row
+    per (mixer, domain) with the final ``loss``. The bars "average" and "worst" are
+    computed here from the per-domain values.
     """
+    wide = [c for c in summary.columns if c.startswith(prefix)]
+    if domain not in summary and wide:
+        require_columns(summary, [mixer], "summary")
+        summary = summary.melt(id_vars=[mixer], value_vars=wide, var_name=domain, value_name=loss)
+        summary[domain] = summary[domain].str[len(prefix):]
     require_columns(summary, [mixer, domain, loss], "summary")
     if summary.empty:
         raise ValueError("summary is empty")
@@ -333,8 +368,8 @@ def domain_loss_curves(histories: Mapping[str, pd.DataFrame], *, prefix: str = "
     return apply_theme(fig, title=title or "Validation loss per domain during training", height=380)
 
 
-def tau_figure(sweep: pd.DataFrame, *, tau: str = "tau", average: str = "average_loss",
-               worst: str = "worst_loss", reference: Mapping[str, float] | None = None,
+def tau_figure(sweep: pd.DataFrame, *, tau: str = "tau", average: str = "average",
+               worst: str = "worst", reference: Mapping[str, float] | None = None,
                title: str | None = None) -> go.Figure:
     """Balanced-PiKE: the average and the worst-domain loss against its temperature τ.
 
@@ -346,6 +381,8 @@ def tau_figure(sweep: pd.DataFrame, *, tau: str = "tau", average: str = "average
     require_columns(sweep, [tau, average, worst], "sweep")
     if sweep.empty:
         raise ValueError("sweep is empty")
+    if "step" in sweep:  # per-step rows (e.g. synthetic_conflict at several τ): the final step of each
+        sweep = sweep.sort_values("step").groupby(tau, as_index=False).last()
     part = sweep.sort_values(tau)
     fig = go.Figure()
     colour = method_color("balanced_pike")
@@ -376,6 +413,7 @@ __all__ = [
     "domain_color",
     "domain_loss_curves",
     "domain_losses_figure",
+    "history_domains",
     "mixing_weights_figure",
     "off_diagonal_summary",
     "tau_figure",
