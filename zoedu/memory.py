@@ -122,8 +122,8 @@ class _Tracker(TorchDispatchMode):
     """Track the live bytes per category and the breakdown at the peak (see :func:`measure`).
 
     Every op output's storage is recorded once with the category of the moment it is made:
-    inside a module's forward or with gradients enabled → ``activations``; inside the
-    autograd engine → ``other`` (until it becomes a parameter's ``.grad``, noticed by a
+    inside a module's forward, or after it and before the weights are next used (the
+    loss), or with gradients enabled → ``activations``; inside the autograd engine → ``other`` (until it becomes a parameter's ``.grad``, noticed by a
     post-accumulate-grad hook → ``grads``); inside ``optimizer.step`` with gradients off →
     ``pending``, settled when the step ends: storages found in ``optimizer.state`` become
     ``optimizer``, the rest ``other``. Tensors that existed before (weights, the batch,
@@ -150,6 +150,7 @@ class _Tracker(TorchDispatchMode):
         self.step_depth = 0
         self.step_blocks: list[_Block] = []
         self.forward_depth = 0
+        self.after_forward = False  # between a model's forward and the next use of the weights: the loss
         self.model, self.optimizer = model, optimizer
 
     # ---------------------------------------------------------------- bookkeeping
@@ -284,12 +285,16 @@ class _Tracker(TorchDispatchMode):
 
     def _fwd_post(self, module, args, output):
         self.forward_depth = max(self.forward_depth - 1, 0)
+        if self.forward_depth == 0:
+            self.after_forward = True
 
     def _kind_now(self) -> str:
         if self.forward_depth > 0:
             return "activations"
         if torch._C._current_graph_task_id() != -1:
             return "other"
+        if self.after_forward:
+            return "activations"
         if self.step_depth > 0 and not torch.is_grad_enabled():
             return "pending"
         return "activations"
@@ -338,8 +343,11 @@ class _Tracker(TorchDispatchMode):
             if isinstance(a, torch.Tensor):
                 if isinstance(a, nn.Parameter):
                     self._watch_param(a)
+                    block = self._add(a, "params", existed=True)
                 else:
-                    self._add(a, "other", existed=True)
+                    block = self._add(a, "other", existed=True)
+                if block is not None and block.kind == "params" and self.forward_depth == 0:
+                    self.after_forward = False  # the weights are used again: the loss is done
         out = func(*args, **kwargs)
         kind = None
         for t in tree_flatten(out)[0]:
@@ -412,6 +420,15 @@ def _measure_device(device, model, optimizer) -> torch.device:
 
 # --------------------------------------------------------------------------- estimate
 METHODS = ("inference", "adam", "sgd", "ipsgd", "mezo", "addax")
+
+
+def _zo_chunk() -> int:
+    """Elements per random stream of ``zoedu.optim``'s CPU perturbation passes (MeZO, Addax)."""
+    try:
+        from .optim._perturb import CHUNK
+    except ImportError:  # pragma: no cover - the optimizers are part of the package
+        return 1 << 15
+    return int(CHUNK)
 
 #: Architecture numbers of the models :func:`estimate` knows offline:
 #: (family, hidden, layers, heads, kv_heads, ffn, vocab, max_positions).
@@ -642,7 +659,9 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
             of the largest parameter).
         mixed_precision: ``torch.autocast`` training (Hugging Face Trainer ``fp16=True``):
             fp32 weights, gradients and Adam moments, activations in ``dtype``, plus the
-            ``dtype`` copy of the weights that autocast caches (``other``).
+            ``dtype`` copy of the weights that autocast caches (``other``). Applies to
+            ``adam``, ``sgd`` and ``ipsgd``; the forward-only methods (and Addax, which
+            works in place) run in ``dtype``.
         k0, k1, length_threshold: Addax (Li et al. 2025, Algorithm 1): the zeroth-order
             batch of ``k0`` examples of length ``seq_len`` (the long ones) and the
             first-order batch of ``k1`` examples no longer than ``length_threshold``.
@@ -664,10 +683,15 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     * The peak of a step is the larger of the end of the forward pass (weights +
       activations + loss) and the optimizer update (weights + gradients + state +
       the update's temporaries, ``other``).
-    * ``ipsgd``: the forward peak plus one parameter's gradient at a time (it is applied
-      and freed as soon as it is accumulated; Addax Algorithm 1, line 9).
-    * ``mezo`` (MeZO Algorithm 1): inference memory; the random direction ``z`` is made
-      one parameter at a time (at most the largest parameter, ``other``).
+    * ``ipsgd``: no stored gradient: each is applied and freed as soon as it is
+      accumulated (Addax Algorithm 1, first-order update), so the peak is the larger of
+      the forward peak and one parameter's gradient (the embedding's, which arrives last,
+      when the activations are gone).
+    * ``mezo`` (MeZO Algorithm 1): inference memory; the random direction ``z`` is
+      regenerated from its seed, never stored: ``zoedu.optim`` draws it into two scratch
+      slots per stream (on CUDA a stream is a parameter, on CPU a chunk of
+      ``zoedu.optim.CHUNK`` elements per worker thread); the peak is the larger of the
+      forward pass and those slots.
     * ``addax``: the larger of its zeroth-order part (MeZO on ``k0 × seq_len``) and its
       first-order part (IP-SGD on ``k1 × length_threshold``).
 
@@ -695,8 +719,10 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     e = dt.itemsize
     if mixed_precision and e == 4:
         raise ValueError("mixed_precision=True needs dtype='float16' or 'bfloat16' (the autocast dtype)")
-    w = 4 if mixed_precision else e  # bytes of a stored weight, gradient and optimizer state
-    cast = a.params * e if mixed_precision else 0  # autocast's low-precision weight copies
+    # autocast applies to backpropagation; forward-only methods simply run in ``dtype``
+    mixed = mixed_precision and method in ("adam", "sgd", "ipsgd")
+    w = 4 if mixed else e  # bytes of a stored weight, gradient and optimizer state
+    cast = a.params * e if mixed else 0  # autocast's low-precision weight copies
 
     def batch_bytes(b, s):  # input_ids, attention_mask (int64) and labels
         return b * s * 16 + b * 8
@@ -710,14 +736,20 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
 
     def mezo(b, s):
         f = inference(b, s)
-        z = a.largest * w
+        if device == "cuda":  # one stream per parameter, two scratch slots
+            z = 2 * a.largest * w
+        else:  # streams of _ZO_CHUNK elements, two slots per worker thread
+            z = 2 * min(a.largest, _zo_chunk()) * w * torch.get_num_threads()
         if z > f.activations:
             return Footprint(params=f.params, other=f.other + z)
         return f
 
     def ipsgd(b, s):
         f = forward(b, s, True)
-        return Footprint(params=f.params, activations=f.activations, other=f.other + a.largest * w)
+        grad = a.largest * w  # the last gradient to arrive (the embedding) comes after activations are freed
+        if grad > f.activations:
+            return Footprint(params=f.params, other=f.other + grad)
+        return f
 
     def first_order(b, s, adam: bool):
         f = forward(b, s, True)
