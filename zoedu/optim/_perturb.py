@@ -30,8 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-#: Elements per random stream on CPU (256 Ki: a stream's z fits in L2 cache).
-CHUNK = 1 << 18
+#: Elements per random stream on CPU: 32 Ki, torch's intra-op grain size, so each op of a
+#: pass runs on the worker thread that issued it (no nested OpenMP teams, which spin and
+#: oversubscribe a busy machine) and a stream's z (128 KiB in fp32) stays in L2 cache.
+CHUNK = 1 << 15
 _MASK64 = (1 << 64) - 1
 
 
@@ -144,16 +146,19 @@ class Perturber:
         torch.randn(stream.numel, generator=gen, dtype=p.dtype, device=p.device, out=buf)
         return buf if stream.contiguous else buf.view(p.shape)
 
-    def run(self, kernel: Callable, *, slots: int = 1, streams: Sequence[Stream] | None = None) -> None:
+    def run(self, kernel: Callable, *, slots: int = 1, streams: Sequence[Stream] | None = None,
+            serial: bool = False) -> None:
         """Apply ``kernel(view, zgen, stream)`` to every stream (in parallel on CPU).
 
         ``zgen(seed, slot=0)`` returns the stream's direction for ``seed`` in scratch
         buffer ``slot`` (``slots`` buffers per worker are allocated for this pass).
+        ``serial=True`` runs in the calling thread (for kernels that allocate: only the
+        calling thread's allocations are seen by :func:`zoedu.memory.measure`).
         """
         streams = self.streams if streams is None else streams
         if not streams:
             return
-        workers = min(self.workers, len(streams))
+        workers = 1 if serial else min(self.workers, len(streams))
         buffers = self._buffers(slots)
 
         def work(w: int) -> None:

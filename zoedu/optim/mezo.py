@@ -330,6 +330,8 @@ class MeZO(torch.optim.Optimizer):
         def evaluate() -> float:
             return _scalar(closure(), "the closure")
 
+        rule = self._rule()
+        rule.prepare()  # optimizer state is made before the forwards (and counted as such)
         keeper = _LowByteKeeper() if self.exact_restore else None
         base = evaluate() if self.one_sided else None
         if base is not None and not math.isfinite(base):
@@ -358,8 +360,6 @@ class MeZO(torch.optim.Optimizer):
         self.update_count += 1
         lrs = [float(g["lr"]) for g in self.param_groups]
         wds = [float(g["weight_decay"]) for g in self.param_groups]
-        rule = self._rule()
-        rule.prepare()
         if keeper is None:  # restore (line 9) fused with the update (lines 11–15): one pass
             self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
                                            restore=(seeds[-1], restore_scale)), slots=2)
@@ -384,7 +384,7 @@ class MeZO(torch.optim.Optimizer):
                 trip.add_(z, alpha=-eps)
             keeper.save((s.param_index, s.chunk_index), v, trip)
 
-        self.perturber.run(kernel)
+        self.perturber.run(kernel, serial=True)
 
     def _restore(self, keeper: _LowByteKeeper | None, seed: int, scale: float) -> None:
         if keeper is None:
@@ -395,7 +395,7 @@ class MeZO(torch.optim.Optimizer):
             v.add_(zgen(seed), alpha=scale)
             keeper.restore((s.param_index, s.chunk_index), v)
 
-        self.perturber.run(kernel)
+        self.perturber.run(kernel, serial=True)
 
     def _skip(self, t: int, status: int, loss: float, grads: list[float]) -> float:
         """A NaN/inf loss: the weights are already restored; skip the update, warn, count."""
@@ -566,7 +566,10 @@ def forward_gradient(model: torch.nn.Module, loss_fn: Callable, *, seed: int = 0
     def f(*tensors):
         return torch.func.functional_call(wrapper, dict(zip(names, tensors)), ())
 
-    loss, jvp = torch.func.jvp(f, primals, tuple(z))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode AD
+        loss, jvp = torch.func.jvp(f, primals, tuple(z))
     return float(loss), float(jvp), z
 
 

@@ -1,0 +1,256 @@
+"""Benchmarks of the optimizers in zoedu.optim (results in benchmarks/README.md, "Optimizers").
+
+    python benchmarks/bench_optim.py speed      # 1. MeZO step ÷ forward, 3. speed-up over the paper's loop
+    python benchmarks/bench_optim.py memory     # 2. MeZO peak ÷ inference peak
+    python benchmarks/bench_optim.py drift      # restoration drift after 1000 lr=0 steps (fp32/bf16/fp16)
+    python benchmarks/bench_optim.py minilm     # 4. Adam, SGD, IP-SGD, MeZO, Addax on MiniLM + sentiment
+    python benchmarks/bench_optim.py all
+
+Everything is measured side by side in one run and reported as ratios, which survive a
+busy machine better than absolute times. Nothing here is asserted; tests never time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from zoedu.memory import measure  # noqa: E402
+from zoedu.models import load_model  # noqa: E402
+from zoedu.optim import MeZO  # noqa: E402
+
+
+# --------------------------------------------------------------------------- the paper's loop
+class ReferenceMeZO:
+    """MeZO as the paper's code does it (Malladi et al., ``trainer.py``): ``torch.manual_seed``
+    then one ``torch.normal`` per parameter, out-of-place ``param.data = param.data + …``,
+    and four draws of z per step (perturb +, perturb −2, restore +, update)."""
+
+    def __init__(self, params, lr, eps=1e-3, weight_decay=0.0):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.eps, self.wd = lr, eps, weight_decay
+        self.t = 0
+
+    def _perturb(self, seed, scale):
+        torch.manual_seed(seed)
+        for p in self.params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.device, dtype=p.dtype)
+            p.data = p.data + scale * z * self.eps
+
+    @torch.no_grad()
+    def step(self, closure):
+        seed = 1000 + self.t
+        self.t += 1
+        self._perturb(seed, 1)
+        l1 = float(closure())
+        self._perturb(seed, -2)
+        l2 = float(closure())
+        self._perturb(seed, 1)
+        g = (l1 - l2) / (2 * self.eps)
+        torch.manual_seed(seed)
+        for p in self.params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.device, dtype=p.dtype)
+            if p.dim() >= 2:
+                p.data = p.data - self.lr * (g * z + self.wd * p.data)
+            else:
+                p.data = p.data - self.lr * (g * z)
+        return 0.5 * (l1 + l2)
+
+
+def _opt_model(size="25m", dtype=None, device="cpu"):
+    model, _ = load_model("tiny-opt", size=size, num_labels=2, dtype=dtype, device=device)
+    model.eval()
+    return model
+
+
+def _batch(batch, seq, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (batch, seq), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "labels": torch.randint(0, 2, (batch,), generator=g).to(device)}
+
+
+def _loss(model, b):
+    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    return torch.nn.functional.cross_entropy(out.logits.float(), b["labels"])
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timeit(fn, device):
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- 1 + 3: speed
+def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None):
+    model = _opt_model(size, dtype=dtype, device=device)
+    b = _batch(batch, seq, device)
+    closure = lambda: _loss(model, b)  # noqa: E731
+    mezo = {w: MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=w) for w in sorted({1, torch.get_num_threads()})}
+    ref = ReferenceMeZO(model.parameters(), lr=1e-7)
+    times = {"forward": [], "reference": [], **{f"mezo[w={w}]": [] for w in mezo}}
+    with torch.no_grad():
+        closure()  # warm-up
+        for w, opt in mezo.items():
+            opt.step(closure)
+        ref.step(closure)
+        for _ in range(rounds):  # interleaved, so a busy machine hits every variant alike
+            times["forward"].append(_timeit(closure, device))
+            for w, opt in mezo.items():
+                times[f"mezo[w={w}]"].append(_timeit(lambda: opt.step(closure), device))
+            times["reference"].append(_timeit(lambda: ref.step(closure), device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"\n[speed] tiny-opt {size} ({n_params / 1e6:.1f} M params, dtype {dtype or 'float32'}), "
+          f"batch {batch}×{seq}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"median of {rounds} interleaved rounds")
+    print(f"  forward: {med['forward'] * 1e3:.0f} ms")
+    for k, v in med.items():
+        if k.startswith("mezo"):
+            print(f"  {k}: {v * 1e3:.0f} ms = {v / med['forward']:.2f} × forward; "
+                  f"speed-up over the paper's loop {med['reference'] / v:.2f}×")
+    print(f"  reference (paper's loop): {med['reference'] * 1e3:.0f} ms = {med['reference'] / med['forward']:.2f} × forward")
+    return med
+
+
+# --------------------------------------------------------------------------- 2: memory
+def bench_memory(size="25m", batch=8, seq=128):
+    model = _opt_model(size)
+    b = _batch(batch, seq)
+    closure = lambda: _loss(model, b)  # noqa: E731
+    with torch.no_grad():
+        inference = measure(closure, model=model)
+    rows = {"inference": inference}
+    for name, kwargs in [("mezo", {}), ("mezo n_perturb=4", {"n_perturb": 4}),
+                         ("mezo momentum", {"estimator": "momentum"}), ("mezo adam", {"estimator": "adam"}),
+                         ("mezo exact_restore", {"exact_restore": True})]:
+        opt = MeZO(model.parameters(), lr=1e-7, **kwargs)
+        rows[name] = measure(lambda: opt.step(closure), model=model, optimizer=opt)
+        opt.state.clear()
+    print(f"\n[memory] tiny-opt {size}, batch {batch}×{seq}, CPU, zoedu.memory.measure (peak bytes)")
+    for k, f in rows.items():
+        print(f"  {k:20s} total {f.total / 2**20:8.1f} MiB  ratio {f.total / inference.total:.3f}  "
+              f"(params {f.params / 2**20:.1f}, optimizer {f.optimizer / 2**20:.1f}, "
+              f"activations {f.activations / 2**20:.1f}, other {f.other / 2**20:.1f})")
+    return rows
+
+
+# --------------------------------------------------------------------------- drift
+def bench_drift(steps=1000, size="1m"):
+    print(f"\n[drift] tiny-opt {size}: weights after {steps} MeZO steps with lr=0 (eps=1e-3) vs before")
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for exact in (False, True):
+            model = _opt_model(size, dtype=dtype)
+            before = [p.detach().clone() for p in model.parameters()]
+            opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=exact)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.step(lambda: 0.0)  # the forward does not matter for the drift; lr=0
+            secs = time.perf_counter() - t0
+            changed = sum(int((a != b).sum()) for a, b in zip(before, model.parameters()))
+            total = sum(a.numel() for a in before)
+            max_abs = max(float((a.float() - b.float()).abs().max()) for a, b in zip(before, model.parameters()))
+            rel = math.sqrt(sum(float(((a.float() - b.float()) ** 2).sum()) for a, b in zip(before, model.parameters()))
+                            / sum(float((a.float() ** 2).sum()) for a in before))
+            out[(str(dtype), exact)] = (changed / total, max_abs, rel)
+            print(f"  {str(dtype):15s} exact_restore={exact!s:5s}: elements changed {changed / total:7.2%}, "
+                  f"max |Δθ| {max_abs:.3g}, ‖Δθ‖/‖θ‖ {rel:.3g}  ({secs:.0f} s)")
+    return out
+
+
+# --------------------------------------------------------------------------- 4: MiniLM
+def bench_minilm(max_length=256, n_train=2000, n_validation=200, target=None, seed=0, budget_s=None):
+    import numpy as np
+
+    from zoedu.models import load_tokenizer
+    from zoedu.tasks import load_task
+    from zoedu.train import fit
+
+    task = load_task("sentiment", tokenizer=load_tokenizer("minilm"), n_train=n_train,
+                     n_validation=n_validation, max_length=max_length, seed=seed)
+    lengths = task.lengths("train")
+    model, _ = load_model("minilm", num_labels=2, seed=seed)
+    zero_shot = task.evaluate(model, "validation")
+    print(f"\n[minilm] sentiment: {n_train} train / {n_validation} validation, max_length {max_length}; "
+          f"train lengths median {int(np.median(lengths))}, p90 {int(np.percentile(lengths, 90))}, "
+          f"max {int(lengths.max())}; zero-shot (untrained head) accuracy {zero_shot['accuracy']:.3f}")
+    lt = int(np.percentile(lengths, 90))
+    runs = {
+        "adam": dict(method="adam", lr=5e-5, steps=150, eval_every=15),
+        "sgd": dict(method="sgd", lr=2e-2, steps=150, eval_every=15),
+        "ipsgd": dict(method="ipsgd", lr=2e-2, steps=150, eval_every=15),
+        "mezo": dict(method="mezo", lr=2e-5, steps=1500, eval_every=150, eps=1e-3),
+        "addax": dict(method="addax", lr=2e-2, steps=150, eval_every=15, length_threshold=lt,
+                      k0=8, k1=16, alpha=1e-3, eps=1e-3),
+    }
+    histories = {}
+    for name, spec in runs.items():
+        spec = dict(spec)
+        model, _ = load_model("minilm", num_labels=2, seed=seed)
+        histories[name] = fit(model, task, spec.pop("method"), steps=spec.pop("steps"), lr=spec.pop("lr"),
+                              batch_size=16, seed=seed, eval_every=spec.pop("eval_every"), quiet=True,
+                              **spec)
+        h = histories[name]
+        ev = h.dropna(subset=["eval_accuracy"])
+        print(f"  {name:6s} final acc {ev['eval_accuracy'].iloc[-1]:.3f}, best {ev['eval_accuracy'].max():.3f}, "
+              f"{h['seconds'].iloc[-1]:.0f} s, peak {h['peak_memory'].max() / 2**20:.0f} MiB", flush=True)
+    target = target if target is not None else float(
+        histories["mezo"].dropna(subset=["eval_accuracy"])["eval_accuracy"].iloc[-1])
+    print(f"  target accuracy: {target:.3f} (MeZO's final accuracy unless --target)")
+    print("  | method | steps to target | seconds to target | final accuracy | seconds | peak memory (MiB) |")
+    for name, h in histories.items():
+        ev = h.dropna(subset=["eval_accuracy"])
+        hit = ev[ev["eval_accuracy"] >= target]
+        steps = int(hit["step"].iloc[0]) if len(hit) else None
+        secs = float(hit["seconds"].iloc[0]) if len(hit) else None
+        print(f"  | {name} | {steps if steps else 'not reached'} | {f'{secs:.0f}' if secs else '—'} | "
+              f"{ev['eval_accuracy'].iloc[-1]:.3f} | {h['seconds'].iloc[-1]:.0f} | "
+              f"{h['peak_memory'].max() / 2**20:.0f} |")
+    return histories, zero_shot
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="*", default=["all"],
+                        choices=["speed", "memory", "drift", "minilm", "all"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--size", default="25m")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--target", type=float, default=None)
+    args = parser.parse_args(argv)
+    what = set(args.what)
+    if "all" in what:
+        what = {"speed", "memory", "drift", "minilm"}
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"python {sys.version.split()[0]}")
+    if "speed" in what:
+        bench_speed(args.size, args.batch, args.seq, device=args.device, dtype=args.dtype)
+    if "memory" in what:
+        bench_memory(args.size, args.batch, args.seq)
+    if "drift" in what:
+        bench_drift()
+    if "minilm" in what:
+        bench_minilm(target=args.target)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""MeZO (zoedu.optim.mezo): estimator, seeding, restoration, replay, NaN handling, variants."""
+
+import io
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from zoedu.optim import MeZO, direction, direction_seed, forward_gradient, replay
+
+
+class Quadratic(nn.Module):
+    """L(θ) = ½ (θ − c)ᵀ A (θ − c): gradient A (θ − c), known exactly."""
+
+    def __init__(self, d=6, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        m = torch.randn(d, d, generator=g, dtype=torch.float64)
+        self.register_buffer("A", m @ m.T / d + torch.eye(d, dtype=torch.float64))
+        self.register_buffer("c", torch.randn(d, generator=g, dtype=torch.float64))
+        self.theta = nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64))
+
+    def forward(self):
+        r = self.theta - self.c
+        return 0.5 * r @ self.A @ r
+
+    def grad(self):
+        return self.A @ (self.theta.detach() - self.c)
+
+
+def mlp(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 1)).to(dtype)
+
+
+def mlp_data(dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(32, 12, generator=g).to(dtype), torch.randn(32, 1, generator=g).to(dtype)
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    from zoedu.models import load_tokenizer
+    from zoedu.tasks import load_task
+
+    return load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=200, n_validation=50,
+                     max_length=64)
+
+
+# --------------------------------------------------------------------------- the estimator
+def test_projected_gradient_is_unbiased_on_a_quadratic():
+    """E[g z] = ∇L (MeZO Eq. 1 with E[z zᵀ] = I): the mean of g z over many seeds is within
+    four standard errors of the true gradient in every coordinate."""
+    q = Quadratic()
+    true = q.grad()
+    opt = MeZO(q.parameters(), lr=0.0, eps=1e-4, chunk=4)
+    n = 400
+    samples = []
+    for t in range(n):
+        opt.step(q)
+        samples.append(opt._log["projected_grads"][-1][0] * direction([q.theta], direction_seed(0, t), chunk=4)[0])
+    samples = torch.stack(samples)
+    mean, sem = samples.mean(0), samples.std(0) / math.sqrt(n)
+    assert ((mean - true).abs() < 4 * sem).all(), (mean, true, sem)
+    assert float((mean - true).norm() / true.norm()) < 0.3
+    # one direction alone is far from the gradient: the estimate is noisy
+    assert float((samples[0] - true).norm() / true.norm()) > 0.15
+
+
+def test_spsa_matches_forward_gradient_jvp():
+    """(L(θ+εz) − L(θ−εz)) / 2ε equals the jvp ∇L·z for a quadratic (exact up to rounding)."""
+    q = Quadratic(d=9)
+    loss, jvp, z = forward_gradient(q, lambda m: m(), seed=direction_seed(7, 0))
+    assert jvp == pytest.approx(float(q.grad() @ z[0]), rel=1e-10)
+    opt = MeZO(q.parameters(), lr=0.0, eps=1e-3, seed=7)
+    opt.step(q)
+    assert opt._log["projected_grads"][0][0] == pytest.approx(jvp, rel=1e-6)
+    assert loss == pytest.approx(float(q().detach()), rel=1e-12)
+
+
+def test_forward_gradient_on_a_transformer_matches_spsa():
+    from zoedu.models import load_model
+
+    model, _ = load_model("tiny-opt", size="1m", num_labels=2)
+    model.double().eval()  # float64: the SPSA difference is then limited by ε, not by rounding
+    ids = torch.randint(1000, 2000, (2, 8), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1])}
+
+    def loss_fn(m):
+        out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return nn.functional.cross_entropy(out.double(), batch["labels"])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    _, jvp, _ = forward_gradient(model, loss_fn, seed=direction_seed(3, 0), params=params)
+    # OPT's ReLUs make the loss piecewise smooth: the SPSA error is O(ε), so ε is tiny here
+    opt = MeZO(params, lr=0.0, eps=1e-8, seed=3)
+    with torch.no_grad():
+        opt.step(lambda: loss_fn(model))
+    assert opt._log["projected_grads"][0][0] == pytest.approx(jvp, rel=1e-3)
+
+
+def test_minimises_a_quadratic():
+    q = Quadratic()
+    start = float(q())
+    opt = MeZO(q.parameters(), lr=0.05, eps=1e-3)
+    for _ in range(300):
+        opt.step(q)
+    assert float(q()) < 0.2 * start
+
+
+# --------------------------------------------------------------------------- seeding, restoration, replay
+def test_same_seed_same_trajectory_other_seed_other():
+    x, y = mlp_data()
+    finals = []
+    for seed in (5, 5, 6):
+        model = mlp()
+        opt = MeZO(model.parameters(), lr=1e-2, seed=seed, workers=2)
+        for _ in range(10):
+            opt.step(lambda: ((model(x) - y) ** 2).mean())
+        finals.append(snapshot(model))
+    assert same(finals[0], finals[1])
+    assert not same(finals[0], finals[2])
+
+
+def test_directions_do_not_depend_on_thread_count():
+    ps = [torch.zeros(3000), torch.zeros(40, 30)]
+    a = direction(ps, 11, chunk=256)
+    from zoedu.optim import Perturber
+
+    b = [torch.zeros_like(p) for p in ps]
+    Perturber(b, chunk=256, workers=3).add(11, 1.0)
+    assert same(a, b)
+    assert abs(float(torch.cat([t.flatten() for t in a]).std()) - 1) < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_exact_restore_is_bitwise_with_lr_zero(dtype):
+    model = mlp(dtype)
+    x, y = mlp_data(dtype)
+    before = snapshot(model)
+    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=True, chunk=64)
+    for _ in range(30):
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+    assert same(before, snapshot(model))
+
+
+def test_default_restore_drifts_by_rounding_only():
+    """Without exact_restore the ± round trip rounds (documented); the drift stays at ulp level."""
+    model = mlp()
+    before = snapshot(model)
+    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3)
+    for _ in range(100):
+        opt.step(lambda: 0.0)
+    drift = max(float((a - b).abs().max()) for a, b in zip(before, model.parameters()))
+    assert 0 < drift < 1e-5
+
+
+def test_replay_reproduces_a_50_step_fit_exactly(tiny_task):
+    from zoedu.models import load_model
+    from zoedu.train import fit
+
+    model, _ = load_model("tiny-opt", size="1m", num_labels=2, seed=0)
+    base = snapshot(model)
+    opt = MeZO(model.parameters(), lr=1e-3, eps=1e-3, weight_decay=0.1, seed=3)
+    fit(model, tiny_task, opt, steps=50, lr=1e-3, batch_size=4, quiet=True, track_memory=False, eval_every=0)
+    final = snapshot(model)
+    assert not same(base, final)
+    state = opt.state_dict()
+    buf = io.BytesIO()
+    torch.save(state["trajectory"], buf)
+    assert buf.tell() < 100_000  # the paper's "checkpoint of under 0.1 MB"
+    rebuilt = [b.clone() for b in base]
+    replay(rebuilt, state["trajectory"])
+    assert same(rebuilt, final)
+    approx = [b.clone() for b in base]
+    replay(approx, state["trajectory"], passes=False)
+    assert max(float((a - b).abs().max()) for a, b in zip(approx, final)) < 1e-5
+
+
+def test_replay_of_exact_restore_run_needs_no_passes():
+    x, y = mlp_data()
+    model = mlp()
+    base = snapshot(model)
+    opt = MeZO(model.parameters(), lr=1e-2, n_perturb=2, estimator="momentum", exact_restore=True)
+    for _ in range(8):
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+    rebuilt = [b.clone() for b in base]
+    replay(rebuilt, opt.trajectory())
+    assert same(rebuilt, snapshot(model))
+
+
+def test_state_dict_round_trip_keeps_the_log():
+    q = Quadratic()
+    opt = MeZO(q.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.step(q)
+    other = MeZO(q.parameters(), lr=1e-2)
+    other.load_state_dict(opt.state_dict())
+    assert other.step_count == 3
+    assert torch.equal(other.trajectory()["projected_grads"], opt.trajectory()["projected_grads"])
+
+
+# --------------------------------------------------------------------------- NaN
+@pytest.mark.parametrize("bad_call", [0, 1])  # ℓ₊ or ℓ₋ is NaN
+def test_nan_loss_restores_and_skips(bad_call):
+    x, y = mlp_data()
+    model = mlp()
+    opt = MeZO(model.parameters(), lr=1e-2, exact_restore=True)
+    before = snapshot(model)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        return float("nan") if len(calls) == bad_call + 1 else ((model(x) - y) ** 2).mean()
+
+    with pytest.warns(RuntimeWarning, match="restored"):
+        loss = opt.step(closure)
+    assert math.isnan(loss)
+    assert opt.skipped_steps == 1
+    assert same(before, snapshot(model))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    opt.step(lambda: ((model(x) - y) ** 2).mean())  # training goes on
+    assert not same(before, snapshot(model))
+    assert opt.trajectory()["status"].tolist() == [1 + bad_call, 0]
+
+
+def test_replay_after_a_skipped_step_is_still_exact():
+    x, y = mlp_data()
+    model = mlp()
+    base = snapshot(model)
+    opt = MeZO(model.parameters(), lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(6):
+            opt.step(lambda t=t: float("inf") if t == 2 else ((model(x) - y) ** 2).mean())
+    rebuilt = [b.clone() for b in base]
+    replay(rebuilt, opt.trajectory())
+    assert same(rebuilt, snapshot(model))
+
+
+# --------------------------------------------------------------------------- variants
+@pytest.mark.parametrize("n_perturb,one_sided,forwards", [(1, False, 2), (3, False, 6), (1, True, 2), (3, True, 4)])
+def test_forward_counts(n_perturb, one_sided, forwards):
+    q = Quadratic()
+    opt = MeZO(q.parameters(), lr=1e-2, n_perturb=n_perturb, one_sided=one_sided)
+    calls = []
+    opt.step(lambda: (calls.append(1), q())[1])
+    assert len(calls) == forwards == opt.forwards_per_step
+
+
+@pytest.mark.parametrize("estimator", ["sgd", "sign", "momentum", "adam"])
+def test_estimators_descend(estimator):
+    q = Quadratic()
+    start = float(q())
+    lr = {"sgd": 0.05, "sign": 0.01, "momentum": 0.01, "adam": 0.02}[estimator]
+    opt = MeZO(q.parameters(), lr=lr, estimator=estimator, n_perturb=2)
+    for _ in range(200):
+        opt.step(q)
+    assert float(q()) < 0.5 * start
+    keys = {"sgd": set(), "sign": set(), "momentum": {"momentum_buffer"}, "adam": {"exp_avg", "exp_avg_sq"}}
+    assert set(opt.state[q.theta].keys()) == keys[estimator]
+
+
+def test_stateful_estimators_show_in_memory_measure():
+    from zoedu.memory import measure
+
+    x, y = mlp_data()
+    sizes = {}
+    for est in ("sgd", "adam"):
+        model = mlp()
+        opt = MeZO(model.parameters(), lr=1e-3, estimator=est)
+        closure = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
+        sizes[est] = measure(lambda: opt.step(closure), model=model, optimizer=opt).optimizer
+    n_bytes = sum(p.numel() * 4 for p in mlp().parameters())
+    assert sizes["sgd"] == 0
+    assert sizes["adam"] == 2 * n_bytes
+
+
+def test_weight_decay_skips_biases_and_norm_weights():
+    model = mlp()
+    before = snapshot(model)
+    opt = MeZO(model.parameters(), lr=0.1, weight_decay=0.5)
+    opt.step(lambda: 0.0)  # g = 0: only the decay acts (and the restore's rounding)
+    for (name, p), b in zip(model.named_parameters(), before):
+        if p.dim() >= 2:
+            assert torch.allclose(p, b * (1 - 0.05), atol=1e-6), name
+        else:
+            assert torch.allclose(p, b, atol=1e-6), name
+
+
+def test_non_differentiable_objective_minus_accuracy():
+    torch.manual_seed(0)
+    x = torch.randn(200, 5)
+    labels = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    model = nn.Linear(5, 2)
+    acc = lambda: float((model(x).argmax(1) == labels).float().mean())  # noqa: E731
+    start = acc()
+    opt = MeZO(model.parameters(), lr=0.5, eps=0.05, seed=1)
+    for _ in range(200):
+        opt.step(lambda: -acc())
+    assert acc() > max(start, 0.85)
+
+
+def test_only_given_parameters_move_lora_through_peft():
+    peft = pytest.importorskip("peft")
+    from zoedu.models import load_model
+
+    model, _ = load_model("tiny-opt", size="1m", num_labels=2)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                      lora_dropout=0.0, init_lora_weights=False))
+    adapters = [p for n, p in lora.named_parameters() if "lora_" in n]
+    frozen = [(n, p.detach().clone()) for n, p in lora.named_parameters() if "lora_" not in n]
+    before = [p.detach().clone() for p in adapters]
+    ids = torch.randint(1000, 2000, (4, 10), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1])
+    opt = MeZO(adapters, lr=1e-2, eps=1e-2)
+
+    def closure():
+        return nn.functional.cross_entropy(lora(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, labels)
+
+    for _ in range(3):
+        opt.step(closure)
+    assert all(torch.equal(p, b) for (_, b), (_, p) in zip(frozen, [(n, p) for n, p in lora.named_parameters()
+                                                                    if "lora_" not in n]))
+    assert not same(before, [p.detach() for p in adapters])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_training_step(dtype):
+    model = mlp(dtype)
+    x, y = mlp_data(dtype)
+    loss0 = float(((model(x) - y) ** 2).mean())
+    opt = MeZO(model.parameters(), lr=2e-2, eps=1e-2)
+    for _ in range(60):
+        opt.step(lambda: ((model(x) - y) ** 2).float().mean())
+    assert all(p.dtype == dtype and torch.isfinite(p).all() for p in model.parameters())
+    assert float(((model(x) - y) ** 2).mean()) < loss0
+
+
+# --------------------------------------------------------------------------- fit integration
+def test_fit_mezo_runs_eval_mode_and_counts(tiny_task):
+    from zoedu.models import load_model
+    from zoedu.train import fit
+
+    model, _ = load_model("tiny-opt", size="1m", num_labels=2)
+    modes = []
+    original = tiny_task.loss
+    tiny_task.loss = lambda m, b: (modes.append(m.training), original(m, b))[1]
+    try:
+        h = fit(model, tiny_task, "mezo", steps=3, lr=1e-4, batch_size=4, quiet=True, eps=1e-3, n_perturb=2,
+                eval_every=0, track_memory=False)
+    finally:
+        del tiny_task.loss
+    assert modes == [False] * 12  # dropout off in every zeroth-order forward
+    assert model.training  # and the model is handed back in training mode
+    assert h["forward_passes"].tolist() == [4, 8, 12]
+    assert h["backward_passes"].tolist() == [0, 0, 0]
+    assert {"projected_grad", "skipped_steps"} <= set(h.columns)
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"eps": 0.0}, "eps"), ({"eps": -1e-3}, "eps"), ({"n_perturb": 0}, "n_perturb"),
+    ({"estimator": "lbfgs"}, "estimator.*sgd, sign, momentum, adam"), ({"lr": -1.0}, "lr"),
+    ({"weight_decay": -0.1}, "weight_decay"), ({"betas": (0.9, 1.5)}, "betas"),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    q = Quadratic()
+    args = {"lr": 1e-3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        MeZO(q.parameters(), **args)
+
+
+def test_bad_closures_are_refused():
+    q = Quadratic()
+    opt = MeZO(q.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="closure"):
+        opt.step()
+    with pytest.raises(ValueError, match="scalar"):
+        opt.step(lambda: torch.ones(3))
+    assert np.isfinite(q.theta.detach().numpy()).all()
