@@ -131,12 +131,22 @@ def _epsilon_cached(sigma: float, q: float, steps: int, delta: float, accountant
         return float(acc.get_epsilon(delta=delta))
 
 
+INTEGER_ORDERS = tuple([float(a) for a in range(2, 11)] + [float(a) for a in range(12, 64)])
+"""Integer Rényi orders, a subset of Opacus's default ones: ``noise_for_epsilon(...,
+orders=INTEGER_ORDERS)`` is ~10× faster (no fractional-order series) and slightly
+conservative — the σ it returns has an ε under the default orders that is ≤ the target."""
+
+
 def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, delta: float,
-                      accountant: str = "rdp", *, epsilon_tolerance: float = 0.01) -> float:
+                      accountant: str = "rdp", *, epsilon_tolerance: float = 0.01,
+                      orders: tuple[float, ...] | None = None) -> float:
     """The smallest noise multiplier σ (to ``epsilon_tolerance``) whose ε is ≤ ``target_epsilon``.
 
     Opacus's ``get_noise_multiplier`` (a bisection on its accountant): the returned σ
     satisfies ``target_epsilon - epsilon_tolerance ≤ epsilon(σ, …) ≤ target_epsilon``.
+    ``orders`` (RDP only) restricts the Rényi orders searched, e.g. :data:`INTEGER_ORDERS`
+    for speed; ε under Opacus's default orders is then ≤ the target (a superset of orders
+    can only lower ε), and may be more than ``epsilon_tolerance`` below it.
     """
     target = check_epsilon(target_epsilon, "target_epsilon")
     q = check_sample_rate(sample_rate)
@@ -147,18 +157,25 @@ def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, del
     check_accountant(accountant)
     if not (0 < epsilon_tolerance < target):
         raise ValueError(f"epsilon_tolerance={epsilon_tolerance!r} must be in (0, target_epsilon)")
-    return _noise_cached(target, q, steps, delta, accountant, float(epsilon_tolerance))
+    if orders is not None:
+        if accountant != "rdp":
+            raise ValueError(f"orders= applies to accountant='rdp' only, not {accountant!r}")
+        orders = tuple(float(a) for a in orders)
+        if not orders or min(orders) <= 1:
+            raise ValueError(f"orders={orders!r} must be a non-empty list of Rényi orders > 1")
+    return _noise_cached(target, q, steps, delta, accountant, float(epsilon_tolerance), orders)
 
 
 @lru_cache(maxsize=1024)
 def _noise_cached(target: float, q: float, steps: int, delta: float, accountant: str,
-                  tolerance: float) -> float:
+                  tolerance: float, orders) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
+    extra = {} if orders is None else {"alphas": list(orders)}
     with _quiet():
         return float(get_noise_multiplier(target_epsilon=target, target_delta=delta, sample_rate=q,
                                           steps=steps, accountant=accountant,
-                                          epsilon_tolerance=tolerance))
+                                          epsilon_tolerance=tolerance, **extra))
 
 
 def gaussian_noise_multiplier(epsilon: float, delta: float, accountant: str = "gdp") -> float:

@@ -262,7 +262,7 @@ def clip_and_sum(grads: list[torch.Tensor], max_grad_norm: float) -> tuple[list[
         raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0")
     norms = per_sample_norms(grads)
     factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    sums = [torch.einsum("i,i...->...", factor.to(g.dtype), g) for g in grads]
+    sums = [(factor.to(g.dtype) @ g.reshape(g.shape[0], -1)).reshape(g.shape[1:]) for g in grads]
     return sums, norms
 
 
