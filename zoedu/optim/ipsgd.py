@@ -61,9 +61,8 @@ class IPSGD(torch.optim.Optimizer):
             with torch.no_grad():
                 lr, wd = group["lr"], group["weight_decay"]
                 if lr != 0:
-                    if wd != 0:
-                        p.mul_(1 - lr * wd)
-                    p.add_(p.grad, alpha=-lr)
+                    grad = p.grad.add(p, alpha=wd) if wd != 0 else p.grad  # as torch.optim.SGD does
+                    p.add_(grad, alpha=-lr)
                 p.grad = None  # freed: the full gradient never exists
                 if self.extra_update is not None:
                     self.extra_update(p)
