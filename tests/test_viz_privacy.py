@@ -15,7 +15,7 @@ def _grid() -> pd.DataFrame:
         for n_pub in (10, 100, 1000):
             for eps in (0.5, 1.0, 4.0):
                 mse = scale / n_pub + (0 if method == "throw_away" else 1.0 / eps ** 2)
-                rows.append(dict(method=method, n_pub=n_pub, epsilon=eps, mse=mse, mse_mc=mse * 1.01))
+                rows.append(dict(method=method, n_pub=n_pub, epsilon=eps, mse=mse, mc_mse=mse * 1.01))
     return pd.DataFrame(rows)
 
 
@@ -38,7 +38,7 @@ def test_mean_mse_figure_draws_formula_lines_and_monte_carlo_markers():
     semi = next(t for t in fig.data if t.mode == "lines" and "semi" in t.name)
     np.testing.assert_allclose(semi.y, 0.5 / np.array([10, 100, 1000]) + 1.0)
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
-    no_mc = vp.mean_mse_figure(g[g.epsilon == 1.0].drop(columns="mse_mc"))
+    no_mc = vp.mean_mse_figure(g[g.epsilon == 1.0].drop(columns="mc_mse"))
     assert all(t.mode == "lines" for t in no_mc.data)
 
 
@@ -97,8 +97,32 @@ def test_epsilon_figure_one_line_per_group_and_budget_line():
                           "noise_multiplier": np.repeat([1.0, 2.0], 10),
                           "epsilon": np.concatenate([np.sqrt(np.arange(1, 11)), 0.5 * np.sqrt(np.arange(1, 11))])})
     fig = vp.epsilon_figure(curve, group="noise_multiplier", target=2.0)
-    assert len(fig.data) == 2
+    assert len(fig.data) == 2 and fig.data[0].name == "σ = 1"
     assert fig.data[1].y[-1] == pytest.approx(0.5 * np.sqrt(10))
     assert fig.layout.shapes[0].y0 == 2.0
     with pytest.raises(ValueError, match="curve is missing"):
         vp.epsilon_figure(curve, group="accountant")
+
+
+def test_dashboards_on_the_real_privacy_experiments():
+    from zoedu.experiments.privacy import epsilon_curve, mean_estimation_curves
+
+    grid = mean_estimation_curves(n_priv=200, n_pubs=(0, 10, 100), epsilons=(0.5, 4.0), d=5, trials=20)
+    dash = vp.MeanEstimationDashboard(grid, n_pub=10, epsilon=0.5)
+    assert [v for _, v in dash.n_pub.options] == [10.0, 100.0]  # n_pub = 0 is off the log axis
+    i = next(i for i, t in enumerate(dash.figure.data) if t.xaxis in (None, "x") and t.mode == "lines"
+             and "public as private" in t.name)
+    strict = np.array(dash.figure.data[i].y)
+    dash.epsilon.value = 4.0
+    loose = np.array(dash.figure.data[i].y)
+    assert np.all(loose < strict)  # less noise at a larger ε
+    expected = grid[(grid.method == "treat_as_private") & (grid.epsilon == 4.0) & (grid.n_pub > 0)]["mse"]
+    np.testing.assert_allclose(loose, expected.to_numpy())
+    marks = [t for t in dash.figure.data if t.mode == "markers"]
+    assert marks and all(np.all(np.isfinite(np.array(t.y, dtype=float))) for t in marks)
+
+    curve = pd.concat([epsilon_curve(s, 0.02, 200, 1e-5, accountants=("rdp",), points=5) for s in (0.8, 1.6)])
+    fig = vp.epsilon_figure(curve, group=["noise_multiplier", "accountant"])
+    assert len(fig.data) == 2
+    assert fig.data[0].y[-1] > fig.data[1].y[-1] > 0  # more noise, less ε spent
+    assert fig.data[0].name == "σ = 0.8, accountant = rdp"

@@ -72,7 +72,7 @@ def _mse_traces(df: pd.DataFrame, x: str, *, mse: str, monte_carlo: str | None,
 
 
 def mean_mse_figure(curves: pd.DataFrame, *, x: str = "n_pub", mse: str = "mse",
-                    monte_carlo: str | None = "mse_mc", log_x: bool = True,
+                    monte_carlo: str | None = "mc_mse", log_x: bool = True,
                     title: str | None = None) -> go.Figure:
     """MSE of each mean estimator against ``x`` (``"n_pub"`` or ``"epsilon"``).
 
@@ -100,8 +100,9 @@ class MeanEstimationDashboard:
     """Sliders for n_pub and ε over a grid of mean-estimation MSEs (formula and Monte Carlo).
 
     ``grid`` is a DataFrame with columns ``method``, ``n_pub``, ``epsilon``, ``mse`` and
-    optionally ``mse_mc``, one row per (method, n_pub, ε) — the output of
-    :func:`zoedu.experiments.privacy.mean_estimation_curves` over a grid. The left panel
+    optionally ``mc_mse``, one row per (method, n_pub, ε) — the output of
+    :func:`zoedu.experiments.privacy.mean_estimation_curves` over a grid. Rows with
+    ``n_pub = 0`` are left out (the n_pub axis is logarithmic). The left panel
     shows MSE against n_pub at the ε slider's value; the right panel MSE against ε at the
     n_pub slider's value; a dotted vertical line marks the other slider's position.
 
@@ -109,19 +110,20 @@ class MeanEstimationDashboard:
     ``dash.figure`` (a ``go.FigureWidget``) is redrawn; ``dash.widget`` is the container.
     """
 
-    def __init__(self, grid: pd.DataFrame, *, mse: str = "mse", monte_carlo: str | None = "mse_mc",
+    def __init__(self, grid: pd.DataFrame, *, mse: str = "mse", monte_carlo: str | None = "mc_mse",
                  n_pub: float | None = None, epsilon: float | None = None):
         import ipywidgets as widgets
 
         require_columns(grid, ["method", "n_pub", "epsilon", mse], "grid")
         if grid.empty:
             raise ValueError("grid is empty; it needs rows for every (method, n_pub, epsilon)")
-        self.grid = grid.copy()
+        self.grid = grid[grid["n_pub"].astype(float) > 0].copy()
+        if self.grid.empty:
+            raise ValueError("grid has no rows with n_pub > 0")
         self.mse = mse
         self.monte_carlo = monte_carlo if monte_carlo in grid else None
-        self.methods = _methods_in(grid)
-        n_values = sorted(set(grid["n_pub"].astype(float)))
-        e_values = sorted(set(grid["epsilon"].astype(float)))
+        n_values = sorted(set(self.grid["n_pub"].astype(float)))
+        e_values = sorted(set(self.grid["epsilon"].astype(float)))
         n0 = _nearest(n_values, n_pub if n_pub is not None else n_values[len(n_values) // 2])
         e0 = _nearest(e_values, epsilon if epsilon is not None else e_values[len(e_values) // 2])
         self.n_pub = widgets.SelectionSlider(options=[(_fmt(v), v) for v in n_values], value=n0,
@@ -270,24 +272,34 @@ def privacy_utility_dashboard(sweep: pd.DataFrame, **options):
 
 # --------------------------------------------------------------------------- accounting
 def epsilon_figure(curve: pd.DataFrame, *, x: str = "step", y: str = "epsilon",
-                   group: str | None = None, target: float | None = None,
+                   group: str | Sequence[str] | None = None, target: float | None = None,
                    title: str | None = None) -> go.Figure:
     """ε spent against steps, from the accountant (RDP or PRV through Opacus).
 
-    ``curve`` has columns ``x`` and ``y``; with ``group`` (e.g. ``"noise_multiplier"`` or
-    ``"accountant"``) one line per value. ``target`` draws a horizontal budget line.
+    ``curve`` has columns ``x`` and ``y`` — e.g. :func:`zoedu.experiments.privacy.epsilon_curve`
+    or a semi-DP History. ``group`` names one or more columns (e.g.
+    ``["noise_multiplier", "accountant"]``): one line per combination, the colour following
+    the first column and the dash the second. ``target`` draws a horizontal budget line.
     """
-    require_columns(curve, [x, y] + ([group] if group else []), "curve")
+    groups = [group] if isinstance(group, str) else list(group or [])
+    require_columns(curve, [x, y, *groups], "curve")
     if curve.empty:
         raise ValueError("curve is empty")
     fig = go.Figure()
-    groups = list(dict.fromkeys(curve[group].tolist())) if group else [None]
-    for i, g in enumerate(groups):
-        part = curve if g is None else curve[curve[group] == g]
+    keys = list(dict.fromkeys(map(tuple, curve[groups].itertuples(index=False)))) if groups else [()]
+    firsts = list(dict.fromkeys(k[0] for k in keys)) if groups else []
+    seconds = list(dict.fromkeys(k[1] for k in keys)) if len(groups) > 1 else []
+    palette = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+    for key in keys:
+        part = curve
+        for col, value in zip(groups, key):
+            part = part[part[col] == value]
         part = part.sort_values(x)
-        name = y if g is None else f"{group.replace('_', ' ')} = {g if isinstance(g, str) else _fmt(g)}"
+        name = ", ".join(f"{_short(col)} = {v if isinstance(v, str) else _fmt(v)}" for col, v in zip(groups, key)) or y
+        colour = palette[firsts.index(key[0]) % len(palette)] if groups else palette[0]
+        dash = _DASHES[seconds.index(key[1]) % len(_DASHES)] if seconds else "solid"
         fig.add_trace(go.Scatter(x=part[x].to_numpy(float), y=part[y].to_numpy(float), mode="lines",
-                                 name=name, line=dict(width=2.5, dash=_DASHES[i % len(_DASHES)] if group == "accountant" else "solid"),
+                                 name=name, line=dict(width=2.5, color=colour, dash=dash),
                                  hovertemplate=f"{name}<br>{x}=%{{x}}<br>ε=%{{y:.3g}}<extra></extra>"))
     if target is not None:
         fig.add_hline(y=float(target), line=dict(color="#C44E52", dash="dash"),
@@ -295,6 +307,10 @@ def epsilon_figure(curve: pd.DataFrame, *, x: str = "step", y: str = "epsilon",
     fig.update_xaxes(title_text=_axis_title(x))
     fig.update_yaxes(title_text="ε spent", rangemode="tozero")
     return apply_theme(fig, title=title or "Privacy spent: ε against training steps", height=400)
+
+
+def _short(column: str) -> str:
+    return {"noise_multiplier": "σ", "accountant": "accountant", "sample_rate": "q"}.get(column, column)
 
 
 __all__ = [
