@@ -122,8 +122,8 @@ class _Tracker(TorchDispatchMode):
     """Track the live bytes per category and the breakdown at the peak (see :func:`measure`).
 
     Every op output's storage is recorded once with the category of the moment it is made:
-    inside a module's forward, or after it and before the weights are next used (the
-    loss), or with gradients enabled → ``activations``; inside the autograd engine → ``other`` (until it becomes a parameter's ``.grad``, noticed by a
+    inside a module's forward, or after it and before the weights are next used or a
+    fresh tensor is made (the loss), or with gradients enabled → ``activations``; inside the autograd engine → ``other`` (until it becomes a parameter's ``.grad``, noticed by a
     post-accumulate-grad hook → ``grads``); inside ``optimizer.step`` with gradients off →
     ``pending``, settled when the step ends: storages found in ``optimizer.state`` become
     ``optimizer``, the rest ``other``. Tensors that existed before (weights, the batch,
@@ -339,8 +339,10 @@ class _Tracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        inputs = 0
         for a in tree_flatten((args, kwargs))[0]:
             if isinstance(a, torch.Tensor):
+                inputs += 1
                 if isinstance(a, nn.Parameter):
                     self._watch_param(a)
                     block = self._add(a, "params", existed=True)
@@ -348,6 +350,8 @@ class _Tracker(TorchDispatchMode):
                     block = self._add(a, "other", existed=True)
                 if block is not None and block.kind == "params" and self.forward_depth == 0:
                     self.after_forward = False  # the weights are used again: the loss is done
+        if inputs == 0 and self.forward_depth == 0:
+            self.after_forward = False  # a fresh buffer (torch.empty, randn, …) is not part of the loss
         out = func(*args, **kwargs)
         kind = None
         for t in tree_flatten(out)[0]:
