@@ -111,6 +111,9 @@ def test_measure_rejects_bad_input():
         measure(lambda: None, optimizer=object())
     with pytest.raises(ValueError, match="device="):
         measure(lambda: None, device="not-a-device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            measure(lambda: None, device="cuda")
 
 
 # --------------------------------------------------------------------------- methods
@@ -212,16 +215,19 @@ def test_measure_through_fit_records_peak_memory(tiny_cls):
 def test_parameter_counts_are_exact():
     from transformers import OPTConfig, OPTForCausalLM
 
-    from zoedu.memory import _arch
+    from zoedu.memory import parameter_count
 
-    opt = _arch("facebook/opt-125m", num_labels=None, size="5m")
-    assert opt.params == 125_239_296
+    assert parameter_count("facebook/opt-125m") == 125_239_296
     with torch.device("meta"):
         ref = OPTForCausalLM(OPTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                        ffn_dim=3072, vocab_size=50272, max_position_embeddings=2048))
-    assert opt.params == sum(p.numel() for p in ref.parameters())  # tied embedding counted once
-    assert _arch("meta-llama/Llama-2-7b-hf", num_labels=None, size="5m").params == 6_738_415_616
-    assert _arch("tiny-opt", num_labels=None, size="1m").params == 1_018_624
+    assert parameter_count("facebook/opt-125m") == sum(p.numel() for p in ref.parameters())  # tied once
+    assert parameter_count("meta-llama/Llama-2-7b-hf") == 6_738_415_616
+    assert parameter_count("tiny-opt", size="1m") == 1_018_624
+    from zoedu.models import count_parameters, load_model
+
+    assert parameter_count("tiny-gpt2", size="1m", num_labels=2) == count_parameters(
+        load_model("tiny-gpt2", size="1m", num_labels=2)[0])
     assert "facebook/opt-66b" in known_models() and "minilm" in known_models()
 
 
@@ -361,6 +367,7 @@ def test_measure_agrees_with_the_cuda_allocator():
     known = nbytes(model) + sum(t.numel() * t.element_size() for s in opt.state.values()
                                 for t in s.values() if torch.is_tensor(t) and t.is_cuda)
     known += ids.numel() * 8 + labels.numel() * 8
+    known += sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
     unseen = torch.cuda.memory_allocated() - known  # allocations measure never sees (workspaces)
     fp = measure(step, model=model, optimizer=opt)
     assert fp.device.startswith("cuda") and fp.allocator_peak is not None

@@ -35,6 +35,7 @@ from the architecture (see :func:`estimate` for the formulas and what they assum
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from dataclasses import dataclass, fields
 
@@ -144,6 +145,7 @@ class _Tracker(TorchDispatchMode):
         self.peak_seq = 0
         self.seq = 0
         self.active = False
+        self.lock = threading.RLock()  # storages may be freed on another thread (autograd, workers)
         self.params: dict[int, nn.Parameter] = {}
         self.hooks: list = []
         self.optimizers: list = []
@@ -170,6 +172,10 @@ class _Tracker(TorchDispatchMode):
         st = self._storage(t)
         if st is None:
             return None
+        with self.lock:
+            return self._add_storage(st, kind, existed)
+
+    def _add_storage(self, st, kind: str, existed: bool) -> _Block:
         key = st._cdata
         block = self.blocks.get(key)
         if block is not None:
@@ -201,21 +207,24 @@ class _Tracker(TorchDispatchMode):
             self.peak_seq = self.seq
 
     def _free(self, key: int, block: _Block) -> None:
-        if self.blocks.get(key) is block:
-            del self.blocks[key]
-        if not self.active:
-            return
-        self.seq += 1
-        block.died = self.seq
-        self.now[block.kind] -= block.nbytes
-        self.total -= block.nbytes
+        with self.lock:
+            if self.blocks.get(key) is block:
+                del self.blocks[key]
+            if not self.active:
+                return
+            self.seq += 1
+            block.died = self.seq
+            self.now[block.kind] -= block.nbytes
+            self.total -= block.nbytes
 
     def _relabel(self, t: torch.Tensor | None, kind: str) -> None:
         """File the storage of ``t`` under ``kind`` from now on (tracking it if new)."""
         if t is None:
             return
         block = self._add(t, kind, existed=True)
-        if block is not None and block.kind != kind:
+        if block is None or block.kind == kind:
+            return
+        with self.lock:
             self.now[block.kind] -= block.nbytes
             self.now[kind] += block.nbytes
             if block.born <= self.peak_seq:  # it was alive at the peak: file it there too
@@ -261,6 +270,10 @@ class _Tracker(TorchDispatchMode):
 
     def _settle_pending(self) -> None:
         """Pending storages of a finished step: optimizer state, or scratch (``other``)."""
+        with self.lock:
+            self._settle_pending_locked()
+
+    def _settle_pending_locked(self) -> None:
         state = set()
         for opt in self.optimizers:
             for t in self._state_tensors(opt):
@@ -412,8 +425,11 @@ def _measure_device(device, model, optimizer) -> torch.device:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"device={device!r} is not a device; use None, 'cpu' or 'cuda[:N]'") from err
-        if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
-            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={device!r} asked for CUDA, but no CUDA GPU is available; use 'cpu'")
+            if dev.index is None:
+                dev = torch.device("cuda", torch.cuda.current_device())
         return dev
     for source in (model.parameters() if model is not None else (),
                    (p for g in (optimizer.param_groups if optimizer is not None else ()) for p in g["params"])):
@@ -516,6 +532,12 @@ class _Arch:
 def known_models() -> list[str]:
     """Names :func:`estimate` accepts offline (besides configs and modules)."""
     return list(KNOWN_MODELS) + ["tiny-opt", "tiny-gpt2", "minilm"]
+
+
+def parameter_count(model, *, num_labels: int | None = None, size: str = "5m") -> int:
+    """Exact parameter count of a known name, config or module (names and configs are built
+    on the meta device: no weights are allocated), tied weights counted once."""
+    return _arch(model, num_labels=num_labels, size=size).params
 
 
 def _config_of(name: str, *, num_labels, size):

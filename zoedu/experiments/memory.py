@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..memory import CATEGORIES, GB, METHODS, Footprint, estimate, measure
+from ..memory import CATEGORIES, GB, METHODS, Footprint, estimate, measure, parameter_count
 
 DEFAULT_GPUS = (24, 40, 80)
 """GPU memory sizes in GB (10⁹ bytes): RTX 4090 / A10, A100-40G, A100/H100-80G."""
@@ -81,15 +81,13 @@ def estimate_table(models: str | Iterable = OPT_FAMILY + LLAMA_2, methods=METHOD
     """
     if isinstance(models, str):
         models = [models]
-    from ..memory import _arch
-
     rows = []
     for model in models:
+        params = parameter_count(model, num_labels=options.get("num_labels"), size=options.get("size", "5m"))
+        name = model if isinstance(model, str) else type(model).__name__
         for method in _methods(methods):
             fp = estimate(model, method, batch_size=batch_size, seq_len=seq_len, dtype=dtype, **options)
-            arch = _arch(model, num_labels=options.get("num_labels"), size=options.get("size", "5m"))
-            name = model if isinstance(model, str) else arch.name
-            rows.append({"model": name, "method": method, "parameters": arch.params, **fp.to_dict(),
+            rows.append({"model": name, "method": method, "parameters": params, **fp.to_dict(),
                          "total_GB": fp.total / GB, **fits_on(fp.total, gpus)})
     return pd.DataFrame(rows)
 
