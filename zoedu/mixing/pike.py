@@ -1,0 +1,204 @@
+r"""PiKE and Balanced-PiKE: adaptive mixing weights from per-task gradient norms and variances.
+
+Li, Deng, Zhong, Razaviyayn, Mirrokni, "PiKE: Adaptive Data Mixing for Large-Scale
+Multi-Task Learning Under Low Gradient Conflicts", NeurIPS 2025 (Sec. 3, Algorithm 1 for
+PiKE; Sec. 4 for the fair, tilted variant).
+
+The derivation — the lesson
+---------------------------
+Train on the average loss L = (1/K) Σ_k L_k with SGD on a mixed batch: b_k examples of
+task k (Σ_k b_k = b, weights w_k = b_k/b), step x⁺ = x − η g with
+g = (1/b) Σ_k Σ_{i∈B_k} ∇ℓ_{k,i}, so E[g] = Σ_k w_k ∇L_k and the noise of g has trace
+Σ_k b_k σ_k² / b². For an ℓ-smooth L the one-step descent bound is
+
+    E[L(x⁺)] ≤ L(x) − η ⟨∇L, E g⟩ + (ℓη²/2) E‖g‖².
+
+*Low gradient conflict* — the paper's observation that task gradients in large-scale
+mixing have cosines ≥ 0 and mostly near 0 — lets the cross terms ⟨∇L_j, ∇L_k⟩ (j ≠ k)
+be dropped (they only help when ≥ 0), so the guaranteed decrease is, per unit of K,
+
+    Σ_k w_k [ ‖∇L_k‖²  −  (ℓη/2b) σ_k² ]  −  (ℓη/2) Σ_k w_k² ‖∇L_k‖².
+
+The conceptual problem is to choose w on the simplex Δ_K that maximises this decrease.
+Its linear part rewards tasks with a large gradient (much to learn) and penalises tasks
+with noisy per-example gradients (each example tells little). PiKE solves it online by
+mirror ascent with a KL proximal term,
+
+    w⁺ = argmax_{w∈Δ} Σ_k w_k c_k − (1/ζ) KL(w ‖ w_old),   c_k = ‖∇L_k‖² − (ℓη/2b) σ_k²,
+
+whose KKT conditions c_k − (1/ζ)(log(w_k/w_old,k) + 1) − λ = 0 give the closed form
+
+    w_k ← w_k · exp(ζ₁ ‖∇L_k‖² − (ζ₂ / 2b) σ_k²),   then normalise,     (ζ₁ = ζ, ζ₂ = ζℓη)
+
+applied every T₀ = ``update_every`` steps with fresh per-task statistics
+(:func:`zoedu.mixing.task_gradient_stats`). The proximal term keeps the weights from
+jumping to a vertex on one noisy estimate; ``min_weight`` keeps every task sampled.
+
+Scale. ‖∇L_k‖² changes by orders of magnitude between models and over training, so a
+fixed ζ would be either inert or explosive. With ``normalize=True`` (the default) both
+statistics are divided by the mean of the squared norms, m = (1/K) Σ_j ‖∇L_j‖², before the
+update — the same as using ζ/m; it leaves the argmax and the ranking of tasks unchanged and
+makes the defaults ζ₁ = ζ₂ = 1 work without tuning on the notebooks' problems.
+
+Balanced-PiKE. To protect the worst task the objective becomes the tilted loss
+L_τ = (1/τ) log Σ_k exp(τ L_k): the average (plus a constant) as τ → 0, the maximum as
+τ → ∞. Its gradient is Σ_k p_k ∇L_k with p = softmax(τ L), so the same bound weights each
+task's decrease by K·p_k:
+
+    w_k ← w_k · exp(ζ₁ K p_k ‖∇L_k‖² − (ζ₂ / 2b) σ_k²).
+
+At τ → 0, K p_k = 1 and this is PiKE; at large τ the worst task's term dominates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .samplers import _check_b, _check_n_tasks, apportion
+
+
+def _check_positive(name: str, value, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} finite number")
+    return float(value)
+
+
+def _check_stat(name: str, values, n_tasks: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n_tasks,):
+        raise ValueError(f"{name} must have one entry per task ({n_tasks}), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}={arr.tolist()} must be finite (a NaN or inf statistic would corrupt the weights)")
+    if name != "losses" and np.any(arr < 0):
+        raise ValueError(f"{name}={arr.tolist()} must be non-negative (squared norms and variances are ≥ 0)")
+    return arr
+
+
+class PiKE:
+    """PiKE's mixing weights (Algorithm 1): w_k ← w_k·exp(ζ₁‖∇L_k‖² − (ζ₂/2b)σ_k²), normalised.
+
+    Args:
+        n_tasks: K ≥ 2.
+        zeta1: ζ₁, step size on the squared gradient norm (> 0).
+        zeta2: ζ₂, step size on the variance penalty (≥ 0; 0 ignores noise).
+        update_every: T₀, steps between updates (used by the batch source in ``fit``).
+        batch_size: b in the variance term σ²/(2b); ``fit`` sets it to its batch size.
+        min_weight: floor of every weight after an update (keeps all tasks sampled);
+            must be < 1/K.
+        normalize: divide the statistics by the mean squared norm first (module docstring).
+        weights: initial weights (uniform by default).
+    """
+
+    def __init__(self, n_tasks: int, *, zeta1: float = 1.0, zeta2: float = 1.0, update_every: int = 50,
+                 batch_size: int = 16, min_weight: float | None = None, normalize: bool = True,
+                 weights=None):
+        self.n_tasks = _check_n_tasks(n_tasks)
+        self.zeta1 = _check_positive("zeta1", zeta1)
+        self.zeta2 = _check_positive("zeta2", zeta2, allow_zero=True)
+        if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
+            raise ValueError(f"update_every={update_every!r} must be a positive integer (steps between updates)")
+        self.update_every = int(update_every)
+        self.batch_size = _check_b(batch_size, self.n_tasks, False)
+        if min_weight is None:
+            min_weight = 0.1 / self.n_tasks
+        self.min_weight = _check_positive("min_weight", min_weight, allow_zero=True)
+        if self.min_weight >= 1.0 / self.n_tasks:
+            raise ValueError(f"min_weight={min_weight} must be < 1/n_tasks = {1.0 / self.n_tasks:.4g}")
+        self.normalize = bool(normalize)
+        if weights is None:
+            self._weights = np.full(self.n_tasks, 1.0 / self.n_tasks)
+        else:
+            from .samplers import check_weights
+
+            self._weights = check_weights(weights, self.n_tasks)
+        self.n_updates = 0
+
+    # -------------------------------------------------------------- the update
+    @property
+    def weights(self) -> np.ndarray:
+        """The current mixing weights w (on the simplex)."""
+        return self._weights.copy()
+
+    def _scores(self, sq_norms: np.ndarray, variances: np.ndarray, gain: np.ndarray) -> np.ndarray:
+        scale = float(sq_norms.mean()) if self.normalize else 1.0
+        if scale <= 0:                 # every gradient is zero: nothing to learn, keep the weights
+            return np.zeros_like(sq_norms)
+        return (self.zeta1 * gain * sq_norms - self.zeta2 / (2 * self.batch_size) * variances) / scale
+
+    def _apply(self, scores: np.ndarray) -> np.ndarray:
+        logw = np.log(self._weights) + scores
+        w = np.exp(logw - logw.max())                       # softmax-stable exponentiated step
+        w /= w.sum()
+        fixed = np.zeros(self.n_tasks, dtype=bool)          # floor, then renormalise the rest
+        for _ in range(self.n_tasks):
+            low = (w < self.min_weight) & ~fixed
+            if not low.any():
+                break
+            fixed |= low
+            w[fixed] = self.min_weight
+            w[~fixed] *= (1 - self.min_weight * fixed.sum()) / w[~fixed].sum()
+        self._weights = w / w.sum()
+        self.n_updates += 1
+        return self.weights
+
+    def update(self, sq_norms, variances) -> np.ndarray:
+        """One PiKE step from ‖∇L_k‖² and σ_k² (one entry per task); returns the new weights."""
+        sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
+        var = _check_stat("variances", variances, self.n_tasks)
+        return self._apply(self._scores(sq, var, np.ones(self.n_tasks)))
+
+    def batch_sizes(self, b: int, *, rng: np.random.Generator | None = None,
+                    require_all: bool = False) -> np.ndarray:
+        """Integer examples per task summing to ``b`` exactly (see :func:`zoedu.mixing.apportion`)."""
+        return apportion(self._weights, b, rng=rng, require_all=require_all)
+
+    def counts(self, b, *, step=0, rng=None, require_all=False):
+        """Sampler interface: :meth:`batch_sizes`."""
+        return self.batch_sizes(b, rng=rng, require_all=require_all)
+
+    one_task_per_batch = False
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(n_tasks={self.n_tasks}, zeta1={self.zeta1}, zeta2={self.zeta2}, "
+                f"update_every={self.update_every}, weights={np.round(self._weights, 3).tolist()})")
+
+
+class BalancedPiKE(PiKE):
+    """Balanced-PiKE: PiKE on the tilted loss (1/τ)·log Σ_k exp(τ·L_k) (module docstring).
+
+    ``update(sq_norms, variances, losses)``: each task's gain is K·softmax(τ·L)_k, so a
+    small τ behaves like PiKE (average loss) and a large τ favours the worst task.
+    """
+
+    def __init__(self, n_tasks: int, *, tau: float = 1.0, **options):
+        super().__init__(n_tasks, **options)
+        if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating)) or not math.isfinite(tau) \
+                or tau <= 0:
+            raise ValueError(f"tau={tau!r} must be a positive finite number (τ → 0: average loss, "
+                             f"τ → ∞: worst-task loss)")
+        self.tau = float(tau)
+
+    def tilt(self, losses) -> np.ndarray:
+        """p = softmax(τ·L): the weight of each task in the gradient of the tilted objective."""
+        losses = _check_stat("losses", losses, self.n_tasks)
+        z = self.tau * losses
+        p = np.exp(z - z.max())
+        return p / p.sum()
+
+    def update(self, sq_norms, variances, losses=None) -> np.ndarray:
+        if losses is None:
+            raise ValueError("BalancedPiKE.update needs losses (one current loss per task) for the tilt")
+        sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
+        var = _check_stat("variances", variances, self.n_tasks)
+        gain = self.n_tasks * self.tilt(losses)
+        return self._apply(self._scores(sq, var, gain))
+
+    def __repr__(self):
+        return super().__repr__()[:-1] + f", tau={self.tau})"
+
+
+__all__ = ["PiKE", "BalancedPiKE"]

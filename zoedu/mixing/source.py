@@ -1,0 +1,207 @@
+"""The batch source behind ``fit(..., mixer=X)``: mixed multi-task batches plus History columns.
+
+``fit`` calls :func:`make_batch_source` once, then every step ``next_batch(ctx)`` (inside the
+timed step) and ``after_step(ctx, step, out)`` (after it). The source
+
+1. asks its sampler (or PiKE) for per-task counts summing to ``ctx.batch_size``, draws that
+   many examples of each domain with ``ctx.rng`` and builds one batch on their union;
+2. records each domain's mean training loss *of that batch* without an extra forward pass:
+   it wraps ``ctx.loss`` so the per-example losses the method computes anyway are split by
+   ``batch["domain"]``;
+3. every ``stats_every`` steps draws a fresh batch per task, runs
+   :func:`~zoedu.mixing.task_gradient_stats` and — for PiKE — updates the weights
+   (Algorithm 1's "every T₀ steps").
+
+Columns added to the History (one per domain ``d``): ``loss/d`` (training loss of the
+step's batch, NaN if the domain was absent), ``count/d`` (its examples in the batch),
+``weight/d`` (the mixing weight the batch was drawn with); at statistics steps
+``grad_sq_norm/d``, ``grad_variance/d`` and ``cosine`` (the K×K matrix as a numpy array,
+NaN elsewhere); every step ``mixer_forward_passes``, ``mixer_backward_passes`` and
+``mixer_seconds``: the statistics' own cost in that step, which ``fit``'s
+``forward_passes``/``backward_passes``/``seconds`` do not include.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..tasks import move_batch
+from .pike import BalancedPiKE, PiKE
+from .samplers import Proportional, RandomTask, RoundRobin, Sampler, Uniform
+from .stats import task_gradient_stats
+
+MIXERS = ("uniform", "proportional", "round-robin", "random-task", "pike", "balanced-pike")
+
+
+def make_mixer(name, n_tasks: int, *, sizes=None, batch_size: int = 16, **options):
+    """The sampler or PiKE object for a mixer ``name`` in :data:`MIXERS` (``options`` go to it)."""
+    if not isinstance(name, str) or name not in MIXERS:
+        raise ValueError(f"mixer={name!r} is unknown; allowed: {', '.join(MIXERS)} "
+                         "(or a Sampler, PiKE or MixedBatchSource object)")
+    try:
+        if name == "uniform":
+            return Uniform(n_tasks, **options)
+        if name == "proportional":
+            if sizes is None:
+                raise ValueError("the proportional mixer needs sizes (examples per task)")
+            return Proportional(sizes, **options)
+        if name == "round-robin":
+            return RoundRobin(n_tasks, **options)
+        if name == "random-task":
+            return RandomTask(n_tasks, **options)
+        if name == "pike":
+            return PiKE(n_tasks, batch_size=batch_size, **options)
+        return BalancedPiKE(n_tasks, batch_size=batch_size, **options)
+    except TypeError as err:
+        raise ValueError(f"mixer {name!r}: {err}") from None
+
+
+class MixedBatchSource:
+    """Mixed multi-task batches for ``fit`` (see the module docstring).
+
+    Args:
+        mixer: a name from :data:`MIXERS`, a :class:`~zoedu.mixing.Sampler` or a
+            :class:`~zoedu.mixing.PiKE` / :class:`~zoedu.mixing.BalancedPiKE`.
+        stats_every: compute gradient statistics (and the cosine matrix) every this many
+            steps; default: PiKE's ``update_every`` for PiKE, never for other samplers.
+        stats_batch_size: examples per task for the statistics; default ``max(4, b // K)``.
+        variance: σ² estimator, ``"groups"`` or ``"per-sample"`` (see ``task_gradient_stats``).
+        n_groups: groups for the ``"groups"`` estimator.
+        require_all: every task in every batch (needs b ≥ K).
+        **mixer_options: passed to the mixer when it is given by name (e.g. ``zeta1``, ``tau``).
+    """
+
+    def __init__(self, mixer="uniform", *, stats_every: int | None = None,
+                 stats_batch_size: int | None = None, variance: str = "groups", n_groups: int = 4,
+                 require_all: bool = False, **mixer_options):
+        if stats_every is not None and (isinstance(stats_every, bool) or not isinstance(stats_every, int)
+                                        or stats_every < 1):
+            raise ValueError(f"stats_every={stats_every!r} must be None or a positive integer")
+        if stats_batch_size is not None and (not isinstance(stats_batch_size, int) or stats_batch_size < 2):
+            raise ValueError(f"stats_batch_size={stats_batch_size!r} must be an integer ≥ 2")
+        if mixer_options and not isinstance(mixer, str):
+            raise ValueError(f"mixer options {sorted(mixer_options)} only apply to a mixer given by name")
+        if not isinstance(mixer, (str, Sampler, PiKE)):
+            raise ValueError(f"mixer={mixer!r} must be a name ({', '.join(MIXERS)}), a Sampler or a PiKE object")
+        self.spec, self.mixer_options = mixer, mixer_options
+        self.stats_every, self.stats_batch_size = stats_every, stats_batch_size
+        self.variance, self.n_groups, self.require_all = variance, n_groups, require_all
+        self.mixer = None
+        self.task = None
+
+    # ------------------------------------------------------------------ binding
+    def bind(self, ctx) -> MixedBatchSource:
+        """Attach to a ``FitContext``: resolve the mixer for its task, wrap ``ctx.loss``."""
+        task = ctx.task
+        if not task.domains or task.n_domains < 2:
+            raise ValueError(f"mixer= needs a multi-domain task (at least 2 domains, e.g. load_task('multidomain')); "
+                             f"task {task.name!r} has {task.n_domains}")
+        K = task.n_domains
+        self.task = task
+        self.names = list(task.domains)
+        self.pools = [task.domain_indices("train", k) for k in range(K)]
+        if any(p.size == 0 for p in self.pools):
+            empty = [self.names[k] for k, p in enumerate(self.pools) if p.size == 0]
+            raise ValueError(f"domains {empty} have no training examples")
+        if isinstance(self.spec, str):
+            self.mixer = make_mixer(self.spec, K, sizes=[p.size for p in self.pools],
+                                    batch_size=ctx.batch_size, **self.mixer_options)
+        else:
+            self.mixer = self.spec
+            if isinstance(self.mixer, PiKE):
+                self.mixer.batch_size = ctx.batch_size  # the b of the variance term is fit's batch size
+        if self.mixer.n_tasks != K:
+            raise ValueError(f"the mixer has n_tasks={self.mixer.n_tasks} but the task has {K} domains {self.names}")
+        if self.stats_every is None and isinstance(self.mixer, PiKE):
+            self.stats_every = self.mixer.update_every
+        self.b_stats = self.stats_batch_size or max(4, ctx.batch_size // K)
+        self._step = 1
+        self._task_losses: dict[int, float] = {}
+        self._counts = np.zeros(K, dtype=np.int64)
+        self._weights = self.mixer.weights
+
+        def loss(batch, _task=task, _ctx=ctx):           # ctx.loss, recording per-domain losses
+            losses = _task.example_losses(_ctx.model, batch)
+            dom = batch.get("domain")
+            if dom is not None:
+                with torch.no_grad():
+                    d = dom.to(losses.device)
+                    sums = torch.zeros(K, dtype=torch.float64, device=losses.device).index_add_(
+                        0, d, losses.detach().double())
+                    cnt = torch.bincount(d, minlength=K)
+                    for k in torch.nonzero(cnt).flatten().tolist():
+                        self._task_losses[k] = float(sums[k] / cnt[k])
+            return losses.mean()
+
+        ctx.loss = loss
+        return self
+
+    # ------------------------------------------------------------------ batches
+    def next_batch(self, ctx) -> dict:
+        """The mixed batch of this step (CPU tensors): per-task counts, then one draw per task."""
+        counts = np.asarray(self.mixer.counts(ctx.batch_size, step=self._step - 1, rng=ctx.rng,
+                                              require_all=self.require_all), dtype=np.int64)
+        if counts.sum() != ctx.batch_size or np.any(counts < 0):
+            raise RuntimeError(f"mixer {self.mixer!r} returned counts {counts.tolist()} that do not sum to "
+                               f"the batch size {ctx.batch_size}")
+        chosen = [ctx.rng.choice(pool, size=int(c), replace=bool(c > pool.size))
+                  for pool, c in zip(self.pools, counts) if c > 0]
+        self._counts = counts
+        self._weights = self.mixer.weights
+        self._task_losses = {}
+        return self.task.batch("train", np.concatenate(chosen))
+
+    def task_batches(self, ctx, n: int | None = None) -> list[dict]:
+        """A fresh batch of ``n`` examples from every task, on the device (for statistics)."""
+        n = n or self.b_stats
+        return [move_batch(self.task.sample("train", n, ctx.rng, indices=pool), ctx.device)
+                for pool in self.pools]
+
+    def after_step(self, ctx, step: int, out: dict) -> None:
+        """Add the per-domain columns; every ``stats_every`` steps the statistics (and PiKE's update)."""
+        for k, name in enumerate(self.names):
+            out[f"loss/{name}"] = self._task_losses.get(k, float("nan"))
+            out[f"count/{name}"] = int(self._counts[k])
+            out[f"weight/{name}"] = float(self._weights[k])
+        fwd = bwd = 0
+        seconds = 0.0
+        if self.stats_every and step % self.stats_every == 0:
+            t0 = time.perf_counter()
+            stats = task_gradient_stats(ctx.model, self.task.loss, self.task_batches(ctx),
+                                        variance=self.variance, n_groups=self.n_groups)
+            if isinstance(self.mixer, BalancedPiKE):
+                self.mixer.update(stats.sq_norms, stats.variances, stats.losses)
+            elif isinstance(self.mixer, PiKE):
+                self.mixer.update(stats.sq_norms, stats.variances)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            seconds = time.perf_counter() - t0
+            fwd, bwd = stats.forward_passes, stats.backward_passes
+            for k, name in enumerate(self.names):
+                out[f"grad_sq_norm/{name}"] = float(stats.sq_norms[k])
+                out[f"grad_variance/{name}"] = float(stats.variances[k])
+            out["cosine"] = stats.cosine
+            self.last_stats = stats
+        out["mixer_forward_passes"] = fwd
+        out["mixer_backward_passes"] = bwd
+        out["mixer_seconds"] = seconds
+        self._step = step + 1
+
+    def __repr__(self):
+        return f"MixedBatchSource(mixer={self.mixer or self.spec!r}, stats_every={self.stats_every})"
+
+
+def make_batch_source(mixer, ctx) -> MixedBatchSource:
+    """What ``fit(..., mixer=mixer)`` calls: a :class:`MixedBatchSource` bound to ``ctx``.
+
+    ``mixer`` is a name from :data:`MIXERS`, a Sampler, a PiKE/BalancedPiKE object, or an
+    unbound :class:`MixedBatchSource` (to set ``stats_every`` and friends).
+    """
+    source = mixer if isinstance(mixer, MixedBatchSource) else MixedBatchSource(mixer)
+    return source.bind(ctx)
+
+
+__all__ = ["MIXERS", "MixedBatchSource", "make_batch_source", "make_mixer"]
