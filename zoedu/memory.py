@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -122,15 +122,21 @@ class _Block:
 class _Tracker(TorchDispatchMode):
     """Track the live bytes per category and the breakdown at the peak (see :func:`measure`).
 
-    Every op output's storage is recorded once with the category of the moment it is made:
-    inside a module's forward, or after it and before the weights are next used or a
-    fresh tensor is made (the loss), or with gradients enabled → ``activations``; inside the autograd engine → ``other`` (until it becomes a parameter's ``.grad``, noticed by a
-    post-accumulate-grad hook → ``grads``); inside ``optimizer.step`` with gradients off →
-    ``pending``, settled when the step ends: storages found in ``optimizer.state`` become
-    ``optimizer``, the rest ``other``. Tensors that existed before (weights, the batch,
-    old state) are counted from the moment an op first reads them, and added to the peak
-    too, since they were alive all along. Each event has a sequence number, so a pending
-    storage is moved at the peak only if it was alive then: O(1) work per op.
+    Every op output's storage is recorded once, with the category of the moment it is made:
+
+    * inside the autograd engine → ``other`` (gradient temporaries), until it becomes a
+      parameter's ``.grad`` (a post-accumulate-grad hook) → ``grads``;
+    * inside a module's forward, or after the model's forward and before the weights are
+      used again or a fresh tensor is made (the loss) → ``activations``;
+    * inside ``optimizer.step`` with gradients off → ``pending``, settled when the step
+      ends: storages found in ``optimizer.state`` become ``optimizer``, the rest ``other``
+      (scratch of the update, MeZO's ``z``);
+    * anything else (outside a step, or with gradients on, as in a closure) → ``activations``.
+
+    Tensors that existed before (weights, the batch, old state) are counted from the moment
+    an op first reads them, and added to the peak too, since they were alive all along.
+    Each event has a sequence number, so a pending storage is moved at the peak only if it
+    was alive then: O(1) work per op.
     """
 
     def __init__(self, device: torch.device, model: nn.Module | None, optimizer):
@@ -597,7 +603,8 @@ def _arch_from_config(cfg, name: str, head: str, counts: tuple[int, int] | None 
     h = cfg.hidden_size
     heads = cfg.num_attention_heads
     kv = getattr(cfg, "num_key_value_heads", None) or heads
-    ffn = getattr(cfg, "ffn_dim", None) or getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * h
+    ffn = (getattr(cfg, "ffn_dim", None) or getattr(cfg, "intermediate_size", None)
+           or getattr(cfg, "n_inner", None) or 4 * h)
     drop = max(float(getattr(cfg, a, 0.0) or 0.0) for a in ("dropout", "resid_pdrop", "hidden_dropout_prob"))
     return _Arch(name=name, family=family, params=counts[0], largest=counts[1], hidden=h,
                  layers=cfg.num_hidden_layers, heads=heads, kv_hidden=h // heads * kv, ffn=ffn,
@@ -737,7 +744,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     from .models import resolve_dtype
 
     if dtype is None:
-        dt = next((p.dtype for p in model.parameters()), torch.float32) if isinstance(model, nn.Module) else torch.float32
+        params = model.parameters() if isinstance(model, nn.Module) else ()
+        dt = next((p.dtype for p in params), torch.float32)
     else:
         dt = resolve_dtype(dtype)
     if dt not in (torch.float32, torch.float16, torch.bfloat16):
