@@ -28,8 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,13 +85,23 @@ class BuiltAssignment:
         return self.student.parent.parent
 
 
-def _otter(*args: str, cwd: Path | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "otter", *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=quiet, text=True)
-    if proc.returncode != 0:
-        detail = (proc.stdout or "") + (proc.stderr or "") if quiet else ""
-        raise RuntimeError(f"`{' '.join(cmd[2:])}` failed with exit code {proc.returncode}\n{detail[-4000:]}")
-    return proc
+def _assign(master: Path, dest: Path, *, run_tests: bool, quiet: bool) -> None:
+    """``otter assign MASTER DEST`` through otter's Python API (one import of otter for all)."""
+    import contextlib
+    import io
+
+    from otter.assign import main as otter_assign
+
+    buffer = io.StringIO()
+    quiet_cm = contextlib.redirect_stdout(buffer) if quiet else contextlib.nullcontext()
+    cwd = os.getcwd()
+    try:
+        with quiet_cm:
+            otter_assign(str(master), str(dest), no_pdfs=True, no_run_tests=not run_tests)
+    except Exception as err:
+        raise RuntimeError(f"otter assign failed for {master}: {err}\n{buffer.getvalue()[-4000:]}") from err
+    finally:
+        os.chdir(cwd)
 
 
 def build(out_dir, *, names=None, source=None, run_tests: bool = False,
@@ -125,10 +134,7 @@ def build(out_dir, *, names=None, source=None, run_tests: bool = False,
         dest = out / name
         if dest.exists():
             shutil.rmtree(dest)
-        args = ["assign", str(master), str(dest)]
-        if not run_tests:
-            args.append("--no-run-tests")
-        _otter(*args, cwd=master.parent, quiet=quiet)
+        _assign(master, dest, run_tests=run_tests, quiet=quiet)
         zips = sorted((dest / "autograder").glob("*-autograder_*.zip"))
         if not zips:
             raise RuntimeError(f"otter assign wrote no autograder zip for {name!r} under {dest}")
@@ -152,6 +158,8 @@ class GradeReport:
     """Question name → points available."""
     failures: dict[str, list[str]] = field(default_factory=dict)
     """Question name → messages of its failed test cases."""
+    seconds: float = 0.0
+    """Wall time of the grading (executing the notebook and running its tests)."""
 
     @property
     def total(self) -> float:
@@ -162,7 +170,8 @@ class GradeReport:
         return float(sum(self.possible.values()))
 
     def __str__(self) -> str:
-        lines = [f"{self.notebook.name}: {self.total:g} / {self.total_possible:g}"]
+        lines = [f"{self.notebook.name}: {self.total:g} / {self.total_possible:g} "
+                 f"(graded in {self.seconds:.0f} s)"]
         for q in self.possible:
             lines.append(f"  {q:<24} {self.scores[q]:g} / {self.possible[q]:g}")
         return "\n".join(lines)
@@ -183,10 +192,12 @@ def grade(notebook, autograder_zip, *, quiet: bool = True) -> GradeReport:
     from otter.api import grade_submission
 
     cwd = os.getcwd()
+    start = time.perf_counter()
     try:
         results = grade_submission(str(nb), str(ag), quiet=quiet)
     finally:
         os.chdir(cwd)
+    seconds = time.perf_counter() - start
     scores, possible, failures = {}, {}, {}
     for name, res in results.results.items():
         scores[name] = float(res.score)
@@ -194,7 +205,8 @@ def grade(notebook, autograder_zip, *, quiet: bool = True) -> GradeReport:
         failed = [str(tc.message) for tc in res.test_case_results if not tc.passed]
         if failed:
             failures[name] = failed
-    return GradeReport(notebook=nb, scores=scores, possible=possible, failures=failures)
+    return GradeReport(notebook=nb, scores=scores, possible=possible, failures=failures,
+                       seconds=seconds)
 
 
 def _grade_job(job: tuple[str, str]) -> GradeReport:
