@@ -60,7 +60,7 @@ def _mse_traces(df: pd.DataFrame, x: str, *, mse: str, monte_carlo: str | None,
             name=f"{method_label(method)} (formula)", legendgroup=method,
             line=dict(color=colour, width=2.5), showlegend=showlegend,
             hovertemplate=f"{method_label(method)}<br>{x}=%{{x}}<br>MSE=%{{y:.3g}}<extra>formula</extra>"))
-        if monte_carlo is not None and monte_carlo in part and part[monte_carlo].notna().any():
+        if monte_carlo is not None and monte_carlo in part:  # always a trace, so slices align
             mc = part[part[monte_carlo].notna()]
             traces.append(go.Scatter(
                 x=mc[x].to_numpy(float), y=mc[monte_carlo].to_numpy(float), mode="markers",
