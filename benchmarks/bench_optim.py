@@ -98,7 +98,7 @@ def _timeit(fn, device):
 
 
 # --------------------------------------------------------------------------- 1 + 3: speed
-def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None):
+def bench_speed(size="25m", batch=8, seq=128, rounds=5, device="cpu", dtype=None):
     model = _opt_model(size, dtype=dtype, device=device)
     b = _batch(batch, seq, device)
     closure = lambda: _loss(model, b)  # noqa: E731
@@ -153,77 +153,76 @@ def bench_memory(size="25m", batch=8, seq=128):
 
 # --------------------------------------------------------------------------- drift
 def bench_drift(steps=1000, size="1m"):
-    print(f"\n[drift] tiny-opt {size}: weights after {steps} MeZO steps with lr=0 (eps=1e-3) vs before")
+    print(f"\n[drift] tiny-opt {size}, its transformer layers (embeddings left out: drift is per element): "
+          f"weights after {steps} MeZO steps with lr=0 (eps=1e-3) vs before")
     out = {}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for exact in (False, True):
             model = _opt_model(size, dtype=dtype)
-            before = [p.detach().clone() for p in model.parameters()]
-            opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=exact)
+            params = [p for n, p in model.named_parameters() if "embed" not in n]
+            before = [p.detach().clone() for p in params]
+            opt = MeZO(params, lr=0.0, eps=1e-3, exact_restore=exact)
             t0 = time.perf_counter()
             for _ in range(steps):
                 opt.step(lambda: 0.0)  # the forward does not matter for the drift; lr=0
             secs = time.perf_counter() - t0
-            changed = sum(int((a != b).sum()) for a, b in zip(before, model.parameters()))
+            changed = sum(int((a != b).sum()) for a, b in zip(before, params))
             total = sum(a.numel() for a in before)
-            max_abs = max(float((a.float() - b.float()).abs().max()) for a, b in zip(before, model.parameters()))
-            rel = math.sqrt(sum(float(((a.float() - b.float()) ** 2).sum()) for a, b in zip(before, model.parameters()))
+            max_abs = max(float((a.float() - b.float()).abs().max()) for a, b in zip(before, params))
+            rel = math.sqrt(sum(float(((a.float() - b.float()) ** 2).sum()) for a, b in zip(before, params))
                             / sum(float((a.float() ** 2).sum()) for a in before))
             out[(str(dtype), exact)] = (changed / total, max_abs, rel)
             print(f"  {str(dtype):15s} exact_restore={exact!s:5s}: elements changed {changed / total:7.2%}, "
-                  f"max |Δθ| {max_abs:.3g}, ‖Δθ‖/‖θ‖ {rel:.3g}  ({secs:.0f} s)")
+                  f"max |Δθ| {max_abs:.3g}, ‖Δθ‖/‖θ‖ {rel:.3g}  ({total} elements, {secs:.0f} s)")
     return out
 
 
 # --------------------------------------------------------------------------- 4: MiniLM
-def bench_minilm(max_length=256, n_train=2000, n_validation=200, target=None, seed=0, budget_s=None):
+def bench_minilm(max_length=128, n_train=1000, n_validation=100, target=None, seed=0, scale=1.0):
+    """Adam, SGD, IP-SGD, MeZO, Addax fine-tuning the bundled MiniLM on ``sentiment``.
+
+    ``scale`` multiplies every method's step count (the defaults fit a shared 2-core CPU).
+    """
     import numpy as np
 
+    from zoedu.experiments.optim import run_methods, time_to_target
     from zoedu.models import load_tokenizer
     from zoedu.tasks import load_task
-    from zoedu.train import fit
 
     task = load_task("sentiment", tokenizer=load_tokenizer("minilm"), n_train=n_train,
                      n_validation=n_validation, max_length=max_length, seed=seed)
     lengths = task.lengths("train")
     model, _ = load_model("minilm", num_labels=2, seed=seed)
     zero_shot = task.evaluate(model, "validation")
+    lt = int(np.percentile(lengths, 75))
     print(f"\n[minilm] sentiment: {n_train} train / {n_validation} validation, max_length {max_length}; "
-          f"train lengths median {int(np.median(lengths))}, p90 {int(np.percentile(lengths, 90))}, "
-          f"max {int(lengths.max())}; zero-shot (untrained head) accuracy {zero_shot['accuracy']:.3f}")
-    lt = int(np.percentile(lengths, 90))
-    runs = {
-        "adam": dict(method="adam", lr=5e-5, steps=150, eval_every=15),
-        "sgd": dict(method="sgd", lr=2e-2, steps=150, eval_every=15),
-        "ipsgd": dict(method="ipsgd", lr=2e-2, steps=150, eval_every=15),
-        "mezo": dict(method="mezo", lr=2e-5, steps=1500, eval_every=150, eps=1e-3),
-        "addax": dict(method="addax", lr=2e-2, steps=150, eval_every=15, length_threshold=lt,
-                      k0=8, k1=16, alpha=1e-3, eps=1e-3),
+          f"train lengths median {int(np.median(lengths))}, p75 {lt}, p90 {int(np.percentile(lengths, 90))}, "
+          f"max {int(lengths.max())}; zero-shot (untrained head) accuracy {zero_shot['accuracy']:.3f}", flush=True)
+    fo_steps, zo_steps = max(1, int(40 * scale)), max(1, int(200 * scale))
+    methods = {
+        "adam": dict(lr=5e-5, steps=fo_steps, eval_every=max(1, fo_steps // 4)),
+        "sgd": dict(lr=2e-2, steps=fo_steps, eval_every=max(1, fo_steps // 4)),
+        "ipsgd": dict(lr=2e-2, steps=fo_steps, eval_every=max(1, fo_steps // 4)),
+        "mezo": dict(lr=1e-5, eps=1e-3, steps=zo_steps, eval_every=max(1, zo_steps // 4)),
+        "addax": dict(lr=2e-2, steps=fo_steps, eval_every=max(1, fo_steps // 4), length_threshold=lt,
+                      k0=4, k1=8, alpha=1e-3, eps=1e-3),
     }
     histories = {}
-    for name, spec in runs.items():
+    for name, spec in methods.items():  # one at a time, so each gets its own eval_every
         spec = dict(spec)
-        model, _ = load_model("minilm", num_labels=2, seed=seed)
-        histories[name] = fit(model, task, spec.pop("method"), steps=spec.pop("steps"), lr=spec.pop("lr"),
-                              batch_size=16, seed=seed, eval_every=spec.pop("eval_every"), quiet=True,
-                              **spec)
+        every = spec.pop("eval_every")
+        histories.update(run_methods("minilm", task, {name: spec}, batch_size=8, seed=seed, eval_every=every,
+                                     eval_examples=n_validation))
         h = histories[name]
         ev = h.dropna(subset=["eval_accuracy"])
-        print(f"  {name:6s} final acc {ev['eval_accuracy'].iloc[-1]:.3f}, best {ev['eval_accuracy'].max():.3f}, "
-              f"{h['seconds'].iloc[-1]:.0f} s, peak {h['peak_memory'].max() / 2**20:.0f} MiB", flush=True)
-    target = target if target is not None else float(
-        histories["mezo"].dropna(subset=["eval_accuracy"])["eval_accuracy"].iloc[-1])
-    print(f"  target accuracy: {target:.3f} (MeZO's final accuracy unless --target)")
-    print("  | method | steps to target | seconds to target | final accuracy | seconds | peak memory (MiB) |")
-    for name, h in histories.items():
-        ev = h.dropna(subset=["eval_accuracy"])
-        hit = ev[ev["eval_accuracy"] >= target]
-        steps = int(hit["step"].iloc[0]) if len(hit) else None
-        secs = float(hit["seconds"].iloc[0]) if len(hit) else None
-        print(f"  | {name} | {steps if steps else 'not reached'} | {f'{secs:.0f}' if secs else '—'} | "
-              f"{ev['eval_accuracy'].iloc[-1]:.3f} | {h['seconds'].iloc[-1]:.0f} | "
-              f"{h['peak_memory'].max() / 2**20:.0f} |")
-    return histories, zero_shot
+        print(f"  {name:6s} final acc {ev['eval_accuracy'].iloc[-1]:.3f}, {h['seconds'].iloc[-1]:.0f} s, "
+              f"peak {h['peak_memory'].max() / 2**20:.0f} MiB", flush=True)
+    if target is None:
+        target = float(histories["mezo"].dropna(subset=["eval_accuracy"])["eval_accuracy"].iloc[-1])
+    table = time_to_target(histories, target)
+    print(f"  target accuracy {target:.3f} (MeZO's final accuracy unless --target)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return histories, zero_shot, table
 
 
 def main(argv=None):
@@ -236,6 +235,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--target", type=float, default=None)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the MiniLM step counts")
     args = parser.parse_args(argv)
     what = set(args.what)
     if "all" in what:
@@ -249,7 +249,7 @@ def main(argv=None):
     if "drift" in what:
         bench_drift()
     if "minilm" in what:
-        bench_minilm(target=args.target)
+        bench_minilm(target=args.target, scale=args.scale)
 
 
 if __name__ == "__main__":

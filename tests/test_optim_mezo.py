@@ -390,3 +390,22 @@ def test_bad_closures_are_refused():
     with pytest.raises(ValueError, match="scalar"):
         opt.step(lambda: torch.ones(3))
     assert np.isfinite(q.theta.detach().numpy()).all()
+
+
+# --------------------------------------------------------------------------- GPU
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mezo_on_cuda_restores_and_replays(dtype):
+    x, y = (t.cuda() for t in mlp_data(dtype))
+    model = mlp(dtype).cuda()
+    before = snapshot(model)
+    opt = MeZO(model.parameters(), lr=0.0, exact_restore=True)
+    for _ in range(5):
+        opt.step(lambda: ((model(x) - y) ** 2).float().mean())
+    assert same(before, snapshot(model))
+    opt = MeZO(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.step(lambda: ((model(x) - y) ** 2).float().mean())
+    rebuilt = [b.clone() for b in before]
+    replay(rebuilt, opt.trajectory())
+    assert same(rebuilt, snapshot(model))
