@@ -167,7 +167,7 @@ def test_empty_sets_behave_as_documented():
 
 
 # --------------------------------------------------------------------------- per-sample gradients
-@pytest.mark.parametrize("backend", ["linear", "func", "opacus"])
+@pytest.mark.parametrize("backend", ["linear", "func", "loop", "opacus"])
 def test_per_sample_gradients_match_a_loop(backend):
     batch = tab_batch(7)
     for model in (torch.nn.Linear(6, 3), mlp()):
@@ -197,6 +197,28 @@ def test_linear_backend_handles_sequences_and_refuses_other_layers():
         PerSampleGradients(conv, ce, backend="linear")
     assert PerSampleGradients(conv, ce).backend == "func"
     assert PerSampleGradients(mlp(), ce).backend == "linear"
+
+
+def test_auto_falls_back_to_a_loop_when_vmap_cannot_trace_the_model():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.norm = torch.nn.Linear(6, 3), torch.nn.LayerNorm(3)
+
+        def forward(self, x):
+            h = self.norm(self.lin(x))
+            return h if float(h.abs().sum()) > 0 else -h  # data-dependent: vmap refuses
+
+    torch.manual_seed(0)
+    model, batch = Branchy(), tab_batch(5)
+    engine = PerSampleGradients(model, ce)
+    with pytest.warns(RuntimeWarning, match="fall back"):
+        grads, _ = engine(batch)
+    assert engine.backend == "loop"
+    for g, r in zip(grads, loop_grads(model, ce, batch)):
+        torch.testing.assert_close(g, r)
+    with pytest.raises(RuntimeError, match="vmap"):
+        PerSampleGradients(model, ce, backend="func")(batch)  # an explicit backend never falls back
 
 
 def test_clipping_bounds_every_per_sample_gradient():
@@ -268,6 +290,19 @@ def test_mixed_step_is_the_beta_weighted_sum():
         torch.testing.assert_close(got.detach(), w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.cuda
+def test_semi_dp_step_on_cuda_matches_cpu_without_noise():
+    private, public = tab_batch(12, seed=1), tab_batch(6, seed=2)
+    cpu = mlp(seed=5)
+    gpu = copy.deepcopy(cpu).cuda()
+    kw = dict(lr=0.5, beta=0.4, noise_multiplier=0.0, max_grad_norm=0.3)
+    SemiDPSGD(cpu, ce, **kw).step(private, public)
+    SemiDPSGD(gpu, ce, **kw).step({k: v.cuda() for k, v in private.items()},
+                                  {k: v.cuda() for k, v in public.items()})
+    for p, q in zip(cpu.parameters(), gpu.parameters()):
+        torch.testing.assert_close(p, q.cpu(), rtol=1e-4, atol=1e-5)
+
+
 def test_nan_loss_leaves_weights_untouched():
     model = torch.nn.Linear(6, 3)
     before = [p.detach().clone() for p in model.parameters()]
@@ -316,7 +351,7 @@ def test_fit_baselines_and_target_epsilon(cancer):
     h = run(cancer, "throw_away", public_fraction=0.1)
     assert (h["epsilon"] == 0).all() and (h["backward_passes"].diff().dropna() == 1).all()
     h = run(cancer, "treat_as_private", target_epsilon=2.0, steps_planned=25)
-    assert 2.0 - 0.011 <= h["epsilon"].iloc[-1] <= 2.0
+    assert 1.9 <= h["epsilon"].iloc[-1] <= 2.0  # calibrated over integer orders: a bit conservative
     h = run(cancer, "dp_sgd", public_fraction=0.05, noise_multiplier=1.0, poisson=False)
     assert (h["private_batch_size"] == 32).all()
     with pytest.raises(ValueError, match="steps_planned"):

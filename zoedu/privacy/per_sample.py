@@ -17,12 +17,16 @@ Three backends compute the per-sample gradients of ``loss_fn(model, batch)``:
 * ``"func"`` (zoedu's general path): ``torch.func.vmap`` of ``torch.func.grad_and_value``
   over the examples, with the parameters swapped in by ``torch.func.functional_call``.
   Works for any model vmap can trace (the tiny transformers included).
+* ``"loop"``: one forward and backward per example — slow, but works for any model
+  (Hugging Face transformers whose attention masks use data-dependent control flow that
+  vmap cannot trace).
 * ``"opacus"``: Opacus's ``GradSampleModule`` in hooks mode (forward hooks keep each
   layer's activations, backward hooks form ``grad_sample`` per layer type). Its hooks
   stay on the model until :meth:`PerSampleGradients.close`.
 
 ``backend="auto"`` (the default) picks ``"linear"`` when every trainable parameter belongs
-to an ``nn.Linear`` and ``"func"`` otherwise. The choice was made by measured speed
+to an ``nn.Linear`` and ``"func"`` otherwise; if vmap cannot trace the model, it warns
+once and falls back to ``"loop"``. The choice was made by measured speed
 (``benchmarks/bench_privacy.py``, table in ``benchmarks/README.md``): on small linear
 models vmap's fixed per-call cost makes ``"func"`` slower than Opacus's hooks, while
 ``"linear"`` is faster than both; on wider MLPs ``"func"`` already beats the hooks. All
@@ -38,7 +42,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
-BACKENDS = ("auto", "linear", "func", "opacus")
+BACKENDS = ("auto", "linear", "func", "loop", "opacus")
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -126,6 +130,7 @@ class PerSampleGradients:
         if not trainable(model):
             raise ValueError("the model has no trainable parameters (requires_grad=True)")
         self._layers = linear_layers(model)
+        self._fallback = backend == "auto"
         if backend == "auto":
             backend = "linear" if self._layers is not None else "func"
         if backend == "linear" and self._layers is None:
@@ -152,7 +157,19 @@ class PerSampleGradients:
         if self.backend == "linear":
             return self._linear(batch)
         if self.backend == "func":
-            return self._func(batch)
+            try:
+                return self._func(batch)
+            except RuntimeError as err:
+                if not (self._fallback and "vmap" in str(err)):
+                    raise
+                import warnings
+
+                warnings.warn(f"torch.func.vmap cannot trace {type(self.model).__name__} ({str(err)[:80]}...); "
+                              "per-sample gradients fall back to one backward pass per example (backend='loop')",
+                              RuntimeWarning, stacklevel=2)
+                self.backend = "loop"
+        if self.backend == "loop":
+            return self._loop(batch)
         return self._opacus(batch)
 
     # ------------------------------------------------------------------ backends
@@ -201,6 +218,23 @@ class PerSampleGradients:
         params = {f"model.{k}": p.detach() for k, p in trainable(self.model).items()}
         grads, losses = self._per_example(params, tensor_part(batch))
         return [grads[k] for k in params], losses.detach().mean()
+
+    def _loop(self, batch: dict):
+        params = list(trainable(self.model).values())
+        n = batch_size_of(batch)
+        out = [torch.empty((n, *p.shape), dtype=p.dtype, device=p.device) for p in params]
+        total = 0.0
+        with torch.enable_grad():
+            for i in range(n):
+                one = {k: (v[i:i + 1] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in batch.items()}
+                loss = _scalar(self.loss_fn(self.model, one))
+                for slot, g in zip(out, torch.autograd.grad(loss, params, allow_unused=True)):
+                    if g is None:
+                        slot[i].zero_()
+                    else:
+                        slot[i].copy_(g)
+                total += float(loss.detach())
+        return out, torch.tensor(total / n)
 
     def _opacus(self, batch: dict):
         from opacus import GradSampleModule

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..tasks import move_batch
-from .accounting import (PrivacyAccountant, check_accountant, check_delta, check_epsilon,
+from .accounting import (INTEGER_ORDERS, PrivacyAccountant, check_accountant, check_delta, check_epsilon,
                          check_noise_multiplier, noise_for_epsilon)
 from .per_sample import PerSampleGradients, batch_size_of, clip_and_sum, trainable
 
@@ -263,8 +263,11 @@ class SemiDPRunner:
                 if total is None:
                     raise ValueError("target_epsilon= needs the number of steps: pass steps_planned=<fit's "
                                      "steps> so the noise can be calibrated to the whole run")
+                # RDP: integer orders make the bisection ~10× faster; the σ found is slightly
+                # conservative (ε under Opacus's default orders ≤ target_epsilon).
+                orders = INTEGER_ORDERS if accountant == "rdp" else None
                 noise_multiplier = noise_for_epsilon(target_epsilon, self.sample_rate, int(total),
-                                                     self.delta, accountant)
+                                                     self.delta, accountant, orders=orders)
         self.noise_multiplier = check_noise_multiplier(0.0 if noise_multiplier is None else noise_multiplier)
         self.public_batch_size = int(public_batch_size or min(self.batch_size, max(self.public_idx.size, 1)))
         if self.public_batch_size < 1:
