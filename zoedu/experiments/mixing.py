@@ -182,9 +182,9 @@ def conflict_sweep(cosines: Sequence[float] = (1.0, 0.5, 0.0, -1.0), *, last: in
 MULTIDOMAIN_FULL = dict(size="1m", steps=200, batch_size=16, lr=3e-3, max_length=32, eval_every=50,
                         n_train={"prose": 600, "code": 600, "rot13": 300, "arithmetic": 150},
                         n_validation=32, stats_every=50)
-MULTIDOMAIN_FAST = dict(size="1m", steps=16, batch_size=8, lr=3e-3, max_length=32, eval_every=16,
+MULTIDOMAIN_FAST = dict(size="1m", steps=12, batch_size=8, lr=3e-3, max_length=32, eval_every=12,
                         n_train={"prose": 60, "code": 60, "rot13": 30, "arithmetic": 15},
-                        n_validation=8, stats_every=8)
+                        n_validation=6, stats_every=6)
 
 
 def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pike", "balanced-pike"), *,
@@ -341,7 +341,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--mixers", default="uniform,proportional,pike,balanced-pike",
                    help=f"comma-separated; multidomain: {', '.join(MULTIDOMAIN_MIXERS)}; "
                         f"synthetic: {', '.join(SYNTHETIC_METHODS)}")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 300; 24 with --fast)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 200; 12 with --fast)")
     p.add_argument("--size", default=None, help="tiny GPT-2 size: 1m, 5m, 25m (default: 1m)")
     p.add_argument("--batch-size", type=int, default=None, help="mixed batch size (default: 16; 8 with --fast)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 3e-3)")
