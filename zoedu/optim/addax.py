@@ -192,7 +192,7 @@ class Addax(torch.optim.Optimizer):
                 if not math.isfinite(plus):
                     self.perturber.add(seed, -eps)
                     return self._skip(t, plus), fo_loss
-                self.perturber.add(seed, -2 * eps)                            # θ − εz
+                self.perturber.add_twice(seed, -eps)                          # θ − εz
                 minus = _scalar(zo_closure(), "zo_closure")
                 if not math.isfinite(minus):
                     self.perturber.add(seed, eps)
