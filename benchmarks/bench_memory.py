@@ -2,6 +2,7 @@
 
     python benchmarks/bench_memory.py            # all three tables, as Markdown
     python benchmarks/bench_memory.py --quick    # tiny-opt 1m only
+    python benchmarks/bench_memory.py --minilm   # the bundled pretrained MiniLM (slow: minutes)
 
 1. One training step of every ``fit`` method on the tiny models, measured on CPU with
    :func:`zoedu.memory.measure` (bytes), next to :func:`zoedu.memory.estimate` for the same
@@ -46,6 +47,19 @@ def tiny_rows(quick: bool) -> list[str]:
         head = "LM" if labels is None else "classification"
         for _, r in df.iterrows():
             out.append(f"| {name} {size} | {head} | {r['method']} | {r['batch']} | {int(r['measured']):,} | "
+                       f"{int(r['estimated']):,} | {r['ratio']:.3f} |")
+    return out
+
+
+def minilm_rows() -> list[str]:
+    model, tok = load_model("minilm", num_labels=2)
+    out = ["| max length | method | batch | measured (bytes) | estimated (bytes) | estimate / measure |",
+           "| --- | --- | --- | ---: | ---: | ---: |"]
+    for max_length in (64, 128):
+        task = load_task("sentiment", tokenizer=tok, n_train=200, n_validation=20, max_length=max_length)
+        df = measure_table(model, task, ["inference", "adam", "sgd", "ipsgd", "mezo"], batch_size=16)
+        for _, r in df.iterrows():
+            out.append(f"| {max_length} | {r['method']} | {r['batch']} | {int(r['measured']):,} | "
                        f"{int(r['estimated']):,} | {r['ratio']:.3f} |")
     return out
 
@@ -102,8 +116,12 @@ def overhead_rows(repeats: int = 5) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny-opt 1m only, no overhead timing")
+    parser.add_argument("--minilm", action="store_true", help="only the MiniLM table (batch 16, 64 and 128 tokens)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.minilm:
+        print("\n".join(minilm_rows()))
+        return
     print("\n".join(tiny_rows(args.quick)))
     print()
     print("\n".join(big_rows()))
