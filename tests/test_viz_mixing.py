@@ -144,3 +144,14 @@ def test_cosine_dashboard_and_weights_on_a_real_mixed_training_history():
     bars = vm.domain_losses_figure(run["summary"])
     assert bars.data[0].y[-2] == pytest.approx(run["summary"]["val_average"].iloc[0])
     assert bars.data[0].y[-1] == pytest.approx(run["summary"]["val_worst"].iloc[0])
+
+
+def test_dashboards_display_as_widget_with_a_static_figure_fallback():
+    m = np.array([[1, -0.25], [-0.25, 1]])
+    dash = vm.cosine_dashboard([(5, np.eye(2)), (10, m)], ["prose", "code"])
+    assert isinstance(dash, vm.CosineDashboard)
+    before = dash._repr_mimebundle_()["text/html"]
+    dash.step.value = 10
+    bundle = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab: the live widget
+    assert "step 10" in bundle["text/html"] and "step 5" in before  # nbconvert: the current figure

@@ -47,6 +47,26 @@ def _ordered(names: Sequence) -> list:
     return ordered + [p for p in present if p not in ordered]
 
 
+class _Dashboard:
+    """Displays as its live widget in Jupyter and as a static figure where widgets cannot run.
+
+    The display bundle holds the ipywidgets view (JupyterLab prefers it) and the figure's
+    current state as plotly HTML, which nbconvert falls back to when the notebook carries
+    no widget state — so executed notebooks rendered to HTML still show every dashboard.
+    """
+
+    widget = None
+    figure = None
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        import plotly.io as pio
+
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        static = go.Figure(self.figure.to_dict())
+        bundle.update(pio.renderers["notebook"].to_mimebundle(static))
+        return bundle
+
+
 def domain_color(name: str, index: int = 0) -> str:
     """The colour of a domain (``prose``, ``code`` …); a method colour or fallback otherwise."""
     return DOMAIN_COLORS.get(str(name), method_color(f"domain_{name}", index))
@@ -136,7 +156,7 @@ def conflict_summary_figure(results: pd.DataFrame, *, knob: str = "cosine", by: 
     return apply_theme(fig, title=title or "Which method wins depends on the conflict level", height=400)
 
 
-class ConflictDashboard:
+class ConflictDashboard(_Dashboard):
     """A slider over the synthetic problem's conflict levels redrawing :func:`conflict_figure`.
 
     The slider runs from aligned (cosine +1, left) to opposed (−1, right). Set
@@ -174,8 +194,8 @@ class ConflictDashboard:
 
 
 def conflict_dashboard(results: pd.DataFrame, **options):
-    """The :class:`ConflictDashboard` widget for ``results`` (see the class)."""
-    return ConflictDashboard(results, **options).widget
+    """The :class:`ConflictDashboard` (it displays as its widget) for ``results`` (see the class)."""
+    return ConflictDashboard(results, **options)
 
 
 # --------------------------------------------------------------------------- cosine matrices
@@ -220,7 +240,7 @@ def cosine_snapshots(history: pd.DataFrame, column: str = "cosine") -> list[tupl
     return out
 
 
-class CosineDashboard:
+class CosineDashboard(_Dashboard):
     """A slider over training steps redrawing :func:`cosine_heatmap`.
 
     ``snapshots`` is a list of ``(step, K×K matrix)`` (see :func:`cosine_snapshots`) or a
@@ -257,8 +277,8 @@ class CosineDashboard:
 
 
 def cosine_dashboard(snapshots, domains: Sequence[str] | None = None):
-    """The :class:`CosineDashboard` widget (see the class)."""
-    return CosineDashboard(snapshots, domains).widget
+    """The :class:`CosineDashboard` (it displays as its widget) (see the class)."""
+    return CosineDashboard(snapshots, domains)
 
 
 def off_diagonal_summary(snapshots) -> pd.DataFrame:

@@ -33,6 +33,26 @@ MEAN_METHODS = ("throw_away", "treat_as_private", "semi_dp")
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
+class _Dashboard:
+    """Displays as its live widget in Jupyter and as a static figure where widgets cannot run.
+
+    The display bundle holds the ipywidgets view (JupyterLab prefers it) and the figure's
+    current state as plotly HTML, which nbconvert falls back to when the notebook carries
+    no widget state — so executed notebooks rendered to HTML still show every dashboard.
+    """
+
+    widget = None
+    figure = None
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        import plotly.io as pio
+
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        static = go.Figure(self.figure.to_dict())
+        bundle.update(pio.renderers["notebook"].to_mimebundle(static))
+        return bundle
+
+
 def _methods_in(df: pd.DataFrame, column: str = "method") -> list[str]:
     present = list(dict.fromkeys(df[column].tolist()))
     ordered = [m for m in MEAN_METHODS if m in present]
@@ -96,7 +116,7 @@ def _axis_title(column: str) -> str:
             "step": "step", "steps": "steps"}.get(column, column.replace("_", " "))
 
 
-class MeanEstimationDashboard:
+class MeanEstimationDashboard(_Dashboard):
     """Sliders for n_pub and ε over a grid of mean-estimation MSEs (formula and Monte Carlo).
 
     ``grid`` is a DataFrame with columns ``method``, ``n_pub``, ``epsilon``, ``mse`` and
@@ -174,8 +194,8 @@ class MeanEstimationDashboard:
 
 
 def mean_estimation_dashboard(grid: pd.DataFrame, **options):
-    """The :class:`MeanEstimationDashboard` widget for ``grid`` (see the class)."""
-    return MeanEstimationDashboard(grid, **options).widget
+    """The :class:`MeanEstimationDashboard` (it displays as its widget) for ``grid`` (see the class)."""
+    return MeanEstimationDashboard(grid, **options)
 
 
 # --------------------------------------------------------------------------- privacy–utility
@@ -225,7 +245,7 @@ def privacy_utility_figure(sweep: pd.DataFrame, *, metric: str = "test_loss",
                                             f"against the public fraction{suffix}", height=420)
 
 
-class PrivacyUtilityDashboard:
+class PrivacyUtilityDashboard(_Dashboard):
     """An ε slider and a metric toggle over a privacy–utility sweep.
 
     Set ``dash.epsilon.value`` or ``dash.metric.value``; ``dash.figure`` (a
@@ -266,8 +286,8 @@ class PrivacyUtilityDashboard:
 
 
 def privacy_utility_dashboard(sweep: pd.DataFrame, **options):
-    """The :class:`PrivacyUtilityDashboard` widget for ``sweep`` (see the class)."""
-    return PrivacyUtilityDashboard(sweep, **options).widget
+    """The :class:`PrivacyUtilityDashboard` (it displays as its widget) for ``sweep`` (see the class)."""
+    return PrivacyUtilityDashboard(sweep, **options)
 
 
 # --------------------------------------------------------------------------- accounting
