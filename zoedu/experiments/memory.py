@@ -129,9 +129,8 @@ def measure_step(model: torch.nn.Module, task, method: str, *, batch_size: int =
     runner = table[method](ctx, **method_options)
     optimizer = getattr(runner, "optimizer", None)
     fp = measure(lambda: runner.step(1), model=model, optimizer=optimizer)
-    for remove in (getattr(optimizer, "remove_hooks", None), getattr(getattr(optimizer, "perturber", None), "close", None)):
-        if remove is not None:
-            remove()
+    if hasattr(optimizer, "remove_hooks"):  # IP-SGD and Addax hook the (discarded) copy's parameters
+        optimizer.remove_hooks()
     return fp, recorder.shapes
 
 
