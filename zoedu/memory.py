@@ -704,10 +704,15 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     The model (with ``P`` parameters of ``e`` bytes, ``N = batch_size × seq_len`` tokens):
 
     * **params** ``P·e``; **grads** ``P·e`` when a full gradient is stored (``adam``,
-      ``sgd``); **optimizer** ``2P·e`` for Adam's moments (MeZO paper §2: Adam needs
-      ≈ 4× the weights, 12× inference with activations).
-    * **activations**, training: per layer ``N·(c_h·h + c_kv·kv + c_f·ffn [+ c_a·heads·seq_len])·e``
-      with the coefficients of :data:`_FAMILIES`, counted from the tensors autograd saves
+      ``sgd``); **optimizer** ``2P·e`` for Adam's moments — with Adam's update
+      temporary, 5× the weights on CUDA, against MeZO's ≈ 1× (the MeZO paper's
+      "up to 12× memory reduction", Fig. 3 and Table 22, also counts activations).
+      Worked example, OPT-13B, fp16, batch 1, 400 tokens (the paper's MultiRC setting):
+      MeZO ≈ 26.7 GB (one A100-80GB, paper ≈ 26–30 GB); Adam with ``mixed_precision``
+      ≈ 257 GB, four A100-80GB (paper ≈ 316 GB, measured with allocator overhead).
+    * **activations**, training: per layer
+      ``N·(c_h·h + c_kv·kv + c_f·ffn + c_a·heads·seq_len)·e`` with the coefficients of
+      :data:`_FAMILIES`, counted from the tensors autograd saves
       in transformers' layers (SDPA attention), plus dropout masks (1 byte per hidden
       element at each site when the config has dropout). Inference: one layer's working
       set plus the key/value cache (``2·layers·N·kv·e``), which the models keep while they
