@@ -102,6 +102,31 @@ def test_measure_sgd_has_no_state_and_stops_counting_freed_grads():
     assert measure(lambda: model(x), model=model).grads == 0
 
 
+def test_measure_cleans_up_after_an_error_and_nests():
+    from torch.nn.modules import module as module_mod
+    from torch.optim import optimizer as optimizer_mod
+
+    hooks_before = (len(module_mod._global_forward_hooks), len(optimizer_mod._global_optimizer_pre_hooks))
+    lin = nn.Linear(32, 32)
+
+    def boom():
+        lin(torch.randn(2, 32))
+        raise RuntimeError("inside fn")
+
+    with pytest.raises(RuntimeError, match="inside fn"):
+        measure(boom, model=lin)
+    assert (len(module_mod._global_forward_hooks), len(optimizer_mod._global_optimizer_pre_hooks)) == hooks_before
+    inner = {}
+
+    def outer_fn():
+        inner["fp"] = measure(lambda: torch.empty(250_000), model=lin)
+        torch.empty(500_000)
+
+    outer = measure(outer_fn, model=lin)
+    assert inner["fp"].total >= 1 * MB + nbytes(lin)
+    assert outer.total >= 2 * MB + nbytes(lin)
+
+
 def test_measure_rejects_bad_input():
     with pytest.raises(ValueError, match="fn must be a callable"):
         measure(3)
