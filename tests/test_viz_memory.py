@@ -64,7 +64,8 @@ def test_gpu_capacity_and_fits_table():
     fig = vmem.gpu_capacity_figure(_estimates())
     assert [t.name for t in fig.data] == ["MeZO", "Adam"]
     np.testing.assert_allclose(fig.data[0].y, [0.25, 26, 132])
-    assert len(fig.layout.shapes) == 3  # 24, 40, 80 GB lines
+    assert len(fig.layout.shapes) == 3  # 24, 40, 80 GB lines, in log10 units on the log axis
+    np.testing.assert_allclose(sorted(s.y0 for s in fig.layout.shapes), np.log10([24, 40, 80]))
     assert vmem.smallest_gpu(30e9) == "40 GB (A100-40G)"
     assert vmem.smallest_gpu(100e9) == "none"
     table = vmem.fits_table_figure(_estimates())

@@ -123,17 +123,21 @@ def gpu_capacity_figure(estimates: pd.DataFrame, *, gpus: Mapping[str, float] | 
     require_columns(estimates, ["model", "method", "total"], "estimates")
     gpus = dict(GPU_MEMORY_GB if gpus is None else gpus)
     models = list(dict.fromkeys(estimates["model"].astype(str)))
+    short = [m.split("/")[-1] for m in models]
     fig = go.Figure()
     for i, (method, part) in enumerate(estimates.groupby("method", sort=False)):
         part = part.set_index(part["model"].astype(str)).reindex(models)
-        fig.add_trace(go.Bar(x=models, y=part["total"].to_numpy(dtype=float) / 1e9, name=method_label(method),
+        fig.add_trace(go.Bar(x=short, y=part["total"].to_numpy(dtype=float) / 1e9, name=method_label(method),
                              marker_color=method_color(method, i),
                              hovertemplate=f"{method_label(method)}<br>%{{x}}: %{{y:.3g}} GB<extra></extra>"))
     for name, gb in gpus.items():
         if not gb > 0:
             raise ValueError(f"gpus[{name!r}]={gb!r} must be a positive number of GB")
-        fig.add_hline(y=gb, line=dict(color="black", dash="dash", width=1),
-                      annotation_text=name, annotation_position="top left")
+        # shapes on a log axis are placed in log10 units
+        fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=np.log10(gb), y1=np.log10(gb),
+                      line=dict(color="black", dash="dash", width=1))
+        fig.add_annotation(xref="paper", x=0.0, xanchor="left", yref="y", y=np.log10(gb), yanchor="bottom",
+                           text=name, showarrow=False, font=dict(size=11))
     fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.2))
     fig.update_yaxes(type="log", title_text="estimated memory (GB, log scale)")
     fig.update_xaxes(title_text="model")
@@ -172,7 +176,7 @@ def fits_table_figure(estimates: pd.DataFrame, *, gpus: Mapping[str, float] | No
     for k in range(n):
         c = colors[min(k, len(colors) - 2)] if k < n - 1 else colors[3]
         scale += [[k / n, c], [(k + 1) / n, c]]
-    fig = go.Figure(go.Heatmap(z=z, x=models, y=[method_label(m) for m in methods], text=text,
+    fig = go.Figure(go.Heatmap(z=z, x=[m.split("/")[-1] for m in models], y=[method_label(m) for m in methods], text=text,
                                texttemplate="%{text}", colorscale=scale, zmin=0, zmax=n, showscale=False,
                                hoverinfo="text", xgap=2, ygap=2))
     fig.update_yaxes(autorange="reversed")
