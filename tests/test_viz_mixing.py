@@ -113,6 +113,8 @@ def test_domain_losses_figure_adds_average_and_worst():
     assert list(fig.data[0].x) == ["prose", "code", "average", "worst"]
     np.testing.assert_allclose(fig.data[0].y, [3.0, 5.0, 4.0, 5.0])
     np.testing.assert_allclose(fig.data[1].y, [2.0, 4.0, 3.0, 4.0])
+    low, high = fig.layout.yaxis.range
+    assert 1.0 < low < 2.0 and 5.0 < high < 6.0  # zoomed on the losses, not from 0
 
 
 def test_tau_figure_and_reference_line():
@@ -124,6 +126,7 @@ def test_tau_figure_and_reference_line():
     per_step = pd.DataFrame({"tau": [1.0, 1.0, 2.0, 2.0], "step": [1, 2, 1, 2], "average": [9, 1, 9, 2],
                              "worst": [9, 3, 9, 4]})
     np.testing.assert_allclose(vm.tau_figure(per_step).data[0].y, [3, 4])
+    np.testing.assert_allclose(vm.tau_figure(per_step, last=2).data[0].y, [6, 6.5])
 
 
 def test_cosine_dashboard_and_weights_on_a_real_mixed_training_history():

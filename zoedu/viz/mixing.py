@@ -360,7 +360,13 @@ def domain_losses_figure(summary: pd.DataFrame, *, mixer: str = "mixer", domain:
                              marker_color=method_color(_key(m)),
                              hovertemplate=f"{_mixer_label(m)}<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="validation loss")
+    values = np.array([v for t in fig.data for v in t.y], dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size:  # losses differ by little between mixers: zoom in on them instead of starting at 0
+        low, high = float(values.min()), float(values.max())
+        pad = 0.15 * (high - low) if high > low else 0.05 * abs(high) or 0.1
+        fig.update_yaxes(range=[low - pad, high + pad])
+    fig.update_yaxes(title_text="validation loss (axis does not start at 0)")
     return apply_theme(fig, title=title or "Validation loss per domain, on average and on the worst domain",
                        height=420)
 
@@ -389,33 +395,35 @@ def domain_loss_curves(histories: Mapping[str, pd.DataFrame], *, prefix: str = "
 
 
 def tau_figure(sweep: pd.DataFrame, *, tau: str = "tau", average: str = "average",
-               worst: str = "worst", reference: Mapping[str, float] | None = None,
-               title: str | None = None) -> go.Figure:
+               worst: str = "worst", reference: Mapping[str, float] | None = None, last: int = 1,
+               y_title: str = "loss", title: str | None = None) -> go.Figure:
     """Balanced-PiKE: the average and the worst-domain loss against its temperature τ.
 
     The tilted objective (1/τ)·log Σ_k exp(τ·L_k) is the average loss as τ → 0 and the
     worst-task loss as τ → ∞, so the worst-domain line should fall as τ grows (at some cost
     in the average). ``reference`` maps a label (e.g. ``"uniform"``) to its worst-domain
-    loss, drawn as a dashed horizontal line.
+    loss, drawn as a dashed horizontal line. With per-step rows (a ``step`` column, e.g.
+    ``synthetic_conflict`` at several τ) the mean over the ``last`` steps of each τ is drawn.
     """
     require_columns(sweep, [tau, average, worst], "sweep")
     if sweep.empty:
         raise ValueError("sweep is empty")
-    if "step" in sweep:  # per-step rows (e.g. synthetic_conflict at several τ): the final step of each
-        sweep = sweep.sort_values("step").groupby(tau, as_index=False).last()
+    if "step" in sweep:  # per-step rows (e.g. synthetic_conflict at several τ): the last steps of each
+        cut = sweep["step"].max() - max(1, int(last))
+        sweep = sweep[sweep["step"] > cut].groupby(tau, as_index=False)[[average, worst]].mean()
     part = sweep.sort_values(tau)
     fig = go.Figure()
     colour = method_color("balanced_pike")
     fig.add_trace(go.Scatter(x=part[tau].to_numpy(float), y=part[worst].to_numpy(float),
-                             mode="lines+markers", name="worst domain", line=dict(color=colour, width=2.5)))
+                             mode="lines+markers", name="Balanced-PiKE: worst task", line=dict(color=colour, width=2.5)))
     fig.add_trace(go.Scatter(x=part[tau].to_numpy(float), y=part[average].to_numpy(float),
-                             mode="lines+markers", name="average over domains",
+                             mode="lines+markers", name="Balanced-PiKE: average over tasks",
                              line=dict(color=colour, width=2.5, dash="dot")))
     for label, value in (reference or {}).items():
         fig.add_hline(y=float(value), line=dict(color=method_color(_key(label)), dash="dash"),
-                      annotation_text=f"{_mixer_label(label)} (worst)", annotation_position="top right")
+                      annotation_text=f"{_mixer_label(label)}: worst task", annotation_position="top right")
     fig.update_xaxes(title_text="τ (log scale)", type="log")
-    fig.update_yaxes(title_text="validation loss")
+    fig.update_yaxes(title_text=y_title)
     return apply_theme(fig, title=title or "Balanced-PiKE: larger τ protects the worst domain", height=400)
 
 
