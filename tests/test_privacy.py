@@ -396,6 +396,8 @@ def test_bad_input_elsewhere():
     opt = SemiDPSGD(model, ce, lr=0.1, beta=0.5, noise_multiplier=1.0, max_grad_norm=1.0)
     with pytest.raises(ValueError, match="public_batch"):
         opt.step(tab_batch(4), None)
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(lambda: 0.0)
     with pytest.raises(ValueError, match="public_fraction"):
         split_public(100, 1.0)
     with pytest.raises(ValueError, match="backend"):

@@ -11,7 +11,7 @@ from zoedu.privacy import epsilon
 
 
 def test_mean_estimation_curves_formula_matches_simulation_and_semi_dp_wins():
-    df = ex.mean_estimation_curves(n_priv=200, n_pubs=(0, 10, 100), epsilons=(0.5, 4.0), d=5, trials=60)
+    df = ex.mean_estimation_curves(n_priv=200, n_pubs=(0, 10, 100), epsilons=(0.5, 4.0), d=5, trials=40)
     assert set(df.method) == {"semi_dp", "throw_away", "treat_as_private"}
     assert not ((df.method == "throw_away") & (df.n_pub == 0)).any()
     z = (df.mc_mse - df.mse).abs() / df.mc_se
@@ -47,7 +47,7 @@ def test_problems_respect_the_norm_bound_and_split():
 def test_train_private_spends_at_most_the_target_and_learns():
     p = ex.classification_problem("breast_cancer", public_fraction=0.1)
     before = p.evaluate(p.model(), "test")["loss"]
-    model, info = ex.train_private(p, "semi_dp", epsilon=2.0, beta=0.7, steps=40, lr=1.0, batch_size=32)
+    model, info = ex.train_private(p, "semi_dp", epsilon=2.0, beta=0.7, steps=25, lr=1.0, batch_size=32)
     assert 0 < info["epsilon_spent"] <= 2.0 and info["noise_multiplier"] > 0
     assert p.evaluate(model, "test")["loss"] < before
     _, info = ex.train_private(p, "throw_away", epsilon=2.0, steps=5, batch_size=8)

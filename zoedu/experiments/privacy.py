@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..privacy import (SemiDPSGD, epsilon as epsilon_spent, mean_estimate, mean_mse,
-                       noise_for_epsilon, split_public)
+                       noise_for_epsilon, semi_dp_weights, split_public)
 from ..privacy.accounting import ACCOUNTANTS, INTEGER_ORDERS, check_delta, check_epsilon
 
 DATASETS = ("linear_regression", "breast_cancer", "digits")
@@ -75,8 +75,6 @@ def mean_estimation_curves(*, n_priv: int = 1000, n_pubs=(0, 5, 10, 20, 50, 100,
                     continue
                 kw = dict(epsilon=eps, delta=delta, radius=radius, method=method, model=model)
                 mse = mean_mse(n_priv, n_pub, d, **kw)
-                from ..privacy import semi_dp_weights
-
                 _, b = semi_dp_weights(n_priv, n_pub, d, **kw)
                 errs = np.empty(trials)
                 for t in range(trials):

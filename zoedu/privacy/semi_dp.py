@@ -165,6 +165,9 @@ class SemiDPSGD(torch.optim.Optimizer):
             ``loss_private`` / ``loss_public``, ``private_batch_size``, ``clip_fraction``
             (share of private examples whose gradient was clipped).
         """
+        if callable(private_batch) or callable(public_batch):
+            raise ValueError("SemiDPSGD.step takes (private_batch, public_batch), not a closure: it computes "
+                             "per-sample gradients itself; in fit use method='semi_dp' (not an instance)")
         beta = self.beta
         stats: dict = {}
         g_priv = g_pub = None
