@@ -200,6 +200,18 @@ def test_replay_of_exact_restore_run_needs_no_passes():
     assert same(rebuilt, snapshot(model))
 
 
+def test_follows_the_model_after_to():
+    """model.to(dtype) after making the optimizer: MeZO perturbs the new storage, as torch optimizers do."""
+    x, y = mlp_data(torch.float64)
+    model = mlp()
+    opt = MeZO(model.parameters(), lr=1e-2)
+    model.double()
+    before = snapshot(model)
+    opt.step(lambda: ((model(x) - y) ** 2).mean())
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert not same(before, snapshot(model))
+
+
 def test_state_dict_round_trip_keeps_the_log():
     q = Quadratic()
     opt = MeZO(q.parameters(), lr=1e-2)

@@ -123,7 +123,8 @@ class Addax(torch.optim.Optimizer):
         self._flat = [p for g in self.param_groups for p in g["params"]]
         self._group_of = [k for k, g in enumerate(self.param_groups) for _ in g["params"]]
         self._index = {id(p): k for k, p in enumerate(self._flat)}
-        self.perturber = Perturber([p.detach() for p in self._flat], chunk=self.chunk, workers=workers)
+        self._perturber: Perturber | None = None
+        self._perturber_key: tuple = ()
         self._zo_update: tuple[int, float] | None = None   # (seed, g⁰) of the running step
         self._done: set[int] = set()
 
@@ -135,6 +136,15 @@ class Addax(torch.optim.Optimizer):
         for p in group["params"]:
             if p.requires_grad:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._hook_for(group)))
+
+    @property
+    def perturber(self) -> Perturber:
+        """The stream plan; rebuilt if a parameter moved device, dtype or layout (``model.to``)."""
+        key = tuple((p.device, p.dtype, p.is_contiguous()) for p in self._flat)
+        if self._perturber is None or self._perturber_key != key:
+            self._perturber = Perturber(self._flat, chunk=self.chunk, workers=self.workers)
+            self._perturber_key = key
+        return self._perturber
 
     @property
     def forwards_per_step(self) -> int:

@@ -281,6 +281,7 @@ class MeZO(torch.optim.Optimizer):
         self.skipped_steps = 0    # steps skipped because a loss was NaN or infinite
         self._log: dict[str, list] = {"step": [], "status": [], "projected_grads": [], "lrs": []}
         self._perturber: Perturber | None = None
+        self._perturber_key: tuple = ()
 
     # ------------------------------------------------------------------ plumbing
     def add_param_group(self, param_group: dict) -> None:
@@ -302,9 +303,12 @@ class MeZO(torch.optim.Optimizer):
 
     @property
     def perturber(self) -> Perturber:
-        if self._perturber is None:
-            params, _ = self._flat_params()
-            self._perturber = Perturber([p.detach() for p in params], chunk=self.chunk, workers=self.workers)
+        """The stream plan; rebuilt if a parameter moved device, dtype or layout (``model.to``)."""
+        params, _ = self._flat_params()
+        key = tuple((p.device, p.dtype, p.is_contiguous()) for p in params)
+        if self._perturber is None or self._perturber_key != key:
+            self._perturber = Perturber(params, chunk=self.chunk, workers=self.workers)
+            self._perturber_key = key
         return self._perturber
 
     def _rule(self) -> _UpdateRule:
