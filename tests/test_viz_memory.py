@@ -86,4 +86,11 @@ def test_estimate_vs_measure_and_common_helpers():
     assert common.method_label("ipsgd") == "IP-SGD"
     with pytest.raises(ValueError, match="fig must be"):
         common.apply_theme("not a figure")
-    assert common.setup_notebook(renderer="json") == "json"
+    import plotly.io as pio
+
+    before = pio.renderers.default
+    try:
+        assert common.setup_notebook(renderer="json") is None
+        assert pio.renderers.default == "json" and pio.templates.default == common.TEMPLATE
+    finally:
+        pio.renderers.default = before

@@ -144,8 +144,8 @@ def check_choice(value, allowed: Iterable, argument: str):
     return value
 
 
-def setup_notebook(*, renderer: str | None = None, quiet: bool = True) -> str:
-    """Prepare a notebook for zoedu figures; returns the plotly renderer in use.
+def setup_notebook(*, renderer: str | None = None, quiet: bool = True) -> None:
+    """Prepare a notebook for zoedu figures (returns nothing, so the cell shows no output).
 
     - plotly renderer ``"plotly_mimetype+notebook"``: figures render in JupyterLab and
       the executed notebook's HTML (nbconvert) embeds plotly.js, so it works offline;
@@ -170,4 +170,3 @@ def setup_notebook(*, renderer: str | None = None, quiet: bool = True) -> str:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
-    return renderer
