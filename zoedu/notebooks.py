@@ -181,7 +181,9 @@ def strip_outputs(path: str | Path, *, write: bool = True) -> bool:
     """Apply the output policy to the notebook at ``path``; return True if it changed.
 
     Every code cell loses its outputs and execution count, except ``# NBVAL_CHECK_OUTPUT``
-    cells, which keep their ``stream`` and ``text/plain`` outputs (nbval's reference).
+    cells, which keep their ``stream`` and ``text/plain`` outputs (nbval's reference) and
+    get their position among the code cells as execution count (nbval treats a cell with
+    outputs and no count as unrun).
     Notebook-level widget state and papermill's per-cell metadata are dropped too.
     """
     import nbformat
@@ -189,10 +191,11 @@ def strip_outputs(path: str | Path, *, write: bool = True) -> bool:
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     before = nbformat.writes(nb)
+    number = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
-            cell.pop("attachments", None) if cell.cell_type == "raw" else None
             continue
+        number += 1
         for key in ("execution", "papermill", "collapsed", "scrolled", "jupyter"):
             cell.metadata.pop(key, None)
         if is_check_cell(cell):
@@ -204,13 +207,16 @@ def strip_outputs(path: str | Path, *, write: bool = True) -> bool:
                     o["data"] = {"text/plain": o["data"]["text/plain"]}
                     o["metadata"] = {}
                     kept.append(o)
+            # nbval refuses a reference cell with outputs but no execution count ("unrun"),
+            # so check cells get their position among the code cells: stable across runs
             for o in kept:
                 if "execution_count" in o:
-                    o["execution_count"] = None
+                    o["execution_count"] = number
             cell.outputs = kept
+            cell.execution_count = number if kept else None
         else:
             cell.outputs = []
-        cell.execution_count = None
+            cell.execution_count = None
     for key in ("widgets", "papermill"):
         nb.metadata.pop(key, None)
     after = nbformat.writes(nb)
