@@ -149,12 +149,16 @@ def test_cosine_dashboard_and_weights_on_a_real_mixed_training_history():
     assert bars.data[0].y[-1] == pytest.approx(run["summary"]["val_worst"].iloc[0])
 
 
-def test_dashboards_display_as_widget_with_a_static_figure_fallback():
+def test_dashboards_display_as_widget_with_a_static_figure_fallback(monkeypatch):
+    import plotly.io as pio
+
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
     m = np.array([[1, -0.25], [-0.25, 1]])
     dash = vm.cosine_dashboard([(5, np.eye(2)), (10, m)], ["prose", "code"])
     assert isinstance(dash, vm.CosineDashboard)
-    before = dash._repr_mimebundle_()["text/html"]
+    before = dash._repr_mimebundle_()["application/vnd.plotly.v1+json"]
     dash.step.value = 10
     bundle = dash._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab: the live widget
-    assert "step 10" in bundle["text/html"] and "step 5" in before  # nbconvert: the current figure
+    static = bundle["application/vnd.plotly.v1+json"]  # nbconvert and other frontends: the current figure
+    assert "step 10" in static["layout"]["title"]["text"] and "step 5" in before["layout"]["title"]["text"]

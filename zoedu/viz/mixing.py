@@ -59,11 +59,10 @@ class _Dashboard:
     figure = None
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        import plotly.io as pio
-
-        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
-        static = go.Figure(self.figure.to_dict())
-        bundle.update(pio.renderers["notebook"].to_mimebundle(static))
+        # the figure's own bundle (plotly's default renderers; it also loads plotly.js in
+        # the page, as the first figure shown would), then the widget view on top of it
+        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
+        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
         return bundle
 
 
@@ -218,8 +217,9 @@ def cosine_heatmap(matrix, domains: Sequence[str] | None = None, *, step: int | 
         text=np.round(m, 2), texttemplate="%{text:.2f}", colorbar=dict(title="cosine"),
         hovertemplate="cos(∇L_%{y}, ∇L_%{x}) = %{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    fig.update_layout(margin=dict(t=90))  # room for the title above the mode bar
     default = "Cosine between domain gradients" + (f" at step {step}" if step is not None else "")
-    return apply_theme(fig, title=title or default, height=460, width=560)
+    return apply_theme(fig, title=title or default, height=480, width=580)
 
 
 def history_domains(history: pd.DataFrame, prefix: str = "weight/") -> list[str]:

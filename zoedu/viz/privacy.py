@@ -45,11 +45,10 @@ class _Dashboard:
     figure = None
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        import plotly.io as pio
-
-        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
-        static = go.Figure(self.figure.to_dict())
-        bundle.update(pio.renderers["notebook"].to_mimebundle(static))
+        # the figure's own bundle (plotly's default renderers; it also loads plotly.js in
+        # the page, as the first figure shown would), then the widget view on top of it
+        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
+        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
         return bundle
 
 
