@@ -139,8 +139,9 @@ def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, 
                     a, y = draw(k, n_stat, rng)
                     g = per_example_grads(x, a, y)
                     mean = g.mean(0)
-                    sq.append(float(mean @ mean))
-                    var.append(float(((g - mean) ** 2).sum(1).sum() / (n_stat - 1)))
+                    v = float(((g - mean) ** 2).sum(1).sum() / (n_stat - 1))
+                    sq.append(max(float(mean @ mean) - v / n_stat, 0.0))   # unbiased ‖∇L_k‖², as in fit
+                    var.append(v)
                     losses.append(float(0.5 * np.mean((a @ x - y) ** 2)))
                 if isinstance(mixer, BalancedPiKE):
                     mixer.update(sq, var, losses)

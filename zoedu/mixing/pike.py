@@ -31,7 +31,10 @@ whose KKT conditions c_k − (1/ζ)(log(w_k/w_old,k) + 1) − λ = 0 give the cl
     w_k ← w_k · exp(ζ₁ ‖∇L_k‖² − (ζ₂ / 2b) σ_k²),   then normalise,     (ζ₁ = ζ, ζ₂ = ζℓη)
 
 applied every T₀ = ``update_every`` steps with fresh per-task statistics
-(:func:`zoedu.mixing.task_gradient_stats`). The proximal term keeps the weights from
+(:func:`zoedu.mixing.task_gradient_stats`). ‖∇L_k‖² must be estimated without bias: the
+plug-in ‖ḡ_k‖² of n examples is inflated by σ_k²/n — for small n far more than the σ_k²/2b
+penalty — and would push weight toward the *noisiest* task; ``fit``'s batch source passes
+``TaskGradientStats.unbiased_sq_norms`` = ‖ḡ_k‖² − σ̂_k²/n. The proximal term keeps the weights from
 jumping to a vertex on one noisy estimate; ``min_weight`` keeps every task sampled.
 
 Scale. ‖∇L_k‖² changes by orders of magnitude between models and over training, so a

@@ -10,7 +10,8 @@ timed step) and ``after_step(ctx, step, out)`` (after it). The source
    ``batch["domain"]``;
 3. every ``stats_every`` steps draws a fresh batch per task, runs
    :func:`~zoedu.mixing.task_gradient_stats` and — for PiKE — updates the weights
-   (Algorithm 1's "every T₀ steps").
+   (Algorithm 1's "every T₀ steps") from the unbiased ‖∇L_k‖² estimate ‖ḡ_k‖² − σ̂_k²/n
+   (``TaskGradientStats.unbiased_sq_norms``) and σ̂_k².
 
 Columns added to the History (one per domain ``d``): ``loss/d`` (training loss of the
 step's batch, NaN if the domain was absent), ``count/d`` (its examples in the batch),
@@ -172,10 +173,12 @@ class MixedBatchSource:
             t0 = time.perf_counter()
             stats = task_gradient_stats(ctx.model, self.task.loss, self.task_batches(ctx),
                                         variance=self.variance, n_groups=self.n_groups)
+            # PiKE needs ‖∇L_k‖², not ‖ḡ_k‖²: the plug-in is inflated by σ_k²/n (n = b_stats), far
+            # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks.
             if isinstance(self.mixer, BalancedPiKE):
-                self.mixer.update(stats.sq_norms, stats.variances, stats.losses)
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances, stats.losses)
             elif isinstance(self.mixer, PiKE):
-                self.mixer.update(stats.sq_norms, stats.variances)
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - t0
