@@ -58,6 +58,7 @@ class FitContext:
     device: torch.device
     rng: np.random.Generator = field(repr=False)
     batch_source: Any = field(default=None, repr=False)
+    steps: int | None = None
 
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters, in registration order (tied weights once)."""
@@ -254,7 +255,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     model.train()
     torch.manual_seed(seed)
     ctx = FitContext(model=model, task=task, lr=float(lr), batch_size=int(batch_size), seed=seed,
-                     device=dev, rng=np.random.default_rng(seed))
+                     device=dev, rng=np.random.default_rng(seed), steps=int(steps))
     if mixer is not None:
         from .mixing import make_batch_source
 
