@@ -80,6 +80,7 @@ def test_privacy_utility_figure_and_dashboard():
     assert len(fig.data) == 6  # 3 methods × 2 ε
     one = vp.privacy_utility_figure(sweep, epsilon=1.0)
     assert len(one.data) == 3
+    assert list(one.layout.xaxis.ticktext) == ["1%", "3%", "10%"]  # one tick per public fraction
     semi = next(t for t in one.data if "semi" in t.name)
     np.testing.assert_allclose(semi.y, [0.41, 0.43, 0.5])
     dash = vp.PrivacyUtilityDashboard(sweep)

@@ -237,7 +237,9 @@ def privacy_utility_figure(sweep: pd.DataFrame, *, metric: str = "test_loss",
                 name=label, legendgroup=method, error_y=err,
                 line=dict(color=method_color(method), dash=_DASHES[i % len(_DASHES)]),
                 hovertemplate=f"{label}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
-    fig.update_xaxes(title_text=_axis_title(x), type="log", tickformat=".0%" if x == "public_fraction" else None)
+    ticks = sorted(set(data[x].astype(float)))
+    fig.update_xaxes(title_text=_axis_title(x), type="log", tickvals=ticks,
+                     ticktext=[f"{v:.0%}" if x == "public_fraction" else _fmt(v) for v in ticks])
     fig.update_yaxes(title_text=UTILITY_METRICS.get(metric, metric.replace("_", " ")))
     suffix = f" at ε = {_fmt(epsilon)}" if epsilon is not None else ""
     return apply_theme(fig, title=title or f"Privacy–utility: {UTILITY_METRICS.get(metric, metric)} "
