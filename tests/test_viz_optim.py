@@ -85,6 +85,17 @@ def test_spsa_dashboard_sliders_redraw_the_estimate():
     before = np.array(est().y, float)
     dash.controls["seed"].value = 7
     assert not np.allclose(before, np.array(est().y, float))
+    # displayed: the live widget, with the static figure as a fallback for nbconvert's HTML
+    import plotly.io as pio
+
+    before_renderer = pio.renderers.default
+    pio.renderers.default = "json"
+    try:
+        bundle = dash._repr_mimebundle_()
+    finally:
+        pio.renderers.default = before_renderer
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "application/json" in bundle
 
 
 def test_variance_figure_and_dashboard_follow_n():

@@ -253,10 +253,12 @@ class FootprintDashboard:
 
         return w.VBox([w.HBox(list(self.controls.values())), self.figure])
 
-    def _ipython_display_(self):  # pragma: no cover - display hook in notebooks
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget, plus the current figure as a static plotly bundle: a live
+        notebook shows the widget; nbconvert's HTML (no widget state) the static figure."""
+        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
+        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        return bundle
 
 
 __all__ = ["GPU_MEMORY_GB", "footprints_frame", "footprint_bars", "gpu_capacity_figure", "smallest_gpu",

@@ -320,10 +320,12 @@ class _Dashboard:
 
         return w.VBox([w.HBox(list(self.controls.values())), self.figure])
 
-    def _ipython_display_(self):  # pragma: no cover - display hook in notebooks
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget, plus the current figure as a static plotly bundle: a live
+        notebook shows the widget; nbconvert's HTML (no widget state) the static figure."""
+        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
+        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        return bundle
 
     def _replace(self, fig: go.Figure) -> None:
         """Copy ``fig``'s traces and layout into the live FigureWidget in one batch."""
