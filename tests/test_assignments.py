@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import pytest
 
@@ -44,63 +45,50 @@ HIDDEN_TESTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("assignments"))
-
-
-@pytest.fixture(scope="module")
-def reports(built):
-    """Grade every solution and every student notebook (two at a time, like a 2-core CI box)."""
-    jobs = []
-    for name in ASSIGNMENTS:
-        b = built[name]
-        jobs += [(b.autograder_notebook, b.autograder_zip), (b.student, b.autograder_zip)]
-    graded = grade_many(jobs, workers=2)
-    out = {}
-    for i, name in enumerate(ASSIGNMENTS):
-        out[name] = {"solution": graded[2 * i], "student": graded[2 * i + 1]}
-    for name, pair in out.items():  # the run times, for the record (pytest -s shows them)
-        print(f"{name}: solution graded in {pair['solution'].seconds:.0f} s, "
-              f"student in {pair['student'].seconds:.0f} s")
-    return out
-
-
-def test_build_writes_student_and_autograder_artefacts(built):
-    assert list(built) == list(ASSIGNMENTS)
-    for name, b in built.items():
-        assert b.student.is_file() and b.autograder_notebook.is_file() and b.autograder_zip.is_file(), name
-        assert b.student.parent.name == "student" and b.autograder_zip.parent.name == "autograder"
-
-
-@pytest.mark.parametrize("name", list(ASSIGNMENTS))
-def test_student_notebook_has_no_solutions_or_hidden_tests(built, name):
-    student = built[name].student.read_text(encoding="utf-8")
-    solution = built[name].autograder_notebook.read_text(encoding="utf-8")
+def _check_no_leaks(name, b):
+    student = b.student.read_text(encoding="utf-8")
+    solution = b.autograder_notebook.read_text(encoding="utf-8")
     for line in SOLUTION_LINES[name]:
         needle = json.dumps(line)[1:-1]  # as it appears inside the notebook's JSON strings
         assert needle in solution, f"{name}: solution line missing from the autograder notebook: {line}"
         assert needle not in student, f"{name}: solution leaked into the student notebook: {line}"
+    with zipfile.ZipFile(b.autograder_zip) as zf:
+        ag_tests = "".join(zf.read(f).decode() for f in zf.namelist() if f.startswith("tests/"))
     for test in HIDDEN_TESTS[name]:
+        assert test in ag_tests, f"{name}: hidden test {test} is missing from the autograder zip"
         assert test not in student, f"{name}: hidden test {test} is in the student notebook"
     assert "BEGIN SOLUTION" not in student and "grader.check(" in student
     assert "...\\n" in student or '..."' in student, "placeholders replace the solutions"
 
 
-@pytest.mark.parametrize("name", list(ASSIGNMENTS))
-def test_solution_scores_full_marks(reports, name):
-    report = reports[name]["solution"]
-    assert set(report.possible) == GRADED[name], "graded questions (manual ones excluded)"
-    assert MANUAL[name] not in report.possible
-    assert report.total == report.total_possible > 0, f"{report}\n{report.failures}"
+def test_build_and_grade_all_assignments(tmp_path):
+    """The CI proof, in one test so that pytest-xdist runs (and pays for) it once.
 
+    Builds all three assignments, checks that no solution or hidden test reaches the
+    student notebooks, then grades the six notebooks two at a time: every built solution
+    scores full marks, every unmodified student notebook scores zero on each graded question.
+    """
+    built = build(tmp_path)
+    assert list(built) == list(ASSIGNMENTS)
+    for name, b in built.items():
+        assert b.student.is_file() and b.autograder_notebook.is_file() and b.autograder_zip.is_file(), name
+        assert b.student.parent.name == "student" and b.autograder_zip.parent.name == "autograder"
+        _check_no_leaks(name, b)
 
-@pytest.mark.parametrize("name", list(ASSIGNMENTS))
-def test_unmodified_student_notebook_scores_zero(reports, name):
-    report = reports[name]["student"]
-    assert set(report.possible) == GRADED[name]
-    assert all(score == 0 for score in report.scores.values()), str(report)
-    assert all(report.failures.get(q) for q in GRADED[name]), "every graded question has failing tests"
+    jobs = []
+    for name in ASSIGNMENTS:
+        jobs += [(built[name].autograder_notebook, built[name].autograder_zip),
+                 (built[name].student, built[name].autograder_zip)]
+    graded = grade_many(jobs, workers=2)
+    for i, name in enumerate(ASSIGNMENTS):
+        solution, student = graded[2 * i], graded[2 * i + 1]
+        print(f"{name}: solution graded in {solution.seconds:.0f} s, student in {student.seconds:.0f} s")
+        for report in (solution, student):
+            assert set(report.possible) == GRADED[name], "graded questions (manual ones excluded)"
+            assert MANUAL[name] not in report.possible
+        assert solution.total == solution.total_possible > 0, f"{solution}\n{solution.failures}"
+        assert all(score == 0 for score in student.scores.values()), str(student)
+        assert all(student.failures.get(q) for q in GRADED[name]), "every graded question has failing tests"
 
 
 # --------------------------------------------------------------------------- API and CLI
