@@ -241,6 +241,8 @@ def main(argv=None):
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--target", type=float, default=None)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the MiniLM step counts")
+    parser.add_argument("--max-length", type=int, default=128, help="MiniLM run: tokens per example")
+    parser.add_argument("--n-validation", type=int, default=100, help="MiniLM run: validation examples")
     args = parser.parse_args(argv)
     what = set(args.what)
     if "all" in what:
@@ -254,7 +256,8 @@ def main(argv=None):
     if "drift" in what:
         bench_drift()
     if "minilm" in what:
-        bench_minilm(target=args.target, scale=args.scale)
+        bench_minilm(max_length=args.max_length, n_validation=args.n_validation, target=args.target,
+                     scale=args.scale)
 
 
 if __name__ == "__main__":
