@@ -264,7 +264,7 @@ class SemiDPRunner:
                 check_epsilon(target_epsilon, "target_epsilon")
                 total = steps if steps is not None else getattr(ctx, "steps", None)
                 if total is None:
-                    raise ValueError("target_epsilon= needs the number of steps: pass steps_planned=<fit's "
+                    raise ValueError("target_epsilon= needs the number of steps: pass steps_planned=<the run's "
                                      "steps> so the noise can be calibrated to the whole run")
                 # RDP: integer orders make the bisection ~10× faster; the σ found is slightly
                 # conservative (ε under Opacus's default orders ≤ target_epsilon).
