@@ -158,6 +158,18 @@ def test_run_injects_fast_and_the_sizes_follow_then_strip_keeps_check_outputs(tm
     assert counts[0] is None and counts[1] is not None and counts[2] is None  # nbval needs the check cell's count
 
 
+def test_export_html_prefers_the_static_figure_over_the_widget(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("dashboard")
+    cell.outputs = [nbformat.v4.new_output("execute_result", data={
+        znb.WIDGET_MIME: {"model_id": "abc", "version_major": 2, "version_minor": 0},
+        "text/html": "<div id='static-figure'>figure</div>", "text/plain": "Dashboard"}, execution_count=1)]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), cell]
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    html = znb.export_html(tmp_path / "x.ipynb", tmp_path / "html").read_text()
+    assert "static-figure" in html and "abc" not in html
+
+
 def test_cli_has_the_notebooks_subcommands(tmp_path, capsys):
     from zoedu.cli import main
 

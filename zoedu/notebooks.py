@@ -245,6 +245,35 @@ def adopt_outputs(executed: str | Path, source: str | Path) -> None:
     strip_outputs(source)
 
 
+# --------------------------------------------------------------------------- static HTML
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def export_html(executed: str | Path, out_dir: str | Path) -> Path:
+    """Render an executed notebook to a static HTML page (nbconvert) and return its path.
+
+    Dashboards put the live widget and a static plotly copy of their figure in one output;
+    nbconvert would pick the widget, which renders only with a kernel (or the widget
+    state and a CDN), so the widget view is dropped wherever a static alternative exists.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(Path(executed), as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data and len(data) > 1:
+                data.pop(WIDGET_MIME)
+    nb.metadata.pop("widgets", None)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / (Path(executed).stem + ".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
 # --------------------------------------------------------------------------- CLI
 def _cmd_run(args) -> int:
     table = run_notebooks(args.names or None, fast=not args.full, out_dir=args.out, directory=args.dir,
@@ -252,6 +281,9 @@ def _cmd_run(args) -> int:
     total = table["seconds"].sum()
     print(f"{'total':32s} {total:7.1f} s wall  {table['cpu_seconds'].sum():7.1f} s CPU  "
           f"{table['peak_rss_mb'].max():6.0f} MB (max)")
+    if args.html:
+        for _, row in table[table["status"] == "ok"].iterrows():
+            print(f"wrote {export_html(row['output'], args.html)}")
     if args.adopt:
         for _, row in table[table["status"] == "ok"].iterrows():
             adopt_outputs(row["output"], find_notebooks([row["notebook"]], args.dir)[0])
@@ -286,6 +318,8 @@ def add_cli(subparsers) -> None:
     r.add_argument("--out", default="executed", help="folder for the executed notebooks (default: ./executed)")
     r.add_argument("--dir", default=None, help="folder holding the notebooks (default: the repository's notebooks/)")
     r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    r.add_argument("--html", default=None, metavar="DIR",
+                   help="also render each executed notebook to static HTML in DIR (dashboards as static figures)")
     r.add_argument("--adopt", action="store_true",
                    help="copy the NBVAL_CHECK_OUTPUT outputs of the run into the source notebooks")
     r.set_defaults(func=_cmd_run)
@@ -303,4 +337,4 @@ def add_cli(subparsers) -> None:
 
 
 __all__ = ["CHECK_MARK", "NOTEBOOK_DIR", "find_notebooks", "run_notebooks", "check_notebooks", "is_check_cell",
-           "strip_outputs", "adopt_outputs", "add_cli"]
+           "strip_outputs", "adopt_outputs", "export_html", "add_cli"]
