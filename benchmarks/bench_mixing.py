@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--skip-synthetic", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    pd.set_option("display.width", 200)
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), "
           f"torch {torch.__version__}, threads {args.threads}")
     if not args.skip_synthetic:
@@ -59,7 +60,6 @@ def main() -> None:
         print("\noff-diagonal cosines by step (all mixers):\n"
               + off.groupby("step").cosine.describe()[["min", "50%", "max"]].round(3).to_string()
               + f"\nshare negative: {(off.cosine < 0).mean():.1%}")
-        pd.set_option("display.width", 200)
 
 
 if __name__ == "__main__":

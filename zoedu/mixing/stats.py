@@ -107,7 +107,7 @@ def _check_loss(loss: torch.Tensor, k: int) -> torch.Tensor:
         raise ValueError(f"loss_fn must return a scalar tensor; task {k} gave "
                          f"{type(loss).__name__}{'' if not torch.is_tensor(loss) else tuple(loss.shape)}")
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss of task {k} is {float(loss)}; the statistics would be meaningless")
+        raise FloatingPointError(f"the loss of task {k} is {float(loss.detach())}; the statistics would be meaningless")
     return loss
 
 
