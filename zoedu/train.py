@@ -18,7 +18,9 @@ it is driven with a forward–backward closure, or — when it declares
 
 Batches come from a *batch source* (``next_batch(ctx) -> batch``): by default a uniform
 random draw from the training split; ``mixer=`` hands multi-task sampling to
-:func:`zoedu.mixing.make_batch_source`.
+:func:`zoedu.mixing.make_batch_source`. A source's ``after_step(ctx, step, out)`` runs
+inside the timed step (PiKE's gradient statistics are part of its cost) and may add
+columns to ``out``; its ``mixer_forward_passes``/``mixer_backward_passes`` count too.
 """
 
 from __future__ import annotations
@@ -292,6 +294,9 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 peak = max(peak, int(footprint.total))
             else:
                 out = runner.step(step)
+            if ctx.batch_source is not None and hasattr(ctx.batch_source, "after_step"):
+                # e.g. PiKE's gradient statistics: part of the method's cost, timed and counted
+                ctx.batch_source.after_step(ctx, step, out)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             seconds += time.perf_counter() - t0
@@ -299,8 +304,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 peak = max(peak, _cuda_peak(dev))
             if "loss" not in out:
                 raise RuntimeError(f"method {name!r} returned no 'loss' from its step")
-            fwd += int(out.pop("forward_passes", 0))
-            bwd += int(out.pop("backward_passes", 0))
+            fwd += int(out.pop("forward_passes", 0)) + int(out.get("mixer_forward_passes", 0))
+            bwd += int(out.pop("backward_passes", 0)) + int(out.get("mixer_backward_passes", 0))
             row = {"step": step, "loss": float(out.pop("loss"))}
             if step in eval_at:
                 metrics = task.evaluate(model, "validation", batch_size=eval_batch_size,
@@ -308,8 +313,6 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 row.update({f"eval_{k}": v for k, v in metrics.items()})
             row.update(seconds=seconds, forward_passes=fwd, backward_passes=bwd,
                        peak_memory=peak if track_memory else np.nan)
-            if ctx.batch_source is not None and hasattr(ctx.batch_source, "after_step"):
-                ctx.batch_source.after_step(ctx, step, out)
             row.update(out)
             rows.append(row)
             if bar is not None:

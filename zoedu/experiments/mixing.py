@@ -209,7 +209,7 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
         A dict of
         ``summary`` (DataFrame, one row per mixer: final ``val/<domain>`` losses,
         ``val_average``, ``val_worst``, ``worst_domain``, ``train_seconds``,
-        ``mixer_seconds``, ``overhead`` = mixer_seconds/train_seconds, forward/backward
+        ``mixer_seconds``, ``overhead`` = mixer_seconds / (train_seconds − mixer_seconds), forward/backward
         passes of training and of the statistics),
         ``curves`` (long DataFrame: mixer, step, domain, val_loss at eval steps),
         ``weights`` (long DataFrame: mixer, step, domain, weight every step),
@@ -258,7 +258,7 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
         summary.append({"mixer": name, **{f"val/{d}": v for d, v in val.items()},
                         "val_average": float(np.mean(list(val.values()))),
                         "val_worst": max(val.values()), "worst_domain": max(val, key=val.get),
-                        "train_seconds": train_s, "mixer_seconds": mix_s, "overhead": mix_s / train_s,
+                        "train_seconds": train_s, "mixer_seconds": mix_s, "overhead": mix_s / max(train_s - mix_s, 1e-12),
                         "forward_passes": int(last["forward_passes"]),
                         "backward_passes": int(last["backward_passes"]),
                         "mixer_forward_passes": int(hist["mixer_forward_passes"].sum()),
