@@ -125,9 +125,10 @@ def _run(args) -> int:
     )
     print(format_table(table))
     if args.html:
-        from ..viz.history import loss_curves
+        from ..viz.optim import convergence_figure
 
-        loss_curves(histories, title=f"{args.model} on {args.task}").write_html(args.html, include_plotlyjs=True)
+        fig = convergence_figure(histories, title=f"{args.model} on {args.task}: loss against step and seconds")
+        fig.write_html(args.html, include_plotlyjs=True)
         print(f"wrote {args.html}")
     if args.csv:
         table.to_csv(args.csv, index=False)

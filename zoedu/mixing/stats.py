@@ -224,7 +224,6 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
     params = _params(model)
     plist = [p for _, p in params]
-    K = len(batches)
     grads, sq_norms, variances, losses, counts = [], [], [], [], []
     fwd = bwd = 0
     for k, batch in enumerate(batches):

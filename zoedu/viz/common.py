@@ -170,3 +170,52 @@ def setup_notebook(*, renderer: str | None = None, quiet: bool = True) -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+
+
+class Dashboard:
+    """Base of every zoedu dashboard: ``figure`` is a ``go.FigureWidget``, ``controls`` the widgets.
+
+    It displays as its live widget in Jupyter and, where widgets cannot run (nbconvert's
+    HTML of an executed notebook carries no widget state), as a static copy of the figure:
+    the display bundle holds the figure's own plotly bundle (which also loads plotly.js in
+    the page) with the widget view on top. Handlers are plain methods (``update``), so tests
+    drive a dashboard by setting a control's ``.value`` from Python.
+    """
+
+    figure: go.FigureWidget
+    controls: dict
+    _widget = None
+
+    def _observe(self) -> None:
+        for control in self.controls.values():
+            control.observe(lambda change: self.update(), names="value")
+
+    @property
+    def widget(self):
+        """The layout: the one a subclass set, else the controls in a row above the figure."""
+        if self._widget is not None:
+            return self._widget
+        import ipywidgets as w
+
+        return w.VBox([w.HBox(list(self.controls.values())), self.figure])
+
+    @widget.setter
+    def widget(self, value) -> None:
+        self._widget = value
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
+        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        return bundle
+
+    def _replace(self, fig: go.Figure) -> None:
+        """Copy ``fig``'s traces and layout into the live FigureWidget in one batch."""
+        with self.figure.batch_update():
+            if len(self.figure.data) == len(fig.data) and all(
+                    a.type == b.type for a, b in zip(self.figure.data, fig.data)):
+                for live, new in zip(self.figure.data, fig.data):
+                    live.update(new.to_plotly_json(), overwrite=True)
+            else:
+                self.figure.data = ()
+                self.figure.add_traces(list(fig.data))
+            self.figure.layout = fig.layout

@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 from .common import (
     MEMORY_CATEGORIES,
     MEMORY_COLORS,
+    Dashboard,
     apply_theme,
     check_choice,
     format_bytes,
@@ -205,7 +206,7 @@ def estimate_vs_measure_figure(data: pd.DataFrame, *, unit: str = "MiB", title: 
     return apply_theme(fig, title=title or "The estimator against the measurement", height=height)
 
 
-class FootprintDashboard:
+class FootprintDashboard(Dashboard):
     """Sliders for batch size and sequence length; the stacked footprint bars follow.
 
     Args:
@@ -232,8 +233,7 @@ class FootprintDashboard:
                                          description="sequence length", continuous_update=False),
         }
         self.figure = go.FigureWidget(self.build())
-        for control in self.controls.values():
-            control.observe(lambda change: self.update(), names="value")
+        self._observe()
 
     def build(self) -> go.Figure:
         b, s = int(self.controls["batch_size"].value), int(self.controls["seq_len"].value)
@@ -241,24 +241,7 @@ class FootprintDashboard:
         return footprint_bars(self.data, unit=self.unit, title=f"Memory at batch size {b}, sequence length {s}")
 
     def update(self) -> None:
-        fig = self.build()
-        with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(list(fig.data))
-            self.figure.layout = fig.layout
-
-    @property
-    def widget(self):
-        import ipywidgets as w
-
-        return w.VBox([w.HBox(list(self.controls.values())), self.figure])
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        """The live widget, plus the current figure as a static plotly bundle: a live
-        notebook shows the widget; nbconvert's HTML (no widget state) the static figure."""
-        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
-        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
-        return bundle
+        self._replace(self.build())
 
 
 __all__ = ["GPU_MEMORY_GB", "footprints_frame", "footprint_bars", "gpu_capacity_figure", "smallest_gpu",

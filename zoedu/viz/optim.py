@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .common import (
+    Dashboard as _Dashboard,
     MEMORY_COLORS,
     apply_theme,
     check_choice,
@@ -304,42 +305,6 @@ def replay_figure(original, replayed, *, title: str | None = None, height: int =
 
 
 # --------------------------------------------------------------------------- dashboards
-class _Dashboard:
-    """Base: ``self.figure`` is a FigureWidget, ``self.controls`` the widgets; ``widget`` is the layout."""
-
-    figure: go.FigureWidget
-    controls: dict
-
-    def _observe(self):
-        for control in self.controls.values():
-            control.observe(lambda change: self.update(), names="value")
-
-    @property
-    def widget(self):
-        import ipywidgets as w
-
-        return w.VBox([w.HBox(list(self.controls.values())), self.figure])
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        """The live widget, plus the current figure as a static plotly bundle: a live
-        notebook shows the widget; nbconvert's HTML (no widget state) the static figure."""
-        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
-        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
-        return bundle
-
-    def _replace(self, fig: go.Figure) -> None:
-        """Copy ``fig``'s traces and layout into the live FigureWidget in one batch."""
-        with self.figure.batch_update():
-            if len(self.figure.data) == len(fig.data) and all(
-                    a.type == b.type for a, b in zip(self.figure.data, fig.data)):
-                for live, new in zip(self.figure.data, fig.data):
-                    live.update(new.to_plotly_json(), overwrite=True)
-            else:
-                self.figure.data = ()
-                self.figure.add_traces(list(fig.data))
-            self.figure.layout = fig.layout
-
-
 class SPSADashboard(_Dashboard):
     """Sliders for ε, the number of directions ``n`` and the seed; arrows update live.
 

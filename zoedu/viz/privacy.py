@@ -25,31 +25,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import apply_theme, check_choice, method_color, method_label, require_columns
+from .common import apply_theme, method_color, method_label, require_columns
+from .common import Dashboard as _Dashboard
 
 MEAN_METHODS = ("throw_away", "treat_as_private", "semi_dp")
 """The mean estimators of the paper's Section 3, in the order they are drawn."""
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-
-
-class _Dashboard:
-    """Displays as its live widget in Jupyter and as a static figure where widgets cannot run.
-
-    The display bundle holds the ipywidgets view (JupyterLab prefers it) and the figure's
-    current state as plotly HTML, which nbconvert falls back to when the notebook carries
-    no widget state — so executed notebooks rendered to HTML still show every dashboard.
-    """
-
-    widget = None
-    figure = None
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        # the figure's own bundle (plotly's default renderers; it also loads plotly.js in
-        # the page, as the first figure shown would), then the widget view on top of it
-        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
-        bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
-        return bundle
 
 
 def _methods_in(df: pd.DataFrame, column: str = "method") -> list[str]:
