@@ -124,12 +124,17 @@ class ZerothOrderRunner:
 
     def step(self, step: int) -> dict:
         batch = self.ctx.sample()
+        was_training = self.ctx.model.training
+        self.ctx.model.eval()  # the ± forwards must see the same function: no dropout masks
 
         @torch.no_grad()
         def closure():
             return self.ctx.loss(batch)
 
-        loss = self.optimizer.step(closure)
+        try:
+            loss = self.optimizer.step(closure)
+        finally:
+            self.ctx.model.train(was_training)
         fwd = int(getattr(self.optimizer, "forwards_per_step", 2))
         return {"loss": float(loss), "forward_passes": fwd, "backward_passes": 0}
 
