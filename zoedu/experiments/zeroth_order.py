@@ -10,8 +10,8 @@ as MeZO re-draws them (it never stores ``z``).
   direction's term, for the arrows of :class:`zoedu.viz.optim.SPSADashboard`.
 * :func:`variance_vs_dimension` — the measured ``E‖ĝ‖² / ‖∇L‖²`` against the dimension
   ``d``, with MeZO's Lemma 2 law ``(d + n − 1)/n``.
-* ``fit(..., "mezo-accuracy")`` — MeZO on minus the batch accuracy, a non-differentiable
-  objective (MeZO §3.3), registered with :func:`zoedu.train.register_method` on import.
+* MeZO on a non-differentiable objective (minus the batch accuracy, MeZO §3.3) is the
+  fit method ``"mezo-accuracy"`` of :mod:`zoedu.optim`.
 
 The data comes back as dicts and DataFrames; figures are in :mod:`zoedu.viz.optim`.
 """
@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 
 from ..optim import MeZO, direction, direction_seed
-from ..train import check_loss, register_method
 
 
 # --------------------------------------------------------------------------- 2-D objectives
@@ -161,47 +160,4 @@ def variance_vs_dimension(dims: Sequence[int] = (10, 100, 1000, 10000), n_direct
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- accuracy as the objective
-class MeZOAccuracyRunner:
-    """MeZO on minus the batch accuracy: a step function, no gradient exists (MeZO §3.3).
-
-    The two forwards run in eval mode so that ℓ₊ and ℓ₋ differ only by ``z``. The
-    History's ``loss`` column is the objective, minus the accuracy on the step's batch;
-    ``train_accuracy`` is its negation and ``projected_grad`` MeZO's ``g``.
-    """
-
-    def __init__(self, ctx, optimizer: MeZO):
-        self.ctx, self.optimizer = ctx, optimizer
-
-    def objective(self, batch) -> float:
-        _, correct, count = self.ctx.task.correct(self.ctx.model, batch)
-        return -float(correct) / max(count, 1)
-
-    def step(self, step: int) -> dict:
-        batch = self.ctx.sample()
-        model = self.ctx.model
-        was_training = model.training
-        model.eval()
-        try:
-            value = self.optimizer.step(lambda: self.objective(batch))
-        finally:
-            model.train(was_training)
-        check_loss(value, f"minus the accuracy at step {step}")
-        grads = self.optimizer.trajectory()["projected_grads"][-1]
-        return {"loss": float(value), "forward_passes": self.optimizer.forwards_per_step, "backward_passes": 0,
-                "train_accuracy": -float(value), "projected_grad": float(grads[0])}
-
-
-def make_mezo_accuracy(ctx, *, eps: float = 1e-3, n_perturb: int = 1, weight_decay: float = 0.0) -> MeZOAccuracyRunner:
-    """``fit(model, task, "mezo-accuracy", eps=..., n_perturb=...)``: MeZO maximising accuracy
-    (classification tasks only)."""
-    if ctx.task.kind != "classification":
-        raise ValueError(f"method 'mezo-accuracy' needs a classification task; task {ctx.task.name!r} is {ctx.task.kind!r}")
-    opt = MeZO(ctx.params(), lr=ctx.lr, eps=eps, n_perturb=n_perturb, weight_decay=weight_decay, seed=ctx.seed)
-    return MeZOAccuracyRunner(ctx, opt)
-
-
-register_method("mezo-accuracy", make_mezo_accuracy)
-
-__all__ = ["OBJECTIVES_2D", "objective_2d", "gradient_2d", "spsa_2d", "variance_vs_dimension",
-           "MeZOAccuracyRunner", "make_mezo_accuracy"]
+__all__ = ["OBJECTIVES_2D", "objective_2d", "gradient_2d", "spsa_2d", "variance_vs_dimension"]

@@ -9,16 +9,18 @@
   sequences, in-place first order on short ones.
 
 Each is a ``torch.optim.Optimizer``; :data:`FIT_METHODS` registers them with
-:func:`zoedu.train.fit` as ``"mezo"``, ``"ipsgd"``, ``"addax"`` and ``"addax-wa"``.
+:func:`zoedu.train.fit` as ``"mezo"``, ``"mezo-accuracy"`` (MeZO on minus the batch accuracy), ``"ipsgd"``,
+``"addax"`` and ``"addax-wa"``.
 """
 
 from ._perturb import CHUNK, Perturber, direction, mix_seed, stream_seed
 from .addax import Addax, choose_threshold, make_addax, make_addax_wa, split_by_length
 from .ipsgd import IPSGD, make_ipsgd
-from .mezo import ESTIMATORS, MeZO, direction_seed, forward_gradient, make_mezo, replay
+from .mezo import ESTIMATORS, MeZO, direction_seed, forward_gradient, make_mezo, make_mezo_accuracy, replay
 
 FIT_METHODS = {
     "mezo": make_mezo,
+    "mezo-accuracy": make_mezo_accuracy,
     "ipsgd": make_ipsgd,
     "addax": make_addax,
     "addax-wa": make_addax_wa,
