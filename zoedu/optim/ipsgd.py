@@ -92,27 +92,9 @@ class IPSGD(torch.optim.Optimizer):
 
 
 # --------------------------------------------------------------------------- fit plug-in
-class IPSGDRunner:
-    """Drive :class:`IPSGD` in :func:`zoedu.train.fit`: one forward, one backward per step."""
+def make_ipsgd(ctx, *, weight_decay: float = 0.0):
+    """``fit(..., "ipsgd")``: in-place SGD on the trainable parameters, driven like any
+    first-order optimizer (one forward, one backward per step; the hooks free each gradient)."""
+    from ..train import FirstOrderRunner
 
-    def __init__(self, ctx, optimizer: IPSGD):
-        self.ctx, self.optimizer = ctx, optimizer
-
-    def step(self, step: int) -> dict:
-        from ..train import check_loss
-
-        batch = self.ctx.sample()
-
-        def closure():
-            loss = self.ctx.loss(batch)
-            check_loss(loss, f"the loss at step {step}")
-            loss.backward()
-            return loss
-
-        loss = self.optimizer.step(closure)
-        return {"loss": float(loss.detach()), "forward_passes": 1, "backward_passes": 1}
-
-
-def make_ipsgd(ctx, *, weight_decay: float = 0.0) -> IPSGDRunner:
-    """``fit(..., "ipsgd")``: in-place SGD on the trainable parameters."""
-    return IPSGDRunner(ctx, IPSGD(ctx.params(), lr=ctx.lr, weight_decay=weight_decay))
+    return FirstOrderRunner(ctx, IPSGD(ctx.params(), lr=ctx.lr, weight_decay=weight_decay))
