@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from zoedu.memory import measure  # noqa: E402
 from zoedu.models import load_model  # noqa: E402
-from zoedu.optim import MeZO  # noqa: E402
+from zoedu.optim import MeZO, embedding_rows  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the paper's loop
@@ -104,22 +104,27 @@ def bench_speed(size="25m", batch=8, seq=128, rounds=5, device="cpu", dtype=None
     closure = lambda: _loss(model, b)  # noqa: E731
     mezo = {w: MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=w) for w in sorted({1, torch.get_num_threads()})}
     ref = ReferenceMeZO(model.parameters(), lr=1e-7)
-    times = {"forward": [], "reference": [], **{f"mezo[w={w}]": [] for w in mezo}}
+    rows = embedding_rows(model, b)  # the input-embedding rows this batch reads (fit's default)
+    times = {"forward": [], "reference": [], **{f"mezo[w={w}]": [] for w in mezo},
+             **{f"mezo-rows[w={w}]": [] for w in mezo}}
     with torch.no_grad():
         closure()  # warm-up
         for w, opt in mezo.items():
             opt.step(closure)
+            opt.step(closure, rows=rows)
         ref.step(closure)
         for _ in range(rounds):  # interleaved, so a busy machine hits every variant alike
             times["forward"].append(_timeit(closure, device))
             for w, opt in mezo.items():
                 times[f"mezo[w={w}]"].append(_timeit(lambda: opt.step(closure), device))
+                times[f"mezo-rows[w={w}]"].append(_timeit(lambda: opt.step(closure, rows=rows), device))
             times["reference"].append(_timeit(lambda: ref.step(closure), device))
     med = {k: statistics.median(v) for k, v in times.items()}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"\n[speed] tiny-opt {size} ({n_params / 1e6:.1f} M params, dtype {dtype or 'float32'}), "
           f"batch {batch}×{seq}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"median of {rounds} interleaved rounds")
+          f"median of {rounds} interleaved rounds; rows variant: {sum(len(torch.unique(r)) for r in rows.values())} "
+          f"embedding rows of {sum(w.shape[0] for w in rows)}")
     print(f"  forward: {med['forward'] * 1e3:.0f} ms")
     for k, v in med.items():
         if k.startswith("mezo"):

@@ -16,7 +16,8 @@ Each is a ``torch.optim.Optimizer``; :data:`FIT_METHODS` registers them with
 from ._perturb import CHUNK, Perturber, direction, mix_seed, stream_seed
 from .addax import Addax, choose_threshold, make_addax, make_addax_wa, split_by_length
 from .ipsgd import IPSGD, make_ipsgd
-from .mezo import ESTIMATORS, MeZO, direction_seed, forward_gradient, make_mezo, make_mezo_accuracy, replay
+from .mezo import (ESTIMATORS, MeZO, direction_seed, embedding_rows, forward_gradient, make_mezo,
+                   make_mezo_accuracy, replay)
 
 FIT_METHODS = {
     "mezo": make_mezo,
@@ -28,6 +29,7 @@ FIT_METHODS = {
 
 __all__ = [
     "Addax", "CHUNK", "ESTIMATORS", "FIT_METHODS", "IPSGD", "MeZO", "Perturber", "choose_threshold",
+    "embedding_rows",
     "direction", "direction_seed", "forward_gradient", "mix_seed", "replay", "split_by_length",
     "stream_seed",
 ]

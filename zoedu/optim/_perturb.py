@@ -16,6 +16,12 @@ time it needs it ("resample z" in lines 3–4 and 7 of ``PerturbParameters`` and
 * Buffers are allocated in the calling thread at the start of a pass, so
   :func:`zoedu.memory.measure` sees them (they are the only scratch memory: one chunk per
   worker and slot).
+* *Row streams* (:meth:`Perturber.plan` with ``rows``): for a parameter whose rows are
+  read independently — an input embedding, of which a batch looks up a few hundred rows
+  out of tens of thousands — a step may perturb and update only the rows the batch uses.
+  Those rows are cut into streams of about :data:`CHUNK` elements; a pass gathers a
+  stream's rows into a scratch copy, runs the same kernel on it and scatters it back, so
+  every kernel works unchanged and the extra memory is one chunk per worker.
 
 The direction for a parameter stored in ``bfloat16``/``float16`` is drawn in that dtype,
 so the perturbation is exactly what is added to the weights.
@@ -57,9 +63,11 @@ def stream_seed(direction_seed: int, param_index: int, chunk_index: int) -> int:
     return mix_seed(direction_seed, param_index, chunk_index)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stream:
-    """One slice of one parameter: ``flat[start:stop]`` (or the whole tensor if not contiguous)."""
+    """One slice of one parameter: ``flat[start:stop]`` (or the whole tensor if not contiguous),
+    or, for a row stream, the rows ``rows`` of the parameter (``start``/``stop`` then count
+    elements of the gathered copy)."""
 
     param_index: int
     chunk_index: int
@@ -67,17 +75,33 @@ class Stream:
     start: int
     stop: int
     contiguous: bool
+    rows: torch.Tensor | None = None
 
     @property
     def numel(self) -> int:
         return self.stop - self.start
 
     def view(self) -> torch.Tensor:
-        """The weights of this stream, as a tensor that aliases the parameter."""
+        """The weights of this stream: a tensor that aliases the parameter, or for a row
+        stream a flat copy of its rows (written back by :meth:`write_back`)."""
         data = self.param.detach()
+        if self.rows is not None:
+            return data.index_select(0, self.rows).view(-1)
         if self.contiguous:
             return data.view(-1)[self.start:self.stop]
         return data
+
+    def write_back(self, v: torch.Tensor) -> None:
+        """Scatter a row stream's (modified) copy back into the parameter; no-op otherwise."""
+        if self.rows is not None:
+            data = self.param.detach()
+            data.index_copy_(0, self.rows, v.view(len(self.rows), *data.shape[1:]))
+
+    def select(self, t: torch.Tensor) -> torch.Tensor:
+        """The same slice of a tensor shaped like the parameter (optimizer state)."""
+        if self.rows is not None:
+            return t.index_select(0, self.rows).view(-1)
+        return t.view(-1)[self.start:self.stop] if self.contiguous else t
 
 
 def plan_streams(params: Sequence[torch.Tensor], chunk: int = CHUNK,
@@ -97,6 +121,42 @@ def plan_streams(params: Sequence[torch.Tensor], chunk: int = CHUNK,
         for c, start in enumerate(range(0, n, chunk)):
             streams.append(Stream(index, c, p, start, min(start + chunk, n), True))
     return streams
+
+
+def plan_rows(param: torch.Tensor, param_index: int, rows: torch.Tensor,
+              chunk: int = CHUNK) -> list[Stream]:
+    """Row streams for ``rows`` (sorted, unique indices into dim 0) of a contiguous ``param``.
+
+    Stream ``c`` holds about ``chunk`` elements (whole rows) and draws its z from seed
+    ``stream_seed(s, param_index, -1 - c)``: a namespace apart from the dense streams. Its z
+    is a fresh Gaussian over the rows of this step, so a row's direction depends on which
+    rows the step uses — any fixed rule serves, as long as every pass of the step (and a
+    replay, which logs the rows) uses the same one.
+    """
+    if not param.is_contiguous() or param.dim() < 1:
+        raise ValueError("row streams need a contiguous parameter with at least one dimension")
+    row_numel = max(1, param[0].numel()) if param.shape[0] else 1
+    per = max(1, chunk // row_numel)
+    streams = []
+    for c, start in enumerate(range(0, len(rows), per)):
+        r = rows[start:start + per]
+        streams.append(Stream(param_index, -1 - c, param, 0, len(r) * row_numel, True, rows=r))
+    return streams
+
+
+def check_rows(param: torch.Tensor, rows, name: str = "rows") -> torch.Tensor:
+    """``rows`` as sorted unique int64 indices into dim 0 of ``param``, or a clear error."""
+    if not torch.is_tensor(rows):
+        rows = torch.as_tensor(rows)
+    if rows.dtype.is_floating_point or rows.dtype == torch.bool or rows.is_complex():
+        raise ValueError(f"{name} must hold integer row indices, got dtype {rows.dtype}")
+    if param.dim() < 1:
+        raise ValueError(f"{name}: a 0-dimensional parameter has no rows")
+    rows = torch.unique(rows.reshape(-1).to(device=param.device, dtype=torch.int64))
+    if rows.numel() and (int(rows[0]) < 0 or int(rows[-1]) >= param.shape[0]):
+        raise ValueError(f"{name} must be row indices in [0, {param.shape[0]}), got values from "
+                         f"{int(rows[0])} to {int(rows[-1])}")
+    return rows
 
 
 def default_workers() -> int:
@@ -127,10 +187,10 @@ class Perturber:
         self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ internals
-    def _buffers(self, slots: int) -> list[dict]:
+    def _buffers(self, slots: int, streams: Sequence[Stream]) -> list[dict]:
         """Per worker, per (dtype, device, slot): a scratch buffer of one stream."""
         need: dict[tuple, int] = {}
-        for s in self.streams:
+        for s in streams:
             key = (s.param.dtype, s.param.device)
             need[key] = max(need.get(key, 0), s.numel)
         return [{(dt, dev, slot): torch.empty(n, dtype=dt, device=dev)
@@ -159,11 +219,13 @@ class Perturber:
         if not streams:
             return
         workers = 1 if serial else min(self.workers, len(streams))
-        buffers = self._buffers(slots)
+        buffers = self._buffers(slots, streams)
 
         def work(w: int) -> None:
             for s in streams[w::workers]:
-                kernel(s.view(), lambda seed, slot=0, s=s: self._draw(s, buffers[w], seed, slot), s)
+                v = s.view()
+                kernel(v, lambda seed, slot=0, s=s: self._draw(s, buffers[w], seed, slot), s)
+                s.write_back(v)
 
         with torch.no_grad():
             if workers == 1:
@@ -179,11 +241,21 @@ class Perturber:
         """The streams of one parameter (for per-parameter passes such as Addax's hooks)."""
         return [s for s in self.streams if s.param_index == param_index]
 
-    def add(self, seed: int, scale: float) -> None:
-        """``θ ← θ + scale · z(seed)`` over all parameters (one pass)."""
-        self.run(lambda v, zgen, s: v.add_(zgen(seed), alpha=scale))
+    def plan(self, rows: dict[int, torch.Tensor] | None = None) -> list[Stream]:
+        """The streams of one step: the dense plan, except that a parameter index in ``rows``
+        is covered only on those rows (sorted unique indices; see :func:`plan_rows`)."""
+        if not rows:
+            return self.streams
+        out = [s for s in self.streams if s.param_index not in rows]
+        for k in sorted(rows):
+            out.extend(plan_rows(self.params[k], k, rows[k], chunk=self.chunk))
+        return out
 
-    def add_twice(self, seed: int, scale: float) -> None:
+    def add(self, seed: int, scale: float, streams: Sequence[Stream] | None = None) -> None:
+        """``θ ← θ + scale · z(seed)`` over all parameters (one pass)."""
+        self.run(lambda v, zgen, s: v.add_(zgen(seed), alpha=scale), streams=streams)
+
+    def add_twice(self, seed: int, scale: float, streams: Sequence[Stream] | None = None) -> None:
         """``θ ← (θ + scale·z) + scale·z``, rounding in between, in one pass.
 
         MeZO's move from θ + εz to θ − εz, done as two steps of −εz on each cached stream:
@@ -196,7 +268,7 @@ class Perturber:
             v.add_(z, alpha=scale)
             v.add_(z, alpha=scale)
 
-        self.run(kernel)
+        self.run(kernel, streams=streams)
 
     def close(self) -> None:
         if self._pool is not None:

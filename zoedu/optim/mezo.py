@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ._perturb import CHUNK, Perturber, Stream, mix_seed
+from ._perturb import CHUNK, Perturber, Stream, check_rows, mix_seed
 
 ESTIMATORS = ("sgd", "sign", "momentum", "adam")
 
@@ -157,9 +157,11 @@ class _UpdateRule:
                 ghat.add_(zgen(seeds[j], 1), alpha=grads[j] / n)
             if est == "adam":
                 st = self.state[p]
-                m, vv = _stream_view(st["exp_avg"], s), _stream_view(st["exp_avg_sq"], s)
+                m, vv = s.select(st["exp_avg"]), s.select(st["exp_avg_sq"])
                 m.mul_(b1).add_(ghat, alpha=1 - b1)
                 vv.mul_(b2).addcmul_(ghat, ghat, value=1 - b2)
+                _write_state(st["exp_avg"], s, m)
+                _write_state(st["exp_avg_sq"], s, vv)
                 if lr == 0:
                     return
                 if decay:  # decoupled, as in AdamW
@@ -172,8 +174,9 @@ class _UpdateRule:
             if decay:
                 ghat.add_(v, alpha=wd)
             if est == "momentum":
-                m = _stream_view(self.state[p]["momentum_buffer"], s)
+                m = s.select(self.state[p]["momentum_buffer"])
                 m.mul_(self.momentum).add_(ghat)
+                _write_state(self.state[p]["momentum_buffer"], s, m)
                 ghat = m
             if lr != 0:
                 v.add_(ghat, alpha=-lr)
@@ -181,8 +184,10 @@ class _UpdateRule:
         return run
 
 
-def _stream_view(t: torch.Tensor, s: Stream) -> torch.Tensor:
-    return t.view(-1)[s.start:s.stop] if s.contiguous else t
+def _write_state(t: torch.Tensor, s: Stream, value: torch.Tensor) -> None:
+    """Row streams work on copies of the optimizer state's rows: put them back."""
+    if s.rows is not None:
+        t.index_copy_(0, s.rows, value.view(len(s.rows), *t.shape[1:]))
 
 
 # --------------------------------------------------------------------------- exact restore
@@ -279,7 +284,8 @@ class MeZO(torch.optim.Optimizer):
         self.step_count = 0       # steps taken (the t in the direction seeds)
         self.update_count = 0     # updates applied (Adam's bias-correction t)
         self.skipped_steps = 0    # steps skipped because a loss was NaN or infinite
-        self._log: dict[str, list] = {"step": [], "status": [], "projected_grads": [], "lrs": []}
+        self._log: dict[str, list] = {"step": [], "status": [], "projected_grads": [], "lrs": [], "rows": []}
+        self._step_rows = None
         self._perturber: Perturber | None = None
         self._perturber_key: tuple = ()
 
@@ -316,16 +322,47 @@ class MeZO(torch.optim.Optimizer):
         return _UpdateRule(params, group_of, self.estimator, self.n_perturb, self.momentum, self.betas,
                            self.adam_eps, self.state)
 
-    def _perturb(self, seed: int, scale: float) -> None:
-        self.perturber.add(seed, scale)
+    def _perturb(self, seed: int, scale: float, streams=None) -> None:
+        self.perturber.add(seed, scale, streams)
+
+    def _row_map(self, rows) -> dict[int, torch.Tensor]:
+        """``{parameter: row indices}`` → ``{parameter index: sorted unique int64 rows}``."""
+        if rows is None:
+            return {}
+        if not isinstance(rows, dict):
+            raise ValueError("rows must be a dict {parameter: row indices} (e.g. the input embedding's "
+                             f"weight and the token ids of the batch), got {type(rows).__name__}")
+        params, _ = self._flat_params()
+        index = {id(p): k for k, p in enumerate(params)}
+        out = {}
+        for p, r in rows.items():
+            k = index.get(id(p))
+            if k is None:
+                raise ValueError("rows names a tensor that is not one of this optimizer's parameters")
+            if not p.is_contiguous():
+                raise ValueError(f"rows: parameter {k} (shape {tuple(p.shape)}) is not contiguous")
+            out[k] = check_rows(p, r, name=f"rows[parameter {k}]")
+        return out
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
-    def step(self, closure: Callable | None = None) -> float:
+    def step(self, closure: Callable | None = None, *, rows: dict | None = None) -> float:
         """One MeZO step (Algorithm 1); returns the loss estimate at θ (the mean of ℓ₊ and ℓ₋,
-        or L(θ) when one-sided), or the non-finite loss of a skipped step."""
+        or L(θ) when one-sided), or the non-finite loss of a skipped step.
+
+        ``rows={param: indices}`` perturbs and updates only those rows (dim 0) of ``param``
+        this step — for an input embedding, the token ids of the batch (see
+        :func:`embedding_rows`). The loss does not depend on the other rows, so their part of
+        ``g z`` is pure noise: leaving it out keeps the estimate unbiased, lowers its
+        variance and skips most of the embedding's draws. Weight decay and the optimizer
+        state of the other rows are then lazy (untouched this step), as in
+        ``torch.optim.SparseAdam``. The rows are logged for :func:`replay`.
+        """
         if closure is None:
             raise ValueError("MeZO.step needs a closure that runs a forward pass and returns the loss")
+        row_map = self._row_map(rows)
+        streams = self.perturber.plan(row_map)
+        self._step_rows = {k: r.to(torch.int32).cpu() for k, r in row_map.items()} or None
         t = self.step_count
         self.step_count += 1
         eps, n = self.eps, self.n_perturb
@@ -345,38 +382,39 @@ class MeZO(torch.optim.Optimizer):
             return self._skip(t, _SKIP_BASE, base, grads)
         for j, s in enumerate(seeds):
             if keeper is not None:
-                self._save_low_bytes(keeper, s)
-            self._perturb(s, eps)                                   # θ + εz        (line 5)
+                self._save_low_bytes(keeper, s, streams)
+            self._perturb(s, eps, streams)                          # θ + εz        (line 5)
             plus = evaluate()                                       # ℓ₊            (line 6)
             if not math.isfinite(plus):
-                self._restore(keeper, s, -eps)
+                self._restore(keeper, s, -eps, streams)
                 return self._skip(t, _SKIP_PLUS, plus, grads)
             if self.one_sided:
                 grads.append((plus - base) / eps)
                 losses.append(base)
             else:
-                self.perturber.add_twice(s, -eps)                   # θ − εz        (line 7)
+                self.perturber.add_twice(s, -eps, streams)          # θ − εz        (line 7)
                 minus = evaluate()                                  # ℓ₋            (line 8)
                 if not math.isfinite(minus):
-                    self._restore(keeper, s, eps)
+                    self._restore(keeper, s, eps, streams)
                     return self._skip(t, _SKIP_MINUS, minus, grads)
                 grads.append((plus - minus) / (2 * eps))            # g             (line 10)
                 losses.append(0.5 * (plus + minus))
             if j < n - 1:
-                self._restore(keeper, s, restore_scale)             # θ             (line 9)
+                self._restore(keeper, s, restore_scale, streams)    # θ             (line 9)
         self.update_count += 1
         lrs = [float(g["lr"]) for g in self.param_groups]
         wds = [float(g["weight_decay"]) for g in self.param_groups]
         if keeper is None:  # restore (line 9) fused with the update (lines 11–15): one pass
             self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
-                                           restore=(seeds[-1], restore_scale)), slots=2)
+                                           restore=(seeds[-1], restore_scale)), slots=2, streams=streams)
         else:
-            self._restore(keeper, seeds[-1], restore_scale)
-            self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count, restore=None), slots=2)
+            self._restore(keeper, seeds[-1], restore_scale, streams)
+            self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count, restore=None), slots=2,
+                               streams=streams)
         self._record(t, _OK, grads, lrs)
         return float(losses[0] if self.one_sided else sum(losses) / n)
 
-    def _save_low_bytes(self, keeper: _LowByteKeeper, seed: int) -> None:
+    def _save_low_bytes(self, keeper: _LowByteKeeper, seed: int, streams) -> None:
         """Exact mode: before the ± passes, remember θ's low bytes (and far-off elements)."""
         eps, one = self.eps, self.one_sided
 
@@ -392,18 +430,18 @@ class MeZO(torch.optim.Optimizer):
                 trip.add_(z, alpha=-eps)
             keeper.save((s.param_index, s.chunk_index), v, trip)
 
-        self.perturber.run(kernel, serial=True)
+        self.perturber.run(kernel, serial=True, streams=streams)
 
-    def _restore(self, keeper: _LowByteKeeper | None, seed: int, scale: float) -> None:
+    def _restore(self, keeper: _LowByteKeeper | None, seed: int, scale: float, streams) -> None:
         if keeper is None:
-            self._perturb(seed, scale)
+            self._perturb(seed, scale, streams)
             return
 
         def kernel(v, zgen, s):
             v.add_(zgen(seed), alpha=scale)
             keeper.restore((s.param_index, s.chunk_index), v)
 
-        self.perturber.run(kernel, serial=True)
+        self.perturber.run(kernel, serial=True, streams=streams)
 
     def _skip(self, t: int, status: int, loss: float, grads: list[float]) -> float:
         """A NaN/inf loss: the weights are already restored; skip the update, warn, count."""
@@ -419,6 +457,7 @@ class MeZO(torch.optim.Optimizer):
         self._log["status"].append(status)
         self._log["projected_grads"].append(list(grads) + [math.nan] * (self.n_perturb - len(grads)))
         self._log["lrs"].append(list(lrs))
+        self._log["rows"].append(self._step_rows)
 
     # ------------------------------------------------------------------ the trajectory log
     def trajectory(self) -> dict:
@@ -435,6 +474,8 @@ class MeZO(torch.optim.Optimizer):
             "status": torch.tensor(self._log["status"], dtype=torch.int8),
             "projected_grads": torch.tensor(self._log["projected_grads"], dtype=torch.float64).reshape(-1, self.n_perturb),
             "lrs": torch.tensor(self._log["lrs"], dtype=torch.float64).reshape(-1, len(self.param_groups)),
+            # per step: None (every row) or {parameter index: int32 rows} (see step's ``rows``)
+            "rows": list(self._log["rows"]),
         }
 
     def state_dict(self) -> dict:
@@ -455,7 +496,8 @@ class MeZO(torch.optim.Optimizer):
             self.skipped_steps = int(counters["skipped_steps"])
         if log is not None:
             self._log = {"step": log["step"].tolist(), "status": log["status"].tolist(),
-                         "projected_grads": log["projected_grads"].tolist(), "lrs": log["lrs"].tolist()}
+                         "projected_grads": log["projected_grads"].tolist(), "lrs": log["lrs"].tolist(),
+                         "rows": list(log.get("rows", [None] * len(log["step"])))}
 
 
 # --------------------------------------------------------------------------- replay
@@ -492,38 +534,41 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
     wds = [float(w) for w in log["weight_decay"]]
     restore_scale = -eps if one else eps
     updates = 0
-    for t, status, grads, lrs in zip(log["step"].tolist(), log["status"].tolist(),
-                                     log["projected_grads"].tolist(), log["lrs"].tolist()):
+    steps = log["step"].tolist()
+    all_rows = list(log.get("rows", [None] * len(steps)))
+    for t, status, grads, lrs, rows in zip(steps, log["status"].tolist(), log["projected_grads"].tolist(),
+                                           log["lrs"].tolist(), all_rows):
         seeds = [direction_seed(int(log["seed"]), t, j) for j in range(n)]
         lrs = [lr] * len(lrs) if lr is not None else lrs
+        streams = perturber.plan({int(k): r.to(torch.int64) for k, r in rows.items()} if rows else None)
         if status != _OK:
             if passes and not exact and status != _SKIP_BASE:
                 done = sum(1 for g in grads if not math.isnan(g))
                 for s in seeds[:done]:
-                    perturber.add(s, eps)
+                    perturber.add(s, eps, streams)
                     if not one:
-                        perturber.add_twice(s, -eps)
-                    perturber.add(s, restore_scale)
+                        perturber.add_twice(s, -eps, streams)
+                    perturber.add(s, restore_scale, streams)
                 s = seeds[done]
-                perturber.add(s, eps)
+                perturber.add(s, eps, streams)
                 if status == _SKIP_PLUS:
-                    perturber.add(s, -eps)
+                    perturber.add(s, -eps, streams)
                 else:
-                    perturber.add_twice(s, -eps)
-                    perturber.add(s, eps)
+                    perturber.add_twice(s, -eps, streams)
+                    perturber.add(s, eps, streams)
             continue
         updates += 1
         if passes and not exact:
             for j, s in enumerate(seeds):
-                perturber.add(s, eps)
+                perturber.add(s, eps, streams)
                 if not one:
-                    perturber.add_twice(s, -eps)
+                    perturber.add_twice(s, -eps, streams)
                 if j < n - 1:
-                    perturber.add(s, restore_scale)
+                    perturber.add(s, restore_scale, streams)
             perturber.run(rule.kernel(seeds, grads, lrs, wds, updates, restore=(seeds[-1], restore_scale)),
-                          slots=2)
+                          slots=2, streams=streams)
         else:  # exact restoration returns θ bit for bit, so only the update remains
-            perturber.run(rule.kernel(seeds, grads, lrs, wds, updates, restore=None), slots=2)
+            perturber.run(rule.kernel(seeds, grads, lrs, wds, updates, restore=None), slots=2, streams=streams)
 
 
 # --------------------------------------------------------------------------- forward gradient
@@ -582,6 +627,33 @@ def forward_gradient(model: torch.nn.Module, loss_fn: Callable, *, seed: int = 0
 
 
 # --------------------------------------------------------------------------- fit plug-in
+def embedding_rows(model: torch.nn.Module, batch) -> dict:
+    """``{input embedding weight: the batch's token ids}`` for ``MeZO.step(rows=...)``.
+
+    Only when the loss reads that weight through the lookup alone: a Hugging Face model's
+    ``get_input_embeddings()`` whose weight appears once among the model's parameters and is
+    not the output embedding (a tied LM head reads every row, so a causal LM gets ``{}``).
+    Also ``{}`` for a model without an input embedding or a batch without ``input_ids``.
+    """
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return {}
+    w = getattr(emb, "weight", None)
+    ids = batch.get("input_ids") if isinstance(batch, dict) else None
+    if w is None or ids is None or not w.requires_grad:
+        return {}
+    if sum(1 for _, p in model.named_parameters(remove_duplicate=False) if p is w) != 1:
+        return {}
+    try:
+        out = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        out = None
+    if out is not None and getattr(out, "weight", None) is w:
+        return {}
+    return {w: ids}
+
+
 class MeZORunner:
     """Drive :class:`MeZO` in :func:`zoedu.train.fit`.
 
@@ -592,17 +664,30 @@ class MeZORunner:
     ``objective="loss"`` minimises the task's loss; ``"accuracy"`` minimises minus the
     batch accuracy, a step function with no gradient at all (MeZO §3.3): the History's
     ``loss`` column is then that objective and ``train_accuracy`` its negation.
+
+    ``sparse_embedding=True`` (the default) perturbs only the input-embedding rows the
+    batch looks up (:func:`embedding_rows`; ``MeZO.step(rows=...)``): the same estimator
+    without the noise of rows the loss never reads, and most of an embedding-heavy small
+    model's draws saved. ``False`` is the paper's dense Algorithm 1.
     """
 
     OBJECTIVES = ("loss", "accuracy")
 
-    def __init__(self, ctx, optimizer: MeZO, objective: str = "loss"):
+    def __init__(self, ctx, optimizer: MeZO, objective: str = "loss", sparse_embedding: bool = True):
         if objective not in self.OBJECTIVES:
             raise ValueError(f"objective={objective!r} is unknown; allowed: {', '.join(self.OBJECTIVES)}")
         if objective == "accuracy" and ctx.task.kind != "classification":
             raise ValueError(f"objective='accuracy' needs a classification task; task {ctx.task.name!r} "
                              f"is {ctx.task.kind!r}")
         self.ctx, self.optimizer, self.objective = ctx, optimizer, objective
+        self.sparse_embedding = bool(sparse_embedding)
+        self._param_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+    def rows(self, batch) -> dict | None:
+        if not self.sparse_embedding:
+            return None
+        rows = {w: ids for w, ids in embedding_rows(self.ctx.model, batch).items() if id(w) in self._param_ids}
+        return rows or None
 
     def _value(self, batch):
         if self.objective == "loss":
@@ -616,7 +701,7 @@ class MeZORunner:
         was_training = model.training
         model.eval()
         try:
-            loss = self.optimizer.step(lambda: self._value(batch))
+            loss = self.optimizer.step(lambda: self._value(batch), rows=self.rows(batch))
         finally:
             model.train(was_training)
         grads = self.optimizer._log["projected_grads"][-1]
@@ -629,13 +714,14 @@ class MeZORunner:
 
 def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: int = 1,
               estimator: str = "sgd", one_sided: bool = False, exact_restore: bool = False,
-              workers: int | None = None, objective: str = "loss", **options) -> MeZORunner:
-    """``fit(..., "mezo", eps=..., n_perturb=..., estimator=..., objective="loss"|"accuracy")``:
-    MeZO on the trainable parameters."""
+              workers: int | None = None, objective: str = "loss", sparse_embedding: bool = True,
+              **options) -> MeZORunner:
+    """``fit(..., "mezo", eps=..., n_perturb=..., estimator=..., objective="loss"|"accuracy",
+    sparse_embedding=True)``: MeZO on the trainable parameters (see :class:`MeZORunner`)."""
     opt = MeZO(ctx.params(), lr=ctx.lr, eps=eps, weight_decay=weight_decay, n_perturb=n_perturb,
                estimator=estimator, one_sided=one_sided, seed=ctx.seed, exact_restore=exact_restore,
                workers=workers, **options)
-    return MeZORunner(ctx, opt, objective=objective)
+    return MeZORunner(ctx, opt, objective=objective, sparse_embedding=sparse_embedding)
 
 
 def make_mezo_accuracy(ctx, **options) -> MeZORunner:
