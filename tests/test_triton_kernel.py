@@ -233,3 +233,43 @@ def test_bad_arguments_are_refused(monkeypatch):
         T.axpz_(p, 0, 1.0, torch.tensor(1.0))
     with pytest.raises(TypeError, match="s must be a Python float"):
         T.add_twice_(p, 0, "0.1")
+
+
+def test_z_is_tritons_randn4x_stream():
+    """The kernel's Philox + Box–Muller is tl.randn4x's, element i taking output
+    (i // 256) % 4 of counter (i // 1024)·256 + i % 256. Checked in a fresh interpreter,
+    where TRITON_INTERPRET is set before triton is imported (so tl.randn4x can run)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os
+        os.environ["TRITON_INTERPRET"] = "1"
+        import torch, triton, triton.language as tl
+        from zoedu.optim import _triton as T
+
+        @triton.jit
+        def four(out_ptr, seed, N: tl.constexpr):
+            c = tl.arange(0, N).to(tl.int64) + (1 << 32) - 300  # counters across 2**32
+            z0, z1, z2, z3 = tl.randn4x(seed, c)
+            r = tl.arange(0, N)
+            tl.store(out_ptr + r, z0)
+            tl.store(out_ptr + N + r, z1)
+            tl.store(out_ptr + 2 * N + r, z2)
+            tl.store(out_ptr + 3 * N + r, z3)
+
+        seed = (1 << 62) + 12345
+        lib = torch.empty(4, 1024)
+        four[(1,)](lib, seed, N=1024)
+        start = (1 << 32) - 300  # a counter; its group starts at element 4 * start
+        ours = torch.empty(5 * 1024)
+        T.randn_(ours, seed, offset=4 * start - 4 * (start % 256))
+        ours = ours.view(5, 4, 256).permute(1, 0, 2).reshape(4, -1)[:, start % 256:start % 256 + 1024]
+        assert torch.equal(ours, lib), (ours - lib).abs().max()
+        print("ok")
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
