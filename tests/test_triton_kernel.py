@@ -117,7 +117,7 @@ def test_axpz_matches_reference_bitwise(device, dtype):
         out = T.axpz_(p, seed, a, b)
         assert out is p
         assert torch.equal(p, fma_ref(p0, z, a, b)), (dtype, a, b)
-    if dtype == torch.float32:  # the arithmetic of torch's add_ on CPU: exactly the torch path
+    if dtype == torch.float32 and device.type == "cpu":  # torch's add_ on CPU is this fma
         p = p0.clone()
         T.axpz_(p, seed, 1.0, 1e-3)
         assert torch.equal(p, p0.clone().add_(z, alpha=1e-3))
@@ -172,7 +172,7 @@ def test_in_place_and_zero_size(device, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lr0_round_trips_drift_no_more_than_the_torch_path(device, dtype):
     """MeZO's lr = 0 step, θ + εz, −εz twice, +εz, over 10 steps; against the same passes
-    done with torch's ``add_`` on the same z (the CPU Perturber's arithmetic)."""
+    done with torch's ``add_`` on the same z (the Perturber's arithmetic)."""
     torch.manual_seed(3)
     n, eps = 2048, 1e-3
     theta = (torch.randn(n) * 0.05).to(device=device, dtype=dtype)
@@ -190,8 +190,8 @@ def test_lr0_round_trips_drift_no_more_than_the_torch_path(device, dtype):
         return (d != 0).double().mean().item(), d.pow(2).mean().sqrt().item()
 
     (f_k, rms_k), (f_r, rms_r) = drift(kern), drift(ref)
-    if dtype == torch.float32:
-        assert torch.equal(kern, ref)  # the same fma arithmetic as torch's add_
+    if dtype == torch.float32 and device.type == "cpu":
+        assert torch.equal(kern, ref)  # the same fma arithmetic as torch's add_ on CPU
     # bf16/fp16: torch rounds alpha = ε to the dtype, the kernel keeps it in fp32
     assert f_k <= 1.1 * f_r + 0.005, (f_k, f_r)
     assert rms_k <= 1.2 * rms_r, (rms_k, rms_r)

@@ -4,8 +4,8 @@ MeZO's passes (``θ ± εz``, the fused restore + update) are memory-bound: the 
 draws ``z`` into a buffer and then reads it back, so every pass moves the weights twice
 and ``z`` twice. These kernels make each pass *one read and one write of the weights*:
 the normals are generated in registers from a counter-based generator (Philox 4×32-10
-and Box–Muller, the algorithm of Triton's ``tl.randn4x``), combined with the weights in fp32 registers and stored back in
-place. Nothing but the weights touches memory.
+and Box–Muller, the algorithm of Triton's ``tl.randn4x``), combined with the weights in
+fp32 registers and stored back in place. Nothing but the weights touches memory.
 
 The direction. Element ``i`` of a tensor (plus ``offset``, see below) gets the normal
 
