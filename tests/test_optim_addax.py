@@ -73,7 +73,7 @@ def test_alpha_one_is_mezo_on_the_long_part(tiny):
         zo, _ = closures(task, model, b, None)
         opt.step(zo, None)
     ref = make()
-    mezo = MeZO(ref.parameters(), lr=1e-3, eps=1e-3, seed=4)
+    mezo = MeZO(ref.parameters(), lr=1e-3, eps=1e-3, seed=4, exact_restore=False)  # Addax: two round trips
     for b in steps:
         mezo.step(lambda b=b: task.loss(ref, b))
     assert all(torch.equal(a, b) for a, b in zip(snap(model), snap(ref)))

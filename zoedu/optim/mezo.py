@@ -30,17 +30,23 @@ index, the projected gradients and the learning rates, from which :func:`replay`
 rebuilds the fine-tuned weights from the base weights. The log is in ``state_dict()``.
 
 Exactness. A perturbation pass rounds: the paper's ``fl(fl(fl(θ + εz) − 2εz) + εz)``
-differs from θ in the last bit for about 46 % of elements, whatever the precision. Line 7
-is done here as two rounded steps of −εz on each cached stream (same pass, same draws),
-so the round trip is two simple ones, ``fl(fl(θ + δ) − δ)``, which are exact except where
-a weight moves into a coarser binade: ≈ 8 % of elements move by an ulp, with a 6× smaller
-RMS error. No in-place scheme can do better without storing information: ``x ↦ fl(x + δ)``
-is not injective where it crosses into a coarser binade, so the lost bits are gone. ``exact_restore=True``
-keeps the low byte of every weight (one byte per parameter, plus the rare element whose
-round trip lands more than 127 units in the last place away, kept by value) and restores
-bit for bit; the default keeps nothing and drifts by a few units in the last place per
-step (measured in ``benchmarks/README.md``). :func:`replay` reproduces a run bit for bit
-either way, because it replays the same passes.
+differs from θ in the last bit for about 46 % of elements, whatever the precision, and no
+in-place scheme can undo every rounding without storing something: ``x ↦ fl(x + δ)`` is not
+injective where x moves into a coarser binade, so bits are lost there. What must be stored
+is small, though. ``θ + εz`` crosses one binade for a few per cent of the weights, and
+then ``fl(fl(θ + εz) − εz)`` is one unit in the last place (ulp) from θ, on the side of the
+exact ``fl(θ + εz) − εz``; θ's last bit says whether to take that step. So the exact mode
+keeps each weight's last bit (packed: one byte per eight weights, 1/32 of fp32 weights),
+recovers θ from ``θ ± εz`` with a few elementwise operations, and keeps by value only the
+weights it cannot recover that way — about 1–2 % of a transformer's, those smaller than
+about |εz| — found by running the recovery itself before perturbing. Restoration is then
+bit for bit, in every precision. It is the default for float32 parameters
+(``exact_restore=None``); bfloat16/float16 weights default to a cheaper scheme that stores
+nothing: line 7 is done as two rounded steps of −εz on each cached stream, so the round trip
+is two simple ones, ``fl(fl(θ + δ) − δ)``, exact except where a weight moves into a coarser
+binade (≈ 8 % of elements move by an ulp, with a 6× smaller RMS error than the paper's).
+Both are measured in ``benchmarks/README.md``. :func:`replay` reproduces a run bit for bit
+either way.
 """
 
 from __future__ import annotations
@@ -138,8 +144,17 @@ class _UpdateRule:
         last = len(seeds) - 1
 
         def run(v: torch.Tensor, zgen, s: Stream) -> None:
+            z_last = None  # z of the restore, reused by the update (one draw per pass)
             if restore is not None:  # line 9, fused: θ ← θ + εz (two-sided) / θ − εz (one-sided)
-                v.add_(zgen(restore[0]), alpha=restore[1])
+                seed, scale = restore[0], restore[1]
+                keeper = restore[2] if len(restore) > 2 else None
+                z_last = zgen(seed, 0)
+                if keeper is None:
+                    v.add_(z_last, alpha=scale)
+                else:                # exact: back to θ bit for bit
+                    keeper.recover((s.param_index, s.chunk_index), v, z_last, -scale)
+                if seed != seeds[last]:
+                    z_last = None
             g_index = self.group_of[s.param_index]
             lr, wd = lrs[g_index], wds[g_index]
             p = self.params[s.param_index]
@@ -149,10 +164,10 @@ class _UpdateRule:
                     return
                 if decay:
                     v.mul_(1 - lr * wd)
-                v.add_(zgen(seeds[0]), alpha=-lr * grads[0])
+                v.add_(zgen(seeds[0]) if z_last is None else z_last, alpha=-lr * grads[0])
                 return
             # ĝ = (1/n) Σ_j g_j z_j   (n-SPSA, Definition 1)
-            ghat = zgen(seeds[last], 0).mul_(grads[last] / n)
+            ghat = (zgen(seeds[last], 0) if z_last is None else z_last).mul_(grads[last] / n)
             for j in range(last):
                 ghat.add_(zgen(seeds[j], 1), alpha=grads[j] / n)
             if est == "adam":
@@ -191,49 +206,93 @@ def _write_state(t: torch.Tensor, s: Stream, value: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------- exact restore
-class _LowByteKeeper:
-    """Bit-exact restoration: keep each weight's low byte, recover the rest from the round trip.
+_INT_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16,
+           torch.float64: torch.int64}
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
 
-    After ``θ → fl(fl(fl(θ+εz) − 2εz) + εz) = θ̃`` the result is within a few units in the
-    last place (ulp) of θ; θ is the float nearest to θ̃ whose bit pattern has θ's low byte.
-    Elements whose round trip ends ≥ 128 ulp away (tiny weights under a large ε) are kept
-    by value. Costs one byte per parameter (plus those rare elements) while a step runs.
+
+def _bits(v: torch.Tensor) -> torch.Tensor:
+    dt = _INT_OF.get(v.dtype)
+    if dt is None:
+        raise ValueError(f"exact restoration supports float32/bfloat16/float16/float64 weights, not {v.dtype}")
+    return v.view(dt)
+
+
+def _recover(v: torch.Tensor, z: torch.Tensor, a: float, parity: torch.Tensor) -> torch.Tensor:
+    """θ from ``v = fl(θ + a z)`` and θ's last bit: the parity-bit inversion.
+
+    ``r = fl(v − a z)`` is θ unless ``θ + a z`` rounded into a coarser binade; it then lies
+    one unit in the last place (ulp) from θ at most — if θ's binade was crossed once —
+    and on the side of the exact ``x = v − a z``. ``w = v − r`` is exact (Sterbenz), so the
+    sign of ``w − a z`` is the sign of ``x − r``: where r's last bit is not θ's, step one ulp
+    that way. Elements this cannot recover (more than one binade crossed, a sign change,
+    a tie) are found beforehand by running this very function (:meth:`_ParityKeeper.save`).
+    """
+    r = v.add(z, alpha=-a)
+    c = v.sub(r).add_(z, alpha=-a)                       # fl(w − a z): its sign is that of x − r
+    rb = _bits(r)
+    off = (rb & 1).to(torch.uint8).ne_(parity)           # last bit differs from θ's
+    step = torch.sign(c).mul_(torch.sign(r)).to(rb.dtype)  # ±1 ulp toward x, in bit-pattern order
+    rb.add_(step.mul_(off))
+    return r
+
+
+class _ParityKeeper:
+    """Bit-exact restoration for one byte per eight weights (plus the rare exception).
+
+    Before θ is perturbed, keep each weight's last mantissa bit (packed, 1/32 of fp32
+    weights) and simulate :func:`_recover` from each perturbed state the step will
+    restore from (θ + εz, and θ − εz when two-sided); the few elements it would get wrong —
+    about 1 % of a transformer's weights, those smaller than about |εz| — are kept by
+    value. Restoration then returns θ bit for bit. Scratch: one chunk of temporaries.
     """
 
     def __init__(self):
-        self.low: dict[int, torch.Tensor] = {}
-        self.exceptions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.parity: dict = {}
+        self.exceptions: dict = {}
 
-    @staticmethod
-    def _bits(v: torch.Tensor) -> torch.Tensor:
-        if v.dtype == torch.float32:
-            return v.view(torch.int32)
-        if v.dtype in (torch.bfloat16, torch.float16):
-            return v.view(torch.int16)
-        if v.dtype == torch.float64:
-            return v.view(torch.int64)
-        raise ValueError(f"exact_restore supports float32/bfloat16/float16/float64 weights, not {v.dtype}")
+    def save(self, key, v: torch.Tensor, z: torch.Tensor, states: Sequence[float]) -> None:
+        bits = _bits(v)
+        n = v.numel()
+        low = (bits.reshape(-1) & 1).to(torch.uint8)
+        pad = (-n) % 8
+        if pad:
+            low = torch.cat([low, low.new_zeros(pad)])
+        self.parity[key] = (low.view(-1, 8) << _SHIFTS.to(low.device)).sum(1, dtype=torch.uint8)
+        parity = self._unpack(key, n).view(v.shape)
+        bad = None
+        for a in states:
+            got = _bits(_recover(v.add(z, alpha=a), z, a, parity))
+            miss = got.ne(bits)
+            bad = miss if bad is None else bad.logical_or_(miss)
+        if bool(bad.any()):
+            idx = bad.reshape(-1).nonzero().squeeze(1)
+            self.exceptions[key] = (idx.to(torch.int16 if n <= 32768 else torch.int64), v.reshape(-1)[idx])
+        else:
+            self.exceptions.pop(key, None)
 
-    def save(self, key: int, v: torch.Tensor, roundtrip: torch.Tensor) -> None:
-        bits = self._bits(v)
-        self.low[key] = (bits & 0xFF).to(torch.uint8)
-        far = (self._bits(roundtrip).long() - bits.long()).abs() >= 128
-        if bool(far.any()):
-            idx = far.flatten().nonzero().squeeze(1)
-            self.exceptions[key] = (idx, v.flatten()[idx])
+    def _unpack(self, key, n: int) -> torch.Tensor:
+        packed = self.parity[key]
+        return ((packed.unsqueeze(1) >> _SHIFTS.to(packed.device)) & 1).reshape(-1)[:n]
 
-    def restore(self, key: int, v: torch.Tensor) -> None:
-        """``v`` holds the round-tripped weights; put back the exact ones, in place."""
-        bits = self._bits(v)
-        low = self.low.pop(key).to(bits.dtype)
-        # ordered integer keys are monotone in value only for one sign; work per sign on the
-        # magnitude bits, which are monotone in |x|: the correction keeps the sign bit.
-        diff = (low - (bits & 0xFF)) & 0xFF           # in [0, 255]
-        diff = torch.where(diff >= 128, diff - 256, diff)  # nearest: in [-128, 127]
-        bits.add_(diff.to(bits.dtype))
+    def recover(self, key, v: torch.Tensor, z: torch.Tensor, a: float) -> None:
+        """``v`` holds ``fl(θ + a z)``: put θ back, bit for bit, in place."""
+        r = _recover(v, z, a, self._unpack(key, v.numel()).view(v.shape))
+        v.copy_(r)
         if key in self.exceptions:
-            idx, val = self.exceptions.pop(key)
-            v[torch.unravel_index(idx, v.shape)] = val
+            idx, val = self.exceptions[key]
+            v.view(-1)[idx.long()] = val
+
+    def adopt(self) -> None:
+        """Copy what worker threads allocated in the calling thread (so memory.measure sees it)."""
+        self.parity = {k: t.clone() for k, t in self.parity.items()}
+        self.exceptions = {k: (i.clone(), v.clone()) for k, (i, v) in self.exceptions.items()}
+
+    @property
+    def nbytes(self) -> int:
+        return (sum(t.numel() for t in self.parity.values())
+                + sum(i.numel() * i.element_size() + v.numel() * v.element_size()
+                      for i, v in self.exceptions.values()))
 
 
 # --------------------------------------------------------------------------- the optimizer
@@ -259,8 +318,11 @@ class MeZO(torch.optim.Optimizer):
         momentum: heavy-ball coefficient of ``estimator="momentum"``.
         betas, adam_eps: Adam's coefficients for ``estimator="adam"``.
         seed: seeds every direction: step t, direction j uses ``direction_seed(seed, t, j)``.
-        exact_restore: restore the weights bit for bit after the ± passes (costs one byte
-            per parameter while a step runs; see the module docstring).
+        exact_restore: restore the weights bit for bit after the ± passes (one bit per
+            perturbed weight while a step runs, plus ~1 % of the weights by value; see the module
+            docstring). Default ``None``: exact when every parameter is float32; bfloat16 and
+            float16 weights then use the cheaper two-round-trip scheme (drift measured in
+            benchmarks/README.md).
         workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
     """
 
@@ -269,7 +331,7 @@ class MeZO(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, weight_decay: float = 0.0,
                  n_perturb: int = 1, estimator: str = "sgd", one_sided: bool = False,
                  momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-                 seed: int = 0, exact_restore: bool = False, workers: int | None = None,
+                 seed: int = 0, exact_restore: bool | None = None, workers: int | None = None,
                  chunk: int = CHUNK):
         _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas, adam_eps)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
@@ -279,7 +341,7 @@ class MeZO(torch.optim.Optimizer):
         self.one_sided = bool(one_sided)
         self.momentum, self.betas, self.adam_eps = float(momentum), tuple(betas), float(adam_eps)
         self.seed = int(seed)
-        self.exact_restore = bool(exact_restore)
+        self.exact_restore = None if exact_restore is None else bool(exact_restore)
         self.workers, self.chunk = workers, int(chunk)
         self.step_count = 0       # steps taken (the t in the direction seeds)
         self.update_count = 0     # updates applied (Adam's bias-correction t)
@@ -376,14 +438,15 @@ class MeZO(torch.optim.Optimizer):
 
         rule = self._rule()
         rule.prepare()  # optimizer state is made before the forwards (and counted as such)
-        keeper = _LowByteKeeper() if self.exact_restore else None
+        keeper = _ParityKeeper() if self._exact() else None
         base = evaluate() if self.one_sided else None
         if base is not None and not math.isfinite(base):
             return self._skip(t, _SKIP_BASE, base, grads)
         for j, s in enumerate(seeds):
             if keeper is not None:
-                self._save_low_bytes(keeper, s, streams)
-            self._perturb(s, eps, streams)                          # θ + εz        (line 5)
+                self._perturb_keeping(keeper, s, streams)           # θ + εz, θ's last bits kept
+            else:
+                self._perturb(s, eps, streams)                      # θ + εz        (line 5)
             plus = evaluate()                                       # ℓ₊            (line 6)
             if not math.isfinite(plus):
                 self._restore(keeper, s, -eps, streams)
@@ -392,7 +455,7 @@ class MeZO(torch.optim.Optimizer):
                 grads.append((plus - base) / eps)
                 losses.append(base)
             else:
-                self.perturber.add_twice(s, -eps, streams)          # θ − εz        (line 7)
+                self._flip(keeper, s, streams)                      # θ − εz        (line 7)
                 minus = evaluate()                                  # ℓ₋            (line 8)
                 if not math.isfinite(minus):
                     self._restore(keeper, s, eps, streams)
@@ -404,44 +467,54 @@ class MeZO(torch.optim.Optimizer):
         self.update_count += 1
         lrs = [float(g["lr"]) for g in self.param_groups]
         wds = [float(g["weight_decay"]) for g in self.param_groups]
-        if keeper is None:  # restore (line 9) fused with the update (lines 11–15): one pass
-            self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
-                                           restore=(seeds[-1], restore_scale)), slots=2, streams=streams)
-        else:
-            self._restore(keeper, seeds[-1], restore_scale, streams)
-            self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count, restore=None), slots=2,
-                               streams=streams)
+        # restore (line 9) fused with the update (lines 11–15): one pass, one draw of z
+        self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
+                                       restore=(seeds[-1], restore_scale, keeper)), slots=2, streams=streams)
         self._record(t, _OK, grads, lrs)
         return float(losses[0] if self.one_sided else sum(losses) / n)
 
-    def _save_low_bytes(self, keeper: _LowByteKeeper, seed: int, streams) -> None:
-        """Exact mode: before the ± passes, remember θ's low bytes (and far-off elements)."""
-        eps, one = self.eps, self.one_sided
+    def _exact(self) -> bool:
+        """Whether this step restores bit for bit: ``exact_restore``, or by default (None)
+        when every parameter is float32."""
+        if self.exact_restore is not None:
+            return self.exact_restore
+        return all(p.dtype == torch.float32 for g in self.param_groups for p in g["params"])
+
+    def _perturb_keeping(self, keeper: _ParityKeeper, seed: int, streams) -> None:
+        """Line 5 in exact mode: keep θ's last bits (and the rare exceptions), then θ + εz."""
+        eps = self.eps
+        states = (eps,) if self.one_sided else (eps, -eps)
 
         def kernel(v, zgen, s):
             z = zgen(seed)
-            trip = v.clone()  # the round trip, with the very operations the passes will use
-            trip.add_(z, alpha=eps)
-            if not one:
-                trip.add_(z, alpha=-eps)
-                trip.add_(z, alpha=-eps)
-                trip.add_(z, alpha=eps)
-            else:
-                trip.add_(z, alpha=-eps)
-            keeper.save((s.param_index, s.chunk_index), v, trip)
+            keeper.save((s.param_index, s.chunk_index), v, z, states)
+            v.add_(z, alpha=eps)
 
-        self.perturber.run(kernel, serial=True, streams=streams)
+        self.perturber.run(kernel, streams=streams)
+        keeper.adopt()
 
-    def _restore(self, keeper: _LowByteKeeper | None, seed: int, scale: float, streams) -> None:
+    def _flip(self, keeper: _ParityKeeper | None, seed: int, streams) -> None:
+        """Line 7, θ + εz → θ − εz: exactly back to θ then −εz (exact mode), or two rounded
+        steps of −εz (see the module docstring)."""
+        if keeper is None:
+            self.perturber.add_twice(seed, -self.eps, streams)
+            return
+        eps = self.eps
+
+        def kernel(v, zgen, s):
+            z = zgen(seed)
+            keeper.recover((s.param_index, s.chunk_index), v, z, eps)
+            v.add_(z, alpha=-eps)
+
+        self.perturber.run(kernel, streams=streams)
+
+    def _restore(self, keeper: _ParityKeeper | None, seed: int, scale: float, streams) -> None:
+        """Undo ``+(-scale)·z``: add ``scale·z`` (rounding), or recover θ exactly (exact mode)."""
         if keeper is None:
             self._perturb(seed, scale, streams)
             return
-
-        def kernel(v, zgen, s):
-            v.add_(zgen(seed), alpha=scale)
-            keeper.restore((s.param_index, s.chunk_index), v)
-
-        self.perturber.run(kernel, serial=True, streams=streams)
+        self.perturber.run(lambda v, zgen, s: keeper.recover((s.param_index, s.chunk_index), v, zgen(seed),
+                                                             -scale), streams=streams)
 
     def _skip(self, t: int, status: int, loss: float, grads: list[float]) -> float:
         """A NaN/inf loss: the weights are already restored; skip the update, warn, count."""
@@ -467,7 +540,7 @@ class MeZO(torch.optim.Optimizer):
         return {
             "seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
             "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
-            "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self.exact_restore,
+            "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact(),
             "weight_decay": [float(g["weight_decay"]) for g in self.param_groups],
             "group_of": torch.tensor(group_of, dtype=torch.int32),
             "step": torch.tensor(self._log["step"], dtype=torch.int64),
@@ -713,7 +786,7 @@ class MeZORunner:
 
 
 def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: int = 1,
-              estimator: str = "sgd", one_sided: bool = False, exact_restore: bool = False,
+              estimator: str = "sgd", one_sided: bool = False, exact_restore: bool | None = None,
               workers: int | None = None, objective: str = "loss", sparse_embedding: bool = True,
               **options) -> MeZORunner:
     """``fit(..., "mezo", eps=..., n_perturb=..., estimator=..., objective="loss"|"accuracy",
