@@ -230,3 +230,28 @@ def test_choose_threshold_with_the_real_estimate(tiny):
     assert addax_module.choose_threshold(model, task, large, k1=8) == int(lengths[-1])
     mid = addax_module.choose_threshold(model, task, (small + large) / 2, k1=8)
     assert lengths[0] <= mid <= lengths[-1]
+
+
+# --------------------------------------------------------------------------- sparse embeddings
+def test_sparse_embedding_gradients_change_nothing_but_memory(tiny):
+    """The first-order pass gets the embedding's gradient as rows: same weights, lower peak."""
+    from zoedu.memory import measure
+
+    task, make = tiny
+    zo_batch, fo_batch = batches(task, 2, 6, seed=7)
+    out, feet = {}, {}
+    for sparse in (False, True):
+        model = make()
+        layouts = []
+        model.get_input_embeddings().weight.register_post_accumulate_grad_hook(
+            lambda p: layouts.append(p.grad.layout))
+        opt = Addax(model.parameters(), lr=0.05, alpha=0.3, weight_decay=0.1, seed=3, sparse_embeddings=sparse)
+        zo, fo = closures(task, model, zo_batch, fo_batch)
+        feet[sparse] = measure(lambda: opt.step(zo, fo), model=model, optimizer=opt)
+        opt.step(zo, fo)
+        assert layouts == [torch.sparse_coo if sparse else torch.strided] * 2
+        assert model.get_input_embeddings().sparse is False
+        out[sparse] = snap(model)
+    assert all(torch.equal(a, b) for a, b in zip(out[True], out[False]))  # bit for bit
+    emb = make().get_input_embeddings().weight
+    assert feet[True].total < feet[False].total - 0.5 * emb.numel() * emb.element_size()

@@ -22,7 +22,12 @@ and the step mixes them (Algorithm 1, update line)::
 estimate doubles as a regulariser (§4). Both estimates are taken at the same θ: the
 perturbation is undone before the first-order pass, and the zeroth-order term of each
 parameter is added inside that parameter's backward hook, right after its first-order
-update (so ``z`` is re-drawn four times per step, and no full gradient ever exists).
+update (so ``z`` is re-drawn four times per step, and no full gradient ever exists). The
+first-order pass is IP-SGD's machinery (:class:`zoedu.optim.ipsgd.InPlaceUpdates`); with
+``sparse_embeddings=True`` a trained embedding's gradient arrives as the batch's rows only
+(``sparse=True`` for the pass), so Addax's peak memory is MeZO's plus the short part's
+activations instead of MeZO's plus the whole embedding's gradient. Weight decay
+``θ ← θ(1 − ηλ)`` is applied densely in place to every matrix (no temporary).
 
 *Addax-WA* (the paper's ablation "without assignment") draws both parts from the whole
 training set; :func:`make_addax_wa` is its ``fit`` plug-in.
@@ -41,6 +46,7 @@ import numpy as np
 import torch
 
 from ._perturb import CHUNK, Perturber
+from .ipsgd import InPlaceUpdates, add_gradient_
 from .mezo import _UpdateRule, _decays, _scalar, direction_seed
 
 #: Default mixing weight α of the zeroth-order term. ``α g⁰ z`` has a variance that grows
@@ -100,10 +106,13 @@ class Addax(torch.optim.Optimizer):
         weight_decay: λ (per group), ``θ ← θ − ηλθ``; not on biases and norm weights.
         seed: seeds the directions (step t uses ``direction_seed(seed, t)``, as MeZO).
         workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
+        sparse_embeddings: row-sparse embedding gradients in the first-order pass (see
+            :class:`zoedu.optim.ipsgd.InPlaceUpdates`); default off.
     """
 
     def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, alpha: float = DEFAULT_ALPHA,
-                 weight_decay: float = 0.0, seed: int = 0, workers: int | None = None, chunk: int = CHUNK):
+                 weight_decay: float = 0.0, seed: int = 0, workers: int | None = None, chunk: int = CHUNK,
+                 sparse_embeddings: bool = False):
         if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
         if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
@@ -112,8 +121,7 @@ class Addax(torch.optim.Optimizer):
             raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the weight of the zeroth-order part)")
         if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
-        self._hooks: list = []
-        self._active = False
+        self._inplace = InPlaceUpdates(self._first_order_update, sparse_embeddings=sparse_embeddings)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
         self.eps, self.alpha, self.seed = float(eps), float(alpha), int(seed)
         self.workers, self.chunk = workers, int(chunk)
@@ -132,10 +140,7 @@ class Addax(torch.optim.Optimizer):
         if getattr(self, "step_count", None) is not None:
             raise ValueError("Addax fixes its parameters at construction; pass every group to the constructor")
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        for p in group["params"]:
-            if p.requires_grad:
-                self._hooks.append(p.register_post_accumulate_grad_hook(self._hook_for(group)))
+        self._inplace.watch(self.param_groups[-1])
 
     @property
     def perturber(self) -> Perturber:
@@ -151,19 +156,14 @@ class Addax(torch.optim.Optimizer):
         return (2 if self.alpha > 0 else 0) + (1 if self.alpha < 1 else 0)
 
     # ------------------------------------------------------------------ the in-place parts
-    def _hook_for(self, group: dict) -> Callable:
-        def hook(p: torch.Tensor) -> None:
-            if not self._active:
-                return
-            with torch.no_grad():
-                lr, wd = group["lr"], group["weight_decay"]
-                if lr != 0:
-                    if wd != 0 and _decays(p):
-                        p.mul_(1 - lr * wd)
-                    p.add_(p.grad, alpha=-lr * (1 - self.alpha))           # −η(1−α) g¹
-                p.grad = None
-                self._apply_zo(self._index[id(p)])                       # −η α g⁰ z
-        return hook
+    def _first_order_update(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        """Called by the in-place machinery as soon as backward has ``p``'s gradient ``g¹``."""
+        lr, wd = group["lr"], group["weight_decay"]
+        if lr != 0:
+            if wd != 0 and _decays(p):
+                p.mul_(1 - lr * wd)                                          # −ηλθ
+            add_gradient_(p, grad, -lr * (1 - self.alpha))                   # −η(1−α) g¹
+        self._apply_zo(self._index[id(p)])                                   # −η α g⁰ z
 
     def _apply_zo(self, k: int, decay: bool = False) -> None:
         """Add ``−η α g⁰ z`` to parameter ``k`` (and its decay if no hook did it)."""
@@ -220,14 +220,7 @@ class Addax(torch.optim.Optimizer):
             self._zo_update = (seed, g0)
         # first-order part: updates happen in the hooks during backward
         self._done = set()
-        for p in self._flat:
-            p.grad = None
-        self._active = True
-        try:
-            with torch.enable_grad():
-                fo = fo_closure()
-        finally:
-            self._active = False
+        fo = self._inplace.run(fo_closure)
         fo_loss = _scalar(fo, "fo_closure")
         with torch.no_grad():  # parameters the short batch did not reach still get −η(α g⁰ z + λθ)
             for k in range(len(self._flat)):
@@ -243,9 +236,8 @@ class Addax(torch.optim.Optimizer):
         return loss
 
     def remove_hooks(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+        """Detach the optimizer from its parameters (the hooks stay until this is called)."""
+        self._inplace.remove()
 
 
 # --------------------------------------------------------------------------- threshold
@@ -343,7 +335,7 @@ def _check_k(name: str, value) -> int:
 
 def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = None, k1: int | None = None,
                alpha: float = DEFAULT_ALPHA, eps: float = 1e-3, weight_decay: float = 0.0,
-               workers: int | None = None) -> AddaxRunner:
+               workers: int | None = None, sparse_embeddings: bool = False) -> AddaxRunner:
     """``fit(..., "addax", length_threshold=, k0=, k1=, alpha=)``.
 
     Examples longer than ``length_threshold`` (default: the median training length) form
@@ -359,7 +351,7 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
     long_pool = np.flatnonzero(lengths > length_threshold)
     short_pool = np.flatnonzero(lengths <= length_threshold)
     opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers)
+                workers=workers, sparse_embeddings=sparse_embeddings)
     if alpha > 0 and long_pool.size == 0:
         raise ValueError(f"length_threshold={length_threshold} leaves no training example longer than it "
                          f"(longest: {int(lengths.max())} tokens); lower it")
@@ -372,11 +364,12 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
 
 
 def make_addax_wa(ctx, *, k0: int | None = None, k1: int | None = None, alpha: float = DEFAULT_ALPHA,
-                  eps: float = 1e-3, weight_decay: float = 0.0, workers: int | None = None) -> AddaxRunner:
+                  eps: float = 1e-3, weight_decay: float = 0.0, workers: int | None = None,
+                  sparse_embeddings: bool = False) -> AddaxRunner:
     """``fit(..., "addax-wa")``: Addax without length assignment (both parts from all examples)."""
     everything = np.arange(ctx.task.size("train"))
     opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers)
+                workers=workers, sparse_embeddings=sparse_embeddings)
     k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
     k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
     return AddaxRunner(ctx, opt, everything, everything, k0, k1, None)

@@ -13,6 +13,22 @@ so at most a few parameters' gradients exist at any time (torch's
 parameter uses only its own gradient, and backward never reads a parameter's value after
 its gradient is complete (each parameter's gradient is accumulated after the last
 backward node that uses it has run).
+
+Embeddings. A token embedding's gradient is as large as its weight (MiniLM: 30 522 × 384,
+45 MiB) although a batch touches only the rows of its tokens. With ``sparse_embeddings=True``
+every ``nn.Embedding`` whose weight is being trained runs with ``sparse=True`` during the
+in-place pass (switched on by a forward pre-hook for the duration of the closure, restored
+after), so its gradient
+arrives as the touched rows only; their duplicates are summed in order of occurrence, as the
+dense embedding backward sums them, and the update touches those rows only. With
+``weight_decay = 0`` the result is bit for bit torch.optim.SGD's on CPU. With weight decay,
+SGD decays *every* row (``θ ← θ − η(g + λθ)``, g = 0 on untouched rows); that is kept: the
+untouched rows get ``θ − η(λθ)`` a few thousand rows at a time, so no full-size temporary is
+made, and the result is still bit for bit SGD's on CPU. (Off by default for now:
+:func:`zoedu.memory.estimate` still models IP-SGD's peak with the embedding's whole gradient.)
+
+:class:`InPlaceUpdates` is this machinery (hooks, freeing, sparse embeddings); :class:`IPSGD`
+and :class:`~zoedu.optim.addax.Addax` plug their own per-parameter update rule into it.
 """
 
 from __future__ import annotations
@@ -21,37 +37,103 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
+
+#: Rows of an embedding decayed at a time when its gradient is sparse (bounds the temporary).
+DECAY_ROWS = 4096
 
 
-class IPSGD(torch.optim.Optimizer):
-    """In-place SGD: updates during backward, never holds the full gradient.
+def is_row_sparse(grad: torch.Tensor) -> bool:
+    """Whether ``grad`` is a sparse COO tensor with one sparse dimension (an embedding's)."""
+    return grad.layout == torch.sparse_coo and grad.sparse_dim() == 1
 
-    ``step(closure)``: the closure runs forward **and** backward and returns the loss; the
-    parameters are updated while backward runs. Drop-in for ``torch.optim.SGD(params, lr)``.
+
+def row_gradient(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, values)`` of a row-sparse gradient (sparse COO, one sparse dimension).
+
+    ``rows`` are the distinct rows touched (sorted), ``values[i]`` the gradient of row
+    ``rows[i]``: the entries of a repeated row are summed in order of occurrence, as
+    ``nn.Embedding``'s dense backward sums them on CPU, so the values are bitwise the dense
+    gradient's rows.
+    """
+    if not is_row_sparse(grad):
+        raise ValueError(f"grad must be a sparse COO tensor with one sparse dimension, got layout "
+                         f"{grad.layout} with shape {tuple(grad.shape)}")
+    idx, values = grad._indices()[0], grad._values()
+    if grad.is_coalesced():
+        return idx, values
+    rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+    summed = values.new_zeros((rows.numel(),) + tuple(values.shape[1:]))
+    return rows, summed.index_add_(0, inverse, values)
+
+
+def add_gradient_(p: torch.Tensor, grad: torch.Tensor, alpha: float) -> None:
+    """``p += alpha · grad`` in place, for a dense or a row-sparse ``grad``.
+
+    A row-sparse gradient updates only its rows (no dense copy of it is made); each touched
+    row gets exactly the dense ``add_``'s arithmetic.
+    """
+    if is_row_sparse(grad):
+        rows, values = row_gradient(grad)
+        p.index_add_(0, rows, values, alpha=alpha)
+    else:
+        p.add_(grad if grad.layout == torch.strided else grad.to_dense(), alpha=alpha)
+
+
+def sgd_update_(p: torch.Tensor, grad: torch.Tensor, lr: float, weight_decay: float) -> None:
+    """torch.optim.SGD's step for one parameter, in place: ``p ← p − lr (grad + λ p)``.
+
+    ``grad`` may be row-sparse (an embedding's); every row still decays, as in SGD, and the
+    arithmetic of each element is SGD's, so the result is bitwise equal on CPU.
+    """
+    if not is_row_sparse(grad):
+        if grad.layout != torch.strided:
+            grad = grad.to_dense()
+        if weight_decay != 0:
+            grad = grad.add(p, alpha=weight_decay)  # as torch.optim.SGD does
+        p.add_(grad, alpha=-lr)
+        return
+    if weight_decay == 0:
+        add_gradient_(p, grad, -lr)
+        return
+    rows, values = row_gradient(grad)
+    touched = p.index_select(0, rows)
+    touched.add_(values.add(touched, alpha=weight_decay), alpha=-lr)   # g + λθ on the touched rows
+    for chunk in p.split(DECAY_ROWS):                                  # g = 0 elsewhere: θ − η(λθ)
+        chunk.add_(chunk.mul(weight_decay), alpha=-lr)
+    p.index_copy_(0, rows, touched)
+
+
+class InPlaceUpdates:
+    """Apply ``update(p, grad, group)`` to each parameter the moment backward has
+    accumulated its gradient, then free that gradient (shared by IP-SGD and Addax).
 
     Args:
-        params: parameters or parameter groups.
-        lr: learning rate η (≥ 0; per group).
-        weight_decay: λ (per group), coupled as in ``torch.optim.SGD``.
+        update: called as ``update(p, grad, group)`` under ``torch.no_grad``; ``grad`` is
+            dense, or row-sparse for an embedding (use :func:`add_gradient_` /
+            :func:`sgd_update_`); ``p.grad`` is set to ``None`` right after.
+        sparse_embeddings: run the trained ``nn.Embedding`` modules with ``sparse=True``
+            during :meth:`run` (see the module docstring); default off.
 
-    Backward passes outside :meth:`step` accumulate ``.grad`` as usual.
+    The hooks act only inside :meth:`run`; a backward pass elsewhere accumulates ``.grad``
+    as usual.
     """
 
-    def __init__(self, params: Iterable, lr: float, *, weight_decay: float = 0.0):
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
-        if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
+    def __init__(self, update: Callable[[torch.Tensor, torch.Tensor, dict], None], *,
+                 sparse_embeddings: bool = False):
+        if not isinstance(sparse_embeddings, bool):
+            raise ValueError(f"sparse_embeddings={sparse_embeddings!r} must be True or False")
+        self.update = update
+        self.sparse_embeddings = sparse_embeddings
+        self.params: list[torch.Tensor] = []
         self._hooks: list = []
         self._active = False
-        self.extra_update: Callable | None = None  # called as extra_update(p) after p's update (Addax)
-        super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
 
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+    def watch(self, group: dict) -> None:
+        """Hook every trainable parameter of ``group`` (an optimizer's parameter group)."""
         for p in group["params"]:
             if p.requires_grad:
+                self.params.append(p)
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._hook_for(group)))
 
     def _hook_for(self, group: dict) -> Callable:
@@ -59,42 +141,96 @@ class IPSGD(torch.optim.Optimizer):
             if not self._active:
                 return
             with torch.no_grad():
-                lr, wd = group["lr"], group["weight_decay"]
-                if lr != 0:
-                    grad = p.grad.add(p, alpha=wd) if wd != 0 else p.grad  # as torch.optim.SGD does
-                    p.add_(grad, alpha=-lr)
-                p.grad = None  # freed: the full gradient never exists
-                if self.extra_update is not None:
-                    self.extra_update(p)
+                grad = p.grad
+                p.grad = None  # the optimizer's reference only: the update below reads `grad`
+                self.update(p, grad, group)
         return hook
+
+    def run(self, closure: Callable):
+        """Run ``closure`` (forward + backward) with the in-place updates switched on."""
+        for p in self.params:  # a gradient left over from outside the step is not ours
+            p.grad = None
+        switched: list[nn.Embedding] = []
+        handle = None
+        if self.sparse_embeddings:
+            mine = {id(p) for p in self.params}
+
+            def to_sparse(module, args):
+                if isinstance(module, nn.Embedding) and not module.sparse and id(module.weight) in mine:
+                    module.sparse = True
+                    switched.append(module)
+
+            handle = nn.modules.module.register_module_forward_pre_hook(to_sparse)
+        self._active = True
+        try:
+            with torch.enable_grad():
+                return closure()
+        finally:
+            self._active = False
+            if handle is not None:
+                handle.remove()
+            for module in switched:
+                module.sparse = False
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self.params.clear()
+
+
+class IPSGD(torch.optim.Optimizer):
+    """In-place SGD: updates during backward, never holds the full gradient.
+
+    ``step(closure)``: the closure runs forward **and** backward and returns the loss; the
+    parameters are updated while backward runs. Drop-in for ``torch.optim.SGD(params, lr)``
+    (bitwise the same weights on CPU, sparse embedding gradients included).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate η (≥ 0; per group).
+        weight_decay: λ (per group), coupled as in ``torch.optim.SGD`` (every row decays).
+        sparse_embeddings: run the trained ``nn.Embedding`` modules with ``sparse=True``
+            during the step, so an embedding's gradient is only the rows the batch uses
+            (default off).
+
+    Backward passes outside :meth:`step` accumulate ``.grad`` as usual.
+    """
+
+    def __init__(self, params: Iterable, lr: float, *, weight_decay: float = 0.0, sparse_embeddings: bool = False):
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
+        if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
+        self._inplace = InPlaceUpdates(self._update, sparse_embeddings=sparse_embeddings)
+        super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._inplace.watch(self.param_groups[-1])
+
+    @staticmethod
+    def _update(p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        if group["lr"] != 0:
+            sgd_update_(p, grad, group["lr"], group["weight_decay"])
 
     def step(self, closure: Callable | None = None):
         """Run ``closure`` (forward + backward) with the in-place updates switched on."""
         if closure is None:
             raise ValueError("IPSGD.step needs a closure that runs forward and backward and returns "
                              "the loss: the update happens during backward")
-        for group in self.param_groups:  # a gradient left over from outside step() is not ours
-            for p in group["params"]:
-                p.grad = None
-        self._active = True
-        try:
-            with torch.enable_grad():
-                loss = closure()
-        finally:
-            self._active = False
-        return loss
+        return self._inplace.run(closure)
 
     def remove_hooks(self) -> None:
         """Detach the optimizer from its parameters (the hooks stay until this is called)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+        self._inplace.remove()
 
 
 # --------------------------------------------------------------------------- fit plug-in
-def make_ipsgd(ctx, *, weight_decay: float = 0.0):
+def make_ipsgd(ctx, *, weight_decay: float = 0.0, sparse_embeddings: bool = False):
     """``fit(..., "ipsgd")``: in-place SGD on the trainable parameters, driven like any
     first-order optimizer (one forward, one backward per step; the hooks free each gradient)."""
     from ..train import FirstOrderRunner
 
-    return FirstOrderRunner(ctx, IPSGD(ctx.params(), lr=ctx.lr, weight_decay=weight_decay))
+    return FirstOrderRunner(ctx, IPSGD(ctx.params(), lr=ctx.lr, weight_decay=weight_decay,
+                                       sparse_embeddings=sparse_embeddings))
