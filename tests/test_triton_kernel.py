@@ -198,6 +198,72 @@ def test_lr0_round_trips_drift_no_more_than_the_torch_path(device, dtype):
     assert f_k < 0.25  # round trips are exact for most weights
 
 
+# ---------------------------------------------------------------------------- many tensors, one launch
+def test_tensor_keys_are_mix_seed():
+    assert T.tensor_keys(5, 4, 2) == [mix_seed(5, 2 + k, 0) for k in range(4)]
+    big = mix_seed(123)
+    assert T.tensor_keys(big, 3) == [mix_seed(big, k, 0) for k in range(3)]
+    assert T.tensor_keys(1, 0) == []
+    with pytest.raises(ValueError, match="count and start_index must be non-negative"):
+        T.tensor_keys(1, -1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_foreach_equals_the_per_tensor_kernels(device, dtype):
+    torch.manual_seed(4)
+    shapes = [(10,), (0,), (1024,), (3, 700), (1,), (2049,)]
+    ps = [(torch.randn(s) * 0.05).to(device=device, dtype=dtype) for s in shapes]
+    ref = [p.clone() for p in ps]
+    keys = T.tensor_keys(mix_seed(77), len(ps))
+    f = T.Foreach(ps)
+    a = [1 - 1e-3 if p.dim() >= 2 else 1.0 for p in ps]  # MeZO: weight decay on matrices only
+    f.axpz_(keys, a, 1e-3)
+    for p, k, ak in zip(ref, keys, a):
+        T.axpz_(p, k, ak, 1e-3)
+    assert all(torch.equal(x, y) for x, y in zip(ps, ref))
+    f.add_twice_(keys, -1e-3)
+    for p, k in zip(ref, keys):
+        T.add_twice_(p, k, -1e-3)
+    assert all(torch.equal(x, y) for x, y in zip(ps, ref))
+    f.randn_(torch.tensor(keys, dtype=torch.int64, device=device))  # keys as a device tensor
+    assert all(torch.equal(x, z_of(x.numel(), k, device, dtype).view(x.shape)) for x, k in zip(ps, keys))
+
+
+def test_foreach_follows_a_replaced_storage(device):
+    p, q = torch.zeros(300, device=device), torch.zeros(5000, device=device)
+    f = T.Foreach([p, q])
+    f.randn_([1, 2])
+    old = q.data
+    q.data = torch.zeros(7000, device=device)  # new storage, new size
+    f.randn_([1, 2])
+    assert torch.equal(q, z_of(7000, 2, device)) and torch.equal(old, z_of(5000, 2, device))
+
+
+def test_foreach_bad_arguments(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    a, b = torch.zeros(4), torch.zeros(4)
+    with pytest.raises(ValueError, match="non-empty list"):
+        T.Foreach([])
+    with pytest.raises(ValueError, match="share one dtype and device"):
+        T.Foreach([a, b.half()])
+    with pytest.raises(ValueError, match=r"tensors\[1\] must be contiguous"):
+        T.Foreach([a, torch.zeros(3, 3).t()])
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        T.Foreach([a.double()])
+    f = T.Foreach([a, b])
+    with pytest.raises(ValueError, match=r"one seed per tensor \(2\), got 1"):
+        f.randn_([1])
+    with pytest.raises(ValueError, match=r"a must be a float or one float per tensor \(2\), got 3"):
+        f.axpz_([1, 2], [1.0, 1.0, 1.0], 0.1)
+    with pytest.raises(TypeError, match="s must be a float or one float per tensor"):
+        f.add_twice_([1, 2], "x")
+    with pytest.raises(ValueError, match=r"int64 of shape \(2,\)"):
+        f.randn_(torch.zeros(2, dtype=torch.int32))
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="need CUDA tensors"):
+        f.randn_([1, 2])
+
+
 # ---------------------------------------------------------------------------- the API
 def test_available(monkeypatch):
     cpu = torch.zeros(3)

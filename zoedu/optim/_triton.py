@@ -122,17 +122,56 @@ def philox_key(seed: int) -> int:
 
 
 if triton is not None:
-    def _body(p_ptr, n, offset, seed, a, b, MODE: tl.constexpr, KIND: tl.constexpr, RUN_: tl.constexpr):
+    def _body(p_ptr, n, offset, seed, a, b, table, coefs, n_tensors,
+              MODE: tl.constexpr, KIND: tl.constexpr, RUN_: tl.constexpr,
+              FOREACH: tl.constexpr, LOG_T: tl.constexpr):
         """One program: one 1024-element group of the counter space (see module docstring).
 
         ``MODE``: 0 randn, 1 axpz, 2 add_twice. ``KIND``: 0 fp32, 1 bf16, 2 fp16.
+        ``FOREACH``: the program's tensor, its key, size and coefficients come from
+        ``table`` (int64 rows: addresses, sizes, keys, first program of each tensor) and
+        ``coefs`` (fp32 rows: a, b), found by a binary search of ``LOG_T`` steps; else
+        from the scalar arguments (one tensor, counters shifted by ``offset``).
         bf16 is widened and rounded (to nearest, ties to even) with integer operations, not
         ``.to()``: Triton's interpreter truncates fp32 → bf16, the GPU rounds; the bit
         operations give torch's rounding on both. Wrapped with ``triton.jit`` on first use.
         """
         GROUP_: tl.constexpr = 4 * RUN_
-        # the group of global element indices this program covers; p[k] is global element offset + k
-        group = tl.program_id(0).to(tl.int64) + offset // GROUP_
+        pid = tl.program_id(0).to(tl.int64)
+        if FOREACH:
+            stride = n_tensors + 1
+            lo = pid * 0
+            hi = lo + n_tensors  # invariant: first[lo] <= pid < first[hi]
+            for _ in tl.static_range(LOG_T):
+                mid = (lo + hi) // 2
+                go = tl.load(table + 3 * stride + mid) <= pid
+                lo = tl.where(go, mid, lo)
+                hi = tl.where(go, hi, mid)
+            address = tl.load(table + lo)
+            if KIND == 0:
+                base = address.to(tl.pointer_type(tl.float32))
+            elif KIND == 1:
+                base = address.to(tl.pointer_type(tl.uint16))
+            else:
+                base = address.to(tl.pointer_type(tl.float16))
+            size = tl.load(table + stride + lo)
+            key = tl.load(table + 2 * stride + lo)
+            group = pid - tl.load(table + 3 * stride + lo)
+            start = group * GROUP_
+            alpha = tl.load(coefs + lo)
+            beta = tl.load(coefs + n_tensors + lo)
+        else:
+            if KIND == 1:
+                base = p_ptr.to(tl.pointer_type(tl.uint16))
+            else:
+                base = p_ptr
+            size = n
+            key = seed
+            # the group of global element indices this program covers; p[k] is element offset + k
+            group = pid + offset // GROUP_
+            start = group * GROUP_ - offset  # index into p of the group's first element (may be < 0)
+            alpha = a
+            beta = b
         lane = tl.arange(0, RUN_).to(tl.int64)
         # Philox 4x32-10 on counter (lo, hi, 0, 0) with key (seed lo, seed hi), then two
         # Box–Muller pairs: the algorithm of tl.randn4x, written out here because Triton's
@@ -143,7 +182,7 @@ if triton is not None:
         c1 = (counter >> 32).to(tl.uint32)
         c2 = c0 * 0
         c3 = c0 * 0
-        key = seed.to(tl.uint64)
+        key = key.to(tl.uint64)
         k0 = (key & 0xFFFFFFFF).to(tl.uint32)
         k1 = ((key >> 32) & 0xFFFFFFFF).to(tl.uint32)
         for _ in tl.static_range(10):
@@ -172,7 +211,6 @@ if triton is not None:
         z1 = r01 * tl.sin(t01)
         z2 = r23 * tl.cos(t23)
         z3 = r23 * tl.sin(t23)
-        start = group * GROUP_ - offset  # index into p of the group's first element (may be < 0)
         for k in tl.static_range(4):
             if k == 0:
                 z = z0
@@ -183,8 +221,8 @@ if triton is not None:
             else:
                 z = z3
             idx = start + k * RUN_ + lane
-            mask = (idx >= 0) & (idx < n)
-            ptr = p_ptr + idx
+            mask = (idx >= 0) & (idx < size)
+            ptr = base + idx
             # z rounded to p's dtype (the direction is what p can hold), kept in fp32
             if KIND == 1:
                 zb = z.to(tl.uint32, bitcast=True)
@@ -196,14 +234,14 @@ if triton is not None:
                 y = z
             else:
                 if KIND == 1:
-                    xb = tl.load(ptr.to(tl.pointer_type(tl.uint16)), mask=mask, other=0)
+                    xb = tl.load(ptr, mask=mask, other=0)
                     x = (xb.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
                 else:
                     x = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
                 if MODE == 1:
-                    y = tl.fma(b, z, a * x)  # fl(fl(a·x) + b·z): the product b·z is not rounded
+                    y = tl.fma(beta, z, alpha * x)  # fl(fl(a·x) + b·z): the product b·z is not rounded
                 else:
-                    y = tl.fma(b, z, x)
+                    y = tl.fma(beta, z, x)
                     if KIND == 1:  # round to bf16 in between (NaN kept as a quiet NaN)
                         yb = y.to(tl.uint32, bitcast=True)
                         rb = (yb + 0x7FFF + ((yb >> 16) & 1)) & 0xFFFF0000
@@ -211,21 +249,21 @@ if triton is not None:
                         y = rb.to(tl.float32, bitcast=True)
                     elif KIND == 2:
                         y = y.to(tl.float16).to(tl.float32)
-                    y = tl.fma(b, z, y)
+                    y = tl.fma(beta, z, y)
             if KIND == 1:
                 yb = y.to(tl.uint32, bitcast=True)
                 rb = (yb + 0x7FFF + ((yb >> 16) & 1)) >> 16
                 rb = tl.where(y != y, (yb >> 16) | 0x0040, rb)
-                tl.store(ptr.to(tl.pointer_type(tl.uint16)), rb.to(tl.uint16), mask=mask)
+                tl.store(ptr, rb.to(tl.uint16), mask=mask)
             else:
-                tl.store(ptr, y.to(p_ptr.dtype.element_ty), mask=mask)
+                tl.store(ptr, y.to(base.dtype.element_ty), mask=mask)
 
 
 @functools.lru_cache(maxsize=2)
 def _kernel(interpret: bool):
     """The jitted kernel, built once per mode (``triton.jit`` reads TRITON_INTERPRET when
     it wraps a function, so the interpreter and the GPU get separate kernels)."""
-    return triton.jit(do_not_specialize=["n", "offset", "seed", "a", "b"])(_body)
+    return triton.jit(do_not_specialize=["n", "offset", "seed", "a", "b", "n_tensors"])(_body)
 
 
 def _launch(p: torch.Tensor, seed: int, a: float, b: float, mode: int, offset: int, name: str) -> torch.Tensor:
@@ -251,14 +289,19 @@ def _launch(p: torch.Tensor, seed: int, a: float, b: float, mode: int, offset: i
     groups = (offset + n - 1) // GROUP - first + 1
     kernel = _kernel(_interpret())
     kind = _DTYPES.index(p.dtype)
-    with torch.no_grad():
-        if p.is_cuda:
-            with torch.cuda.device(p.device):
-                kernel[(groups,)](p, n, offset, key, float(a), float(b), MODE=mode, KIND=kind, RUN_=RUN,
-                                  num_warps=4, enable_fp_fusion=False)
-        else:
-            kernel[(groups,)](p, n, offset, key, float(a), float(b), MODE=mode, KIND=kind, RUN_=RUN)
+    _run(kernel, groups, p, (p, n, offset, key, float(a), float(b), p, p, 0), mode, kind, False, 1)
     return p
+
+
+def _run(kernel, groups: int, like: torch.Tensor, args: tuple, mode: int, kind: int, foreach: bool,
+         log_t: int) -> None:
+    meta = dict(MODE=mode, KIND=kind, RUN_=RUN, FOREACH=foreach, LOG_T=log_t)
+    with torch.no_grad():
+        if like.is_cuda:
+            with torch.cuda.device(like.device):
+                kernel[(groups,)](*args, **meta, num_warps=4, enable_fp_fusion=False)
+        else:
+            kernel[(groups,)](*args, **meta)
 
 
 def _scalar(value, label: str, name: str) -> float:
@@ -286,3 +329,172 @@ def add_twice_(p: torch.Tensor, seed: int, s: float, *, offset: int = 0) -> torc
     returns ``p``. MeZO's move from ``θ + εz`` to ``θ − εz`` (``s = −ε``), done as two
     rounded steps so that each of the step's round trips is a simple one."""
     return _launch(p, seed, 1.0, _scalar(s, "s", "add_twice_"), _TWICE, offset, "add_twice_")
+
+
+# ---------------------------------------------------------------------------- many tensors
+def tensor_keys(seed: int, count: int, start_index: int = 0) -> list[int]:
+    """``[mix_seed(seed, start_index + k, 0) for k in range(count)]``, vectorised.
+
+    The per-parameter seeds of a direction (the key of parameter ``i`` under direction
+    seed ``seed`` is that of its one stream, :func:`zoedu.optim._perturb.stream_seed`
+    ``(seed, i, 0)``), for :class:`Foreach` passes over many parameters.
+    """
+    import numpy as np
+
+    for label, value in (("seed", seed), ("count", count), ("start_index", start_index)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"tensor_keys: {label} must be an int, got {type(value).__name__}")
+    if count < 0 or start_index < 0:
+        raise ValueError(f"tensor_keys: count and start_index must be non-negative, got {count}, {start_index}")
+    mask = (1 << 64) - 1
+
+    def splitmix(x):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    with np.errstate(over="ignore"):
+        head = splitmix(np.uint64(0x243F6A8885A308D3 ^ (seed & mask)))
+        x = splitmix(head ^ np.arange(start_index, start_index + count, dtype=np.uint64))
+        x = splitmix(x ^ np.uint64(0))
+    return [int(v) for v in x & np.uint64((1 << 63) - 1)]
+
+
+def _upload(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy a small host tensor to ``dst`` without making the host wait for the GPU: from
+    pinned memory, asynchronously (torch's host allocator keeps a pinned block until the
+    copy that reads it has run)."""
+    if dst.is_cuda:
+        dst.copy_(src.pin_memory(), non_blocking=True)
+    else:
+        dst.copy_(src)
+
+
+class Foreach:
+    """One kernel launch per pass over a fixed list of tensors.
+
+    A per-tensor launch costs the host several microseconds, more than the GPU needs to
+    perturb a typical weight matrix, so a pass over a model's few hundred parameters is
+    launch-bound; this runs the whole pass as one launch. Tensor ``k`` of the list gets
+    the direction of ``axpz_(tensors[k], keys[k], ...)``: the results are bitwise those of
+    the per-tensor functions, in any grouping.
+
+    Args:
+        tensors: contiguous tensors of one dtype (fp32, bf16 or fp16) on one device; they
+            must not overlap. The addresses are cached in a small device table (4 int64
+            and 2 fp32 per tensor) and checked before every pass: a tensor whose storage
+            was replaced (``p.data = ...``) is picked up, not written through a stale address.
+    """
+
+    def __init__(self, tensors):
+        tensors = list(tensors)
+        if not tensors:
+            raise ValueError("Foreach: tensors must be a non-empty list of tensors")
+        for k, t in enumerate(tensors):
+            if not torch.is_tensor(t):
+                raise TypeError(f"Foreach: tensors[{k}] must be a torch.Tensor, got {type(t).__name__}")
+        first = tensors[0]
+        if first.dtype not in _DTYPES:
+            raise TypeError(f"Foreach: dtype must be one of float32, bfloat16, float16, got {first.dtype}")
+        for k, t in enumerate(tensors):
+            if t.dtype != first.dtype or t.device != first.device:
+                raise ValueError(f"Foreach: all tensors must share one dtype and device; tensors[{k}] is "
+                                 f"{t.dtype} on {t.device}, tensors[0] {first.dtype} on {first.device}")
+            if not t.is_contiguous():
+                raise ValueError(f"Foreach: tensors[{k}] must be contiguous")
+        self.tensors = tensors
+        self.dtype, self.device = first.dtype, first.device
+        self._addresses: list[int] | None = None
+        n = len(tensors)
+        self._table = torch.zeros(4, n + 1, dtype=torch.int64, device=self.device)
+        self._coefs = torch.zeros(2, n, dtype=torch.float32, device=self.device)
+        self._groups = 0
+        self._refresh()
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def _refresh(self) -> None:
+        addresses = [t.detach().data_ptr() for t in self.tensors]
+        if addresses == self._addresses:
+            return
+        for k, t in enumerate(self.tensors):
+            if not t.is_contiguous() or t.dtype != self.dtype or t.device != self.device:
+                raise ValueError(f"Foreach: tensors[{k}] changed to a non-contiguous or different-dtype "
+                                 "tensor; build a new Foreach")
+        sizes = [t.numel() for t in self.tensors]
+        firsts = [0]
+        for s in sizes:
+            firsts.append(firsts[-1] + -(-s // GROUP))
+        rows = torch.zeros(4, len(sizes) + 1, dtype=torch.int64)
+        rows[0, :-1] = torch.tensor(addresses, dtype=torch.int64) if addresses else 0
+        rows[1, :-1] = torch.tensor(sizes, dtype=torch.int64)
+        rows[3] = torch.tensor(firsts, dtype=torch.int64)
+        _upload(self._table, rows)
+        self._groups = firsts[-1]
+        self._addresses = addresses
+
+    def _keys(self, keys, name: str) -> None:
+        n = len(self.tensors)
+        if torch.is_tensor(keys):
+            if keys.dtype != torch.int64 or keys.shape != (n,):
+                raise ValueError(f"{name}: keys as a tensor must be int64 of shape ({n},), "
+                                 f"got {keys.dtype} {tuple(keys.shape)}")
+            self._table[2, :n].copy_(keys, non_blocking=True)
+            return
+        keys = list(keys)
+        if len(keys) != n:
+            raise ValueError(f"{name}: keys must hold one seed per tensor ({n}), got {len(keys)}")
+        _upload(self._table[2, :n], torch.tensor([philox_key(k) for k in keys], dtype=torch.int64))
+
+    def _coefficients(self, a, b, labels: tuple[str, str], name: str) -> None:
+        n = len(self.tensors)
+        rows = []
+        for label, value in zip(labels, (a, b)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append([float(value)] * n)
+                continue
+            try:
+                values = [_scalar(v, label, name) for v in value]
+            except TypeError:
+                raise TypeError(f"{name}: {label} must be a float or one float per tensor, "
+                                f"got {type(value).__name__}") from None
+            if len(values) != n:
+                raise ValueError(f"{name}: {label} must be a float or one float per tensor ({n}), "
+                                 f"got {len(values)} values")
+            rows.append(values)
+        _upload(self._coefs, torch.tensor(rows, dtype=torch.float32))
+
+    def _pass(self, keys, a, b, mode: int, labels: tuple[str, str], name: str) -> None:
+        if not available(self.tensors[0]):
+            if not _triton_importable():
+                raise RuntimeError(f"{name}: Triton is not importable (pip install triton; Linux only)")
+            raise RuntimeError(f"{name}: the tensors are on {self.device}; the Triton kernels need CUDA "
+                               "tensors (or TRITON_INTERPRET=1 for CPU tensors in Triton's interpreter)")
+        self._refresh()
+        self._keys(keys, name)
+        self._coefficients(a, b, labels, name)
+        if self._groups == 0:
+            return
+        n = len(self.tensors)
+        _run(_kernel(_interpret()), self._groups, self.tensors[0],
+             (self._table, 0, 0, 0, 0.0, 0.0, self._table, self._coefs, n),
+             mode, _DTYPES.index(self.dtype), True, max(0, (n - 1).bit_length()))
+
+    def randn_(self, keys) -> None:
+        """``tensors[k] ← z(keys[k])`` for every ``k``, in one launch."""
+        self._pass(keys, 0.0, 0.0, _RANDN, ("a", "b"), "Foreach.randn_")
+
+    def axpz_(self, keys, a, b) -> None:
+        """``tensors[k] ← a[k]·tensors[k] + b[k]·z(keys[k])`` for every ``k``, in one launch.
+
+        ``keys``: one seed per tensor (ints, e.g. :func:`tensor_keys`, or an int64 tensor of
+        keys already reduced by :func:`philox_key`); ``a``, ``b``: a float, or one per tensor
+        (MeZO's weight decay applies to matrices only, so its update has two values of ``a``).
+        """
+        self._pass(keys, a, b, _AXPZ, ("a", "b"), "Foreach.axpz_")
+
+    def add_twice_(self, keys, s) -> None:
+        """``tensors[k] ← fl(fl(tensors[k] + s·z) + s·z)`` for every ``k``, in one launch."""
+        self._pass(keys, 1.0, s, _TWICE, ("a", "s"), "Foreach.add_twice_")
