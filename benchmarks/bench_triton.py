@@ -14,7 +14,8 @@ median of ``--rounds``:
   scratch buffer, then ``p.add_(z, alpha=ε)`` — the Perturber's CUDA path (z written and
   read back: 3 weight-sized transfers plus the weights' read and write);
 * triton ``axpz_``: ``θ ← θ + εz`` in one read and one write;
-* triton ``add_twice_``: ``θ ← fl(fl(θ − εz) − εz)``, MeZO's line 7, also one read and write.
+* triton ``add_twice_``: ``θ ← fl(fl(θ − εz) − εz)``, MeZO's line 7, also one read and write;
+* the same two through ``Foreach``: one launch for all tensors instead of one per tensor.
 
 Reported: ms per pass, effective bandwidth (bytes of one read + one write of the weights
 per ms) and the speed-up over the torch path. Results go in benchmarks/README.md, "1 + 3".
@@ -66,6 +67,14 @@ def triton_twice(params, seed, eps):
         T.add_twice_(p, mix_seed(seed, i, 0), -eps)
 
 
+def foreach_axpz(plan, keys, eps):
+    plan.axpz_(keys, 1.0, eps)
+
+
+def foreach_twice(plan, keys, eps):
+    plan.add_twice_(keys, -eps)
+
+
 def timed(fn, device) -> float:
     if device.type == "cuda":
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -105,10 +114,14 @@ def main(argv=None) -> int:
     n = sum(p.numel() for p in params)
     buffer = torch.empty(max(p.numel() for p in params), dtype=dtype, device=device)
     bytes_rw = 2 * n * params[0].element_size()
+    plan = T.Foreach(params)
     variants = {
         "torch (randn into a buffer, then add_)": lambda s: torch_pass(params, buffer, s, args.eps),
-        "triton axpz_ (θ + εz)": lambda s: triton_axpz(params, s, args.eps),
-        "triton add_twice_ (θ − εz − εz)": lambda s: triton_twice(params, s, args.eps),
+        "triton axpz_ (θ + εz), a launch per tensor": lambda s: triton_axpz(params, s, args.eps),
+        "triton add_twice_ (θ − εz − εz), a launch per tensor": lambda s: triton_twice(params, s, args.eps),
+        "triton Foreach.axpz_, one launch": lambda s: foreach_axpz(plan, T.tensor_keys(s, len(params)), args.eps),
+        "triton Foreach.add_twice_, one launch": lambda s: foreach_twice(plan, T.tensor_keys(s, len(params)),
+                                                                        args.eps),
     }
     times = {name: [] for name in variants}
     for name, fn in variants.items():  # warm-up: compile, allocate
@@ -117,7 +130,8 @@ def main(argv=None) -> int:
         for name, fn in variants.items():
             times[name].append(timed(lambda: fn(r + 1), device))
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, Triton interpreter (not a speed measurement)"
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else "CPU, Triton interpreter (not a speed measurement)")
     print(f"{where}; {len(params)} tensors, {n / 1e6:.2f} M parameters, {args.dtype}; "
           f"median of {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
     base = statistics.median(times[next(iter(variants))])

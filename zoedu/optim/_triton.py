@@ -53,6 +53,19 @@ draws the same ``z`` as the whole buffer):
   no weight decay); one rounding instead of the torch path's three.
 * :func:`add_twice_` ``(p, seed, s, *, offset=0)``: ``p ← fl(fl(p + s·z) + s·z)``,
   MeZO's ``θ + εz → θ − εz`` as two rounded steps of ``−εz``.
+* :class:`Foreach` ``(tensors)`` with ``.randn_(keys)``, ``.axpz_(keys, a, b)``,
+  ``.add_twice_(keys, s)``: the same passes over a list of tensors (one dtype, one device)
+  in one launch, ``a``/``b``/``s`` a float or one per tensor; tensor ``k`` gets exactly
+  what the per-tensor function gives with seed ``keys[k]``. :func:`tensor_keys`
+  ``(seed, count, start_index=0)`` gives the keys ``mix_seed(seed, i, 0)``, the seed of
+  parameter ``i``'s one stream in :mod:`._perturb`.
+
+Wiring (for the CUDA path of :class:`zoedu.optim._perturb.Perturber`): one ``Foreach`` per
+(dtype, device) group of contiguous parameters, keys ``tensor_keys(seed, ...)`` per
+direction; ``θ + εz`` is ``axpz_(keys, 1.0, ε)``, line 7 ``add_twice_(keys, −ε)``, the
+fused restore + update ``axpz_(keys, a, b)`` with the ``a``, ``b`` above per parameter.
+The CUDA z differs from the CPU streams' (another generator): a trajectory replays on the
+kind of device that recorded it.
 """
 
 import functools
