@@ -387,9 +387,10 @@ def _upload(dst: torch.Tensor, src: torch.Tensor) -> None:
 class Foreach:
     """One kernel launch per pass over a fixed list of tensors.
 
-    A per-tensor launch costs the host several microseconds, more than the GPU needs to
-    perturb a typical weight matrix, so a pass over a model's few hundred parameters is
-    launch-bound; this runs the whole pass as one launch. Tensor ``k`` of the list gets
+    A model has hundreds of parameter tensors, many small (biases, norms); launched one by
+    one, a pass pays the host-side launch cost per tensor. This runs the whole pass as one
+    launch: each program finds its tensor in a device table (addresses, sizes, keys, first
+    program of each tensor) by binary search. Tensor ``k`` of the list gets
     the direction of ``axpz_(tensors[k], keys[k], ...)``: the results are bitwise those of
     the per-tensor functions, in any grouping.
 
