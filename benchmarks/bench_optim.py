@@ -98,26 +98,34 @@ def _timeit(fn, device):
 
 
 # --------------------------------------------------------------------------- 1 + 3: speed
-def bench_speed(size="25m", batch=8, seq=128, rounds=5, device="cpu", dtype=None):
+def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None):
     model = _opt_model(size, dtype=dtype, device=device)
     b = _batch(batch, seq, device)
     closure = lambda: _loss(model, b)  # noqa: E731
-    mezo = {w: MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=w) for w in sorted({1, torch.get_num_threads()})}
+    threads = sorted({1, torch.get_num_threads()})
+    mezo = {w: MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=w) for w in threads}  # default: exact in fp32
+    inexact = MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=threads[-1], exact_restore=False)
     ref = ReferenceMeZO(model.parameters(), lr=1e-7)
     rows = embedding_rows(model, b)  # the input-embedding rows this batch reads (fit's default)
+    w_last = threads[-1]
     times = {"forward": [], "reference": [], **{f"mezo[w={w}]": [] for w in mezo},
-             **{f"mezo-rows[w={w}]": [] for w in mezo}}
+             **{f"mezo-rows[w={w}]": [] for w in mezo},
+             f"mezo-inexact[w={w_last}]": [], f"mezo-rows-inexact[w={w_last}]": []}
     with torch.no_grad():
         closure()  # warm-up
         for w, opt in mezo.items():
             opt.step(closure)
             opt.step(closure, rows=rows)
+        inexact.step(closure)
         ref.step(closure)
         for _ in range(rounds):  # interleaved, so a busy machine hits every variant alike
             times["forward"].append(_timeit(closure, device))
             for w, opt in mezo.items():
                 times[f"mezo[w={w}]"].append(_timeit(lambda: opt.step(closure), device))
                 times[f"mezo-rows[w={w}]"].append(_timeit(lambda: opt.step(closure, rows=rows), device))
+            times[f"mezo-inexact[w={w_last}]"].append(_timeit(lambda: inexact.step(closure), device))
+            times[f"mezo-rows-inexact[w={w_last}]"].append(
+                _timeit(lambda: inexact.step(closure, rows=rows), device))
             times["reference"].append(_timeit(lambda: ref.step(closure), device))
     med = {k: statistics.median(v) for k, v in times.items()}
     n_params = sum(p.numel() for p in model.parameters())
@@ -142,15 +150,19 @@ def bench_memory(size="25m", batch=8, seq=128):
     with torch.no_grad():
         inference = measure(closure, model=model)
     rows = {"inference": inference}
-    for name, kwargs in [("mezo", {}), ("mezo n_perturb=4", {"n_perturb": 4}),
-                         ("mezo momentum", {"estimator": "momentum"}), ("mezo adam", {"estimator": "adam"}),
-                         ("mezo exact_restore", {"exact_restore": True})]:
+    emb = embedding_rows(model, b)
+    for name, kwargs, step_rows in [
+            ("mezo (default: exact in fp32)", {}, None),
+            ("mezo exact_restore=False", {"exact_restore": False}, None),
+            ("mezo rows (fit's default)", {}, emb),
+            ("mezo n_perturb=4", {"n_perturb": 4}, None),
+            ("mezo momentum", {"estimator": "momentum"}, None), ("mezo adam", {"estimator": "adam"}, None)]:
         opt = MeZO(model.parameters(), lr=1e-7, **kwargs)
-        rows[name] = measure(lambda: opt.step(closure), model=model, optimizer=opt)
+        rows[name] = measure(lambda: opt.step(closure, rows=step_rows), model=model, optimizer=opt)
         opt.state.clear()
     print(f"\n[memory] tiny-opt {size}, batch {batch}×{seq}, CPU, zoedu.memory.measure (peak bytes)")
     for k, f in rows.items():
-        print(f"  {k:20s} total {f.total / 2**20:8.1f} MiB  ratio {f.total / inference.total:.3f}  "
+        print(f"  {k:30s} total {f.total / 2**20:8.1f} MiB  ratio {f.total / inference.total:.3f}  "
               f"(params {f.params / 2**20:.1f}, optimizer {f.optimizer / 2**20:.1f}, "
               f"activations {f.activations / 2**20:.1f}, other {f.other / 2**20:.1f})")
     return rows
@@ -162,7 +174,7 @@ def bench_drift(steps=1000, size="1m"):
           f"weights after {steps} MeZO steps with lr=0 (eps=1e-3) vs before")
     out = {}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for exact in ("paper", False, True):
+        for exact in ("paper", None, False, True):
             model = _opt_model(size, dtype=dtype)
             params = [p for n, p in model.named_parameters() if "embed" not in n]
             before = [p.detach().clone() for p in params]
@@ -182,7 +194,7 @@ def bench_drift(steps=1000, size="1m"):
                             / sum(float((a.float() ** 2).sum()) for a in before))
             out[(str(dtype), exact)] = (changed / total, max_abs, rel)
             label = "paper's loop" if exact == "paper" else f"exact_restore={exact!s}"
-            print(f"  {str(dtype):15s} {label:19s}: elements changed {changed / total:7.2%}, "
+            print(f"  {str(dtype):15s} {label:20s}: elements changed {changed / total:7.2%}, "
                   f"max |Δθ| {max_abs:.3g}, ‖Δθ‖/‖θ‖ {rel:.3g}  ({total} elements, {secs:.0f} s)")
     return out
 

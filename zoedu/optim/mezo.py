@@ -33,20 +33,20 @@ Exactness. A perturbation pass rounds: the paper's ``fl(fl(fl(θ + εz) − 2εz
 differs from θ in the last bit for about 46 % of elements, whatever the precision, and no
 in-place scheme can undo every rounding without storing something: ``x ↦ fl(x + δ)`` is not
 injective where x moves into a coarser binade, so bits are lost there. What must be stored
-is small, though. ``θ + εz`` crosses one binade for a few per cent of the weights, and
-then ``fl(fl(θ + εz) − εz)`` is one unit in the last place (ulp) from θ, on the side of the
-exact ``fl(θ + εz) − εz``; θ's last bit says whether to take that step. So the exact mode
-keeps each weight's last bit (packed: one byte per eight weights, 1/32 of fp32 weights),
-recovers θ from ``θ ± εz`` with a few elementwise operations, and keeps by value only the
-weights it cannot recover that way — about 1–2 % of a transformer's, those smaller than
-about |εz| — found by running the recovery itself before perturbing. Restoration is then
-bit for bit, in every precision. It is the default for float32 parameters
-(``exact_restore=None``); bfloat16/float16 weights default to a cheaper scheme that stores
-nothing: line 7 is done as two rounded steps of −εz on each cached stream, so the round trip
-is two simple ones, ``fl(fl(θ + δ) − δ)``, exact except where a weight moves into a coarser
-binade (≈ 8 % of elements move by an ulp, with a 6× smaller RMS error than the paper's).
-Both are measured in ``benchmarks/README.md``. :func:`replay` reproduces a run bit for bit
-either way.
+is small, though: the plain inverse ``fl(fl(θ + δ) − δ)`` is θ for about 95 % of a
+transformer's weights, one unit in the last place (ulp) off for most of the rest, and
+further off only for weights smaller than about |δ| (about 1 %). The exact mode runs that
+round trip before perturbing — with the very operations, at the very positions, that the
+passes will use — and keeps the misses: a 2-byte code (position, direction) per weight one
+ulp off and the value of the rare farther one, for each state the step restores from
+(θ + εz, and θ − εz when two-sided). Restoring is the plain inverse plus those patches: bit
+for bit, in every precision, for about a quarter byte per perturbed weight (≈ 6 % of fp32
+weights). It is the default for float32 parameters (``exact_restore=None``); bfloat16/
+float16 weights default to a scheme that stores nothing: line 7 is done as two rounded steps
+of −εz on each cached stream, so the round trip is two simple ones, exact except where a
+weight moves into a coarser binade (≈ 8 % of elements move by an ulp, with a 6× smaller RMS
+error than the paper's). Both are measured in ``benchmarks/README.md``; :func:`replay`
+reproduces a run bit for bit either way.
 """
 
 from __future__ import annotations
@@ -208,91 +208,86 @@ def _write_state(t: torch.Tensor, s: Stream, value: torch.Tensor) -> None:
 # --------------------------------------------------------------------------- exact restore
 _INT_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16,
            torch.float64: torch.int64}
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
 def _bits(v: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of float weights, as integers (adjacent floats of one sign differ by 1)."""
     dt = _INT_OF.get(v.dtype)
     if dt is None:
         raise ValueError(f"exact restoration supports float32/bfloat16/float16/float64 weights, not {v.dtype}")
     return v.view(dt)
 
 
-def _recover(v: torch.Tensor, z: torch.Tensor, a: float, parity: torch.Tensor) -> torch.Tensor:
-    """θ from ``v = fl(θ + a z)`` and θ's last bit: the parity-bit inversion.
+class _ExactKeeper:
+    """Bit-exact restoration that stores only where rounding lost information.
 
-    ``r = fl(v − a z)`` is θ unless ``θ + a z`` rounded into a coarser binade; it then lies
-    one unit in the last place (ulp) from θ at most — if θ's binade was crossed once —
-    and on the side of the exact ``x = v − a z``. ``w = v − r`` is exact (Sterbenz), so the
-    sign of ``w − a z`` is the sign of ``x − r``: where r's last bit is not θ's, step one ulp
-    that way. Elements this cannot recover (more than one binade crossed, a sign change,
-    a tie) are found beforehand by running this very function (:meth:`_ParityKeeper.save`).
+    For each perturbed state ``v = fl(θ + a z)`` the step will restore from (``a = ε``, and
+    ``a = −ε`` when two-sided), the plain inverse ``fl(v − a z)`` is θ for most weights. Before
+    perturbing, :meth:`save` runs that round trip with the very operations, at the very
+    positions, that the passes will use, and keeps the weights where it misses: those one
+    unit in the last place (ulp) off as a 2-byte code (position and direction; about 5 % of
+    a transformer's weights per state — where ``θ + a z`` rounded into a coarser binade),
+    and the rare ones further off by value (about 1 %: weights smaller than about |εz|).
+    :meth:`recover` runs the plain inverse and patches those. Memory: about a quarter of a
+    byte per perturbed weight (≈ 6 % of fp32 weights), allocated in the calling thread
+    (:meth:`adopt`) so :func:`zoedu.memory.measure` counts it.
     """
-    r = v.add(z, alpha=-a)
-    c = v.sub(r).add_(z, alpha=-a)                       # fl(w − a z): its sign is that of x − r
-    rb = _bits(r)
-    off = (rb & 1).to(torch.uint8).ne_(parity)           # last bit differs from θ's
-    step = torch.sign(c).mul_(torch.sign(r)).to(rb.dtype)  # ±1 ulp toward x, in bit-pattern order
-    rb.add_(step.mul_(off))
-    return r
 
-
-class _ParityKeeper:
-    """Bit-exact restoration for one byte per eight weights (plus the rare exception).
-
-    Before θ is perturbed, keep each weight's last mantissa bit (packed, 1/32 of fp32
-    weights) and simulate :func:`_recover` from each perturbed state the step will
-    restore from (θ + εz, and θ − εz when two-sided); the few elements it would get wrong —
-    about 1 % of a transformer's weights, those smaller than about |εz| — are kept by
-    value. Restoration then returns θ bit for bit. Scratch: one chunk of temporaries.
-    """
+    _SMALL = 1 << 15  # streams up to this size code (position, direction) in one int16
 
     def __init__(self):
-        self.parity: dict = {}
-        self.exceptions: dict = {}
+        self.ulps: dict = {}        # (stream key, a) -> int16 codes, or (int64 positions, int8 signs)
+        self.exceptions: dict = {}  # (stream key, a) -> (positions, values)
 
     def save(self, key, v: torch.Tensor, z: torch.Tensor, states: Sequence[float]) -> None:
-        bits = _bits(v)
-        n = v.numel()
-        low = (bits.reshape(-1) & 1).to(torch.uint8)
-        pad = (-n) % 8
-        if pad:
-            low = torch.cat([low, low.new_zeros(pad)])
-        self.parity[key] = (low.view(-1, 8) << _SHIFTS.to(low.device)).sum(1, dtype=torch.uint8)
-        parity = self._unpack(key, n).view(v.shape)
-        bad = None
+        bits = _bits(v).reshape(-1)
+        small = bits.numel() <= self._SMALL
         for a in states:
-            got = _bits(_recover(v.add(z, alpha=a), z, a, parity))
-            miss = got.ne(bits)
-            bad = miss if bad is None else bad.logical_or_(miss)
-        if bool(bad.any()):
-            idx = bad.reshape(-1).nonzero().squeeze(1)
-            self.exceptions[key] = (idx.to(torch.int16 if n <= 32768 else torch.int64), v.reshape(-1)[idx])
-        else:
-            self.exceptions.pop(key, None)
-
-    def _unpack(self, key, n: int) -> torch.Tensor:
-        packed = self.parity[key]
-        return ((packed.unsqueeze(1) >> _SHIFTS.to(packed.device)) & 1).reshape(-1)[:n]
+            trip = v.add(z, alpha=a).add_(z, alpha=-a)  # what recover() will compute, where it will
+            diff = _bits(trip).reshape(-1).sub_(bits)   # in ulps (wraps only for NaN patterns)
+            miss = diff.nonzero().squeeze(1)            # ~5 %: the rest round-trips exactly
+            if not miss.numel():
+                continue
+            d = diff[miss]
+            one = d.abs() == 1
+            idx, up = miss[one], d[one] > 0
+            if idx.numel():
+                self.ulps[(key, a)] = (idx.to(torch.int16).bitwise_or_(up.to(torch.int16) << 15) if small
+                                       else (idx, up.to(torch.int8)))
+            far = miss[~one]
+            if far.numel():
+                self.exceptions[(key, a)] = (far.to(torch.int16) if small else far, v.reshape(-1)[far])
 
     def recover(self, key, v: torch.Tensor, z: torch.Tensor, a: float) -> None:
         """``v`` holds ``fl(θ + a z)``: put θ back, bit for bit, in place."""
-        r = _recover(v, z, a, self._unpack(key, v.numel()).view(v.shape))
-        v.copy_(r)
-        if key in self.exceptions:
-            idx, val = self.exceptions[key]
-            v.view(-1)[idx.long()] = val
+        v.add_(z, alpha=-a)
+        flat = _bits(v).view(-1)
+        code = self.ulps.get((key, a))
+        if code is not None:
+            if isinstance(code, tuple):
+                idx, up = code[0], code[1].bool()
+            else:
+                idx, up = (code & 0x7FFF).long(), code < 0
+            step = up.to(flat.dtype).mul_(2).sub_(1)  # +1 where the trip landed one ulp above
+            flat.index_put_((idx,), flat[idx] - step)
+        far = self.exceptions.get((key, a))
+        if far is not None:
+            v.view(-1)[far[0].long()] = far[1]
 
     def adopt(self) -> None:
-        """Copy what worker threads allocated in the calling thread (so memory.measure sees it)."""
-        self.parity = {k: t.clone() for k, t in self.parity.items()}
+        """Copy what worker threads allocated in the calling thread (so memory.measure counts it)."""
+        self.ulps = {k: tuple(t.clone() for t in c) if isinstance(c, tuple) else c.clone()
+                     for k, c in self.ulps.items()}
         self.exceptions = {k: (i.clone(), v.clone()) for k, (i, v) in self.exceptions.items()}
+
+    def clear(self) -> None:
+        self.ulps, self.exceptions = {}, {}
 
     @property
     def nbytes(self) -> int:
-        return (sum(t.numel() for t in self.parity.values())
-                + sum(i.numel() * i.element_size() + v.numel() * v.element_size()
-                      for i, v in self.exceptions.values()))
+        def size(t):
+            return sum(x.numel() * x.element_size() for x in (t if isinstance(t, tuple) else (t,)))
+        return sum(size(c) for c in self.ulps.values()) + sum(size(e) for e in self.exceptions.values())
 
 
 # --------------------------------------------------------------------------- the optimizer
@@ -318,9 +313,8 @@ class MeZO(torch.optim.Optimizer):
         momentum: heavy-ball coefficient of ``estimator="momentum"``.
         betas, adam_eps: Adam's coefficients for ``estimator="adam"``.
         seed: seeds every direction: step t, direction j uses ``direction_seed(seed, t, j)``.
-        exact_restore: restore the weights bit for bit after the ± passes (one bit per
-            perturbed weight while a step runs, plus ~1 % of the weights by value; see the module
-            docstring). Default ``None``: exact when every parameter is float32; bfloat16 and
+        exact_restore: restore the weights bit for bit after the ± passes (about a quarter
+            byte per perturbed weight while a step runs; see the module docstring). Default ``None``: exact when every parameter is float32; bfloat16 and
             float16 weights then use the cheaper two-round-trip scheme (drift measured in
             benchmarks/README.md).
         workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
@@ -438,13 +432,13 @@ class MeZO(torch.optim.Optimizer):
 
         rule = self._rule()
         rule.prepare()  # optimizer state is made before the forwards (and counted as such)
-        keeper = _ParityKeeper() if self._exact() else None
+        keeper = _ExactKeeper() if self._exact() else None
         base = evaluate() if self.one_sided else None
         if base is not None and not math.isfinite(base):
             return self._skip(t, _SKIP_BASE, base, grads)
         for j, s in enumerate(seeds):
             if keeper is not None:
-                self._perturb_keeping(keeper, s, streams)           # θ + εz, θ's last bits kept
+                self._perturb_keeping(keeper, s, streams)           # θ + εz, misses noted
             else:
                 self._perturb(s, eps, streams)                      # θ + εz        (line 5)
             plus = evaluate()                                       # ℓ₊            (line 6)
@@ -480,8 +474,8 @@ class MeZO(torch.optim.Optimizer):
             return self.exact_restore
         return all(p.dtype == torch.float32 for g in self.param_groups for p in g["params"])
 
-    def _perturb_keeping(self, keeper: _ParityKeeper, seed: int, streams) -> None:
-        """Line 5 in exact mode: keep θ's last bits (and the rare exceptions), then θ + εz."""
+    def _perturb_keeping(self, keeper: _ExactKeeper, seed: int, streams) -> None:
+        """Line 5 in exact mode: note where the round trips will miss θ, then θ + εz."""
         eps = self.eps
         states = (eps,) if self.one_sided else (eps, -eps)
 
@@ -490,10 +484,11 @@ class MeZO(torch.optim.Optimizer):
             keeper.save((s.param_index, s.chunk_index), v, z, states)
             v.add_(z, alpha=eps)
 
+        keeper.clear()  # the previous direction's lists (n_perturb > 1) are no longer needed
         self.perturber.run(kernel, streams=streams)
         keeper.adopt()
 
-    def _flip(self, keeper: _ParityKeeper | None, seed: int, streams) -> None:
+    def _flip(self, keeper: _ExactKeeper | None, seed: int, streams) -> None:
         """Line 7, θ + εz → θ − εz: exactly back to θ then −εz (exact mode), or two rounded
         steps of −εz (see the module docstring)."""
         if keeper is None:
@@ -508,7 +503,7 @@ class MeZO(torch.optim.Optimizer):
 
         self.perturber.run(kernel, streams=streams)
 
-    def _restore(self, keeper: _ParityKeeper | None, seed: int, scale: float, streams) -> None:
+    def _restore(self, keeper: _ExactKeeper | None, seed: int, scale: float, streams) -> None:
         """Undo ``+(-scale)·z``: add ``scale·z`` (rounding), or recover θ exactly (exact mode)."""
         if keeper is None:
             self._perturb(seed, scale, streams)
