@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ._perturb import CHUNK, Perturber, Stream, check_rows, mix_seed
+from ._perturb import CHUNK, Perturber, Stream, check_rows, mix_seed, stream_seed
 
 ESTIMATORS = ("sgd", "sign", "momentum", "adam")
 
@@ -290,6 +290,59 @@ class _ExactKeeper:
         return sum(size(c) for c in self.ulps.values()) + sum(size(e) for e in self.exceptions.values())
 
 
+# --------------------------------------------------------------------------- fused CUDA passes
+class _FusedPasses:
+    """MeZO's passes as the fused Triton kernels of :mod:`._triton`: one read and one write of
+    the weights per pass, z made in registers, one launch per (dtype, device) group.
+
+    Used for the plain estimator (``estimator="sgd"``, ``n_perturb=1``, dense, not the exact
+    mode) on CUDA when Triton is importable (``fused=None``), or on request (``fused=True``,
+    which also runs on CPU tensors under ``TRITON_INTERPRET=1``, as the tests do). Parameter
+    ``i``'s direction under seed ``s`` is the Triton stream of key ``stream_seed(s, i, 0)``:
+    another generator than the torch path's, so a run replays with the path that recorded it
+    (the log says which, per step).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]):
+        from . import _triton
+
+        groups: dict = {}
+        for i, p in enumerate(params):
+            groups.setdefault((p.dtype, p.device), []).append(i)
+        self.params = list(params)
+        self.groups = [(idx, _triton.Foreach([self.params[i].detach() for i in idx])) for idx in groups.values()]
+
+    @staticmethod
+    def eligible(params: Sequence[torch.Tensor]) -> bool:
+        from . import _triton
+
+        return bool(params) and all(p.is_contiguous() and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                                    and _triton.available(p) for p in params)
+
+    @staticmethod
+    def _keys(seed: int, idx: Sequence[int]) -> list[int]:
+        return [stream_seed(seed, i, 0) for i in idx]
+
+    def add(self, seed: int, scale: float) -> None:
+        for idx, fe in self.groups:
+            fe.axpz_(self._keys(seed, idx), 1.0, scale)
+
+    def add_twice(self, seed: int, scale: float) -> None:
+        for idx, fe in self.groups:
+            fe.add_twice_(self._keys(seed, idx), scale)
+
+    def update(self, seed: int, restore: float, grad: float, lrs, wds, group_of) -> None:
+        """Restore fused with the update: θ ← (1 − ηλ)(θ' + r z) − η g z, one rounding."""
+        for idx, fe in self.groups:
+            a, b = [], []
+            for i in idx:
+                lr, wd = lrs[group_of[i]], wds[group_of[i]]
+                decay = 1.0 - lr * wd if wd != 0 and _decays(self.params[i]) else 1.0
+                a.append(decay)
+                b.append(decay * restore - lr * grad)
+            fe.axpz_(self._keys(seed, idx), a, b)
+
+
 # --------------------------------------------------------------------------- the optimizer
 class MeZO(torch.optim.Optimizer):
     """Memory-efficient zeroth-order SGD (Malladi et al., NeurIPS 2023, Algorithm 1).
@@ -317,6 +370,10 @@ class MeZO(torch.optim.Optimizer):
             byte per perturbed weight while a step runs; see the module docstring). Default ``None``: exact when every parameter is float32; bfloat16 and
             float16 weights then use the cheaper two-round-trip scheme (drift measured in
             benchmarks/README.md).
+        fused: run the passes as fused Triton kernels (:class:`_FusedPasses`): ``None``
+            (default) when the step allows it (``estimator="sgd"``, ``n_perturb=1``, no
+            ``rows``, not exact) and the parameters are on CUDA with Triton installed;
+            ``True`` requires it (an error says why not); ``False`` never.
         workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
     """
 
@@ -325,8 +382,8 @@ class MeZO(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, weight_decay: float = 0.0,
                  n_perturb: int = 1, estimator: str = "sgd", one_sided: bool = False,
                  momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-                 seed: int = 0, exact_restore: bool | None = None, workers: int | None = None,
-                 chunk: int = CHUNK):
+                 seed: int = 0, exact_restore: bool | None = None, fused: bool | None = None,
+                 workers: int | None = None, chunk: int = CHUNK):
         _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas, adam_eps)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
         self.eps = float(eps)
@@ -336,12 +393,19 @@ class MeZO(torch.optim.Optimizer):
         self.momentum, self.betas, self.adam_eps = float(momentum), tuple(betas), float(adam_eps)
         self.seed = int(seed)
         self.exact_restore = None if exact_restore is None else bool(exact_restore)
+        if fused is not None and not isinstance(fused, bool):
+            raise ValueError(f"fused={fused!r} must be None (automatic), True or False")
+        self.fused = fused
+        self._fused_passes: _FusedPasses | None = None
+        self._fused_key: tuple = ()
         self.workers, self.chunk = workers, int(chunk)
         self.step_count = 0       # steps taken (the t in the direction seeds)
         self.update_count = 0     # updates applied (Adam's bias-correction t)
         self.skipped_steps = 0    # steps skipped because a loss was NaN or infinite
-        self._log: dict[str, list] = {"step": [], "status": [], "projected_grads": [], "lrs": [], "rows": []}
+        self._log: dict[str, list] = {"step": [], "status": [], "projected_grads": [], "lrs": [], "rows": [],
+                                      "fused": []}
         self._step_rows = None
+        self._step_fused = False
         self._perturber: Perturber | None = None
         self._perturber_key: tuple = ()
 
@@ -433,39 +497,82 @@ class MeZO(torch.optim.Optimizer):
         rule = self._rule()
         rule.prepare()  # optimizer state is made before the forwards (and counted as such)
         keeper = _ExactKeeper() if self._exact() else None
+        fp = self._fused_for(row_map, keeper)
+        self._step_fused = fp is not None
+
+        def restore(seed: int, scale: float) -> None:
+            if fp is not None:
+                fp.add(seed, scale)
+            else:
+                self._restore(keeper, seed, scale, streams)
+
         base = evaluate() if self.one_sided else None
         if base is not None and not math.isfinite(base):
             return self._skip(t, _SKIP_BASE, base, grads)
         for j, s in enumerate(seeds):
             if keeper is not None:
                 self._perturb_keeping(keeper, s, streams)           # θ + εz, misses noted
+            elif fp is not None:
+                fp.add(s, eps)
             else:
                 self._perturb(s, eps, streams)                      # θ + εz        (line 5)
             plus = evaluate()                                       # ℓ₊            (line 6)
             if not math.isfinite(plus):
-                self._restore(keeper, s, -eps, streams)
+                restore(s, -eps)
                 return self._skip(t, _SKIP_PLUS, plus, grads)
             if self.one_sided:
                 grads.append((plus - base) / eps)
                 losses.append(base)
             else:
-                self._flip(keeper, s, streams)                      # θ − εz        (line 7)
+                if fp is not None:
+                    fp.add_twice(s, -eps)
+                else:
+                    self._flip(keeper, s, streams)                  # θ − εz        (line 7)
                 minus = evaluate()                                  # ℓ₋            (line 8)
                 if not math.isfinite(minus):
-                    self._restore(keeper, s, eps, streams)
+                    restore(s, eps)
                     return self._skip(t, _SKIP_MINUS, minus, grads)
                 grads.append((plus - minus) / (2 * eps))            # g             (line 10)
                 losses.append(0.5 * (plus + minus))
             if j < n - 1:
-                self._restore(keeper, s, restore_scale, streams)    # θ             (line 9)
+                restore(s, restore_scale)                           # θ             (line 9)
         self.update_count += 1
         lrs = [float(g["lr"]) for g in self.param_groups]
         wds = [float(g["weight_decay"]) for g in self.param_groups]
         # restore (line 9) fused with the update (lines 11–15): one pass, one draw of z
-        self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
-                                       restore=(seeds[-1], restore_scale, keeper)), slots=2, streams=streams)
+        if fp is not None:
+            fp.update(seeds[0], restore_scale, grads[0], lrs, wds, self._flat_params()[1])
+        else:
+            self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
+                                           restore=(seeds[-1], restore_scale, keeper)), slots=2, streams=streams)
         self._record(t, _OK, grads, lrs)
         return float(losses[0] if self.one_sided else sum(losses) / n)
+
+    def _fused_for(self, row_map: dict, keeper) -> _FusedPasses | None:
+        """The fused Triton passes for this step, or None for the torch path (see ``fused``)."""
+        if self.fused is False:
+            return None
+        params, _ = self._flat_params()
+        why = None
+        if self.estimator != "sgd" or self.n_perturb != 1:
+            why = f"estimator={self.estimator!r}, n_perturb={self.n_perturb} (needs 'sgd', 1)"
+        elif row_map:
+            why = "rows= (row streams run on the torch path)"
+        elif keeper is not None:
+            why = "exact restoration (float32 weights restore exactly by default; pass exact_restore=False)"
+        elif self.fused is None and not all(p.is_cuda for p in params):
+            return None
+        elif not _FusedPasses.eligible(params):
+            why = ("parameters must be contiguous float32/bfloat16/float16 tensors on CUDA with Triton "
+                   "installed (or on CPU under TRITON_INTERPRET=1)")
+        if why is not None:
+            if self.fused:
+                raise ValueError(f"fused=True cannot run this step: {why}")
+            return None
+        key = tuple((p.device, p.dtype, p.data_ptr()) for p in params)
+        if self._fused_passes is None or self._fused_key != key:
+            self._fused_passes, self._fused_key = _FusedPasses(params), key
+        return self._fused_passes
 
     def _exact(self) -> bool:
         """Whether this step restores bit for bit: ``exact_restore``, or by default (None)
@@ -526,6 +633,7 @@ class MeZO(torch.optim.Optimizer):
         self._log["projected_grads"].append(list(grads) + [math.nan] * (self.n_perturb - len(grads)))
         self._log["lrs"].append(list(lrs))
         self._log["rows"].append(self._step_rows)
+        self._log["fused"].append(self._step_fused)
 
     # ------------------------------------------------------------------ the trajectory log
     def trajectory(self) -> dict:
@@ -544,6 +652,8 @@ class MeZO(torch.optim.Optimizer):
             "lrs": torch.tensor(self._log["lrs"], dtype=torch.float64).reshape(-1, len(self.param_groups)),
             # per step: None (every row) or {parameter index: int32 rows} (see step's ``rows``)
             "rows": list(self._log["rows"]),
+            # per step: whether the fused Triton passes ran (another generator for z)
+            "fused": torch.tensor(self._log["fused"], dtype=torch.bool),
         }
 
     def state_dict(self) -> dict:
@@ -565,7 +675,8 @@ class MeZO(torch.optim.Optimizer):
         if log is not None:
             self._log = {"step": log["step"].tolist(), "status": log["status"].tolist(),
                          "projected_grads": log["projected_grads"].tolist(), "lrs": log["lrs"].tolist(),
-                         "rows": list(log.get("rows", [None] * len(log["step"])))}
+                         "rows": list(log.get("rows", [None] * len(log["step"]))),
+                         "fused": (log["fused"].tolist() if "fused" in log else [False] * len(log["step"]))}
 
 
 # --------------------------------------------------------------------------- replay
@@ -604,35 +715,51 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
     updates = 0
     steps = log["step"].tolist()
     all_rows = list(log.get("rows", [None] * len(steps)))
-    for t, status, grads, lrs, rows in zip(steps, log["status"].tolist(), log["projected_grads"].tolist(),
-                                           log["lrs"].tolist(), all_rows):
+    all_fused = log["fused"].tolist() if "fused" in log else [False] * len(steps)
+    fused_passes = _FusedPasses(params) if any(all_fused) else None
+    for t, status, grads, lrs, rows, fused in zip(steps, log["status"].tolist(), log["projected_grads"].tolist(),
+                                                  log["lrs"].tolist(), all_rows, all_fused):
         seeds = [direction_seed(int(log["seed"]), t, j) for j in range(n)]
         lrs = [lr] * len(lrs) if lr is not None else lrs
         streams = perturber.plan({int(k): r.to(torch.int64) for k, r in rows.items()} if rows else None)
+        fp = fused_passes if fused else None
+
+        def add(seed, scale, fp=fp, streams=streams):
+            fp.add(seed, scale) if fp is not None else perturber.add(seed, scale, streams)
+
+        def add_twice(seed, scale, fp=fp, streams=streams):
+            fp.add_twice(seed, scale) if fp is not None else perturber.add_twice(seed, scale, streams)
+
         if status != _OK:
-            if passes and not exact and status != _SKIP_BASE:
+            if passes and (fp is not None or not exact) and status != _SKIP_BASE:
                 done = sum(1 for g in grads if not math.isnan(g))
                 for s in seeds[:done]:
-                    perturber.add(s, eps, streams)
+                    add(s, eps)
                     if not one:
-                        perturber.add_twice(s, -eps, streams)
-                    perturber.add(s, restore_scale, streams)
+                        add_twice(s, -eps)
+                    add(s, restore_scale)
                 s = seeds[done]
-                perturber.add(s, eps, streams)
+                add(s, eps)
                 if status == _SKIP_PLUS:
-                    perturber.add(s, -eps, streams)
+                    add(s, -eps)
                 else:
-                    perturber.add_twice(s, -eps, streams)
-                    perturber.add(s, eps, streams)
+                    add_twice(s, -eps)
+                    add(s, eps)
             continue
         updates += 1
-        if passes and not exact:
-            for j, s in enumerate(seeds):
-                perturber.add(s, eps, streams)
+        if fp is not None:  # the fused Triton passes (estimator "sgd", one direction)
+            if passes:
+                add(seeds[0], eps)
                 if not one:
-                    perturber.add_twice(s, -eps, streams)
+                    add_twice(seeds[0], -eps)
+            fp.update(seeds[0], restore_scale if passes else 0.0, grads[0], lrs, wds, group_of)
+        elif passes and not exact:
+            for j, s in enumerate(seeds):
+                add(s, eps)
+                if not one:
+                    add_twice(s, -eps)
                 if j < n - 1:
-                    perturber.add(s, restore_scale, streams)
+                    add(s, restore_scale)
             perturber.run(rule.kernel(seeds, grads, lrs, wds, updates, restore=(seeds[-1], restore_scale)),
                           slots=2, streams=streams)
         else:  # exact restoration returns θ bit for bit, so only the update remains
