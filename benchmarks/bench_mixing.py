@@ -41,6 +41,7 @@ def main() -> None:
         sweep = conflict_sweep()
         print(f"\n## synthetic conflict sweep ({time.perf_counter() - t0:.0f} s)\n")
         print(sweep.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.perf_counter()
         result = pretrain_multidomain(("uniform", "proportional", "pike", "balanced-pike"), seed=seed,
@@ -48,6 +49,7 @@ def main() -> None:
         print(f"\n## multidomain, seed {seed} ({time.perf_counter() - t0:.0f} s wall); config {result['config']}\n")
         print(format_summary(result["summary"]))
         s = result["summary"].set_index("mixer")
+        rows.append(result["summary"].assign(seed=seed))
         print(f"\nPiKE average {s.loc['pike', 'val_average']:.4f} vs uniform {s.loc['uniform', 'val_average']:.4f}; "
               f"Balanced-PiKE worst {s.loc['balanced-pike', 'val_worst']:.4f} vs uniform "
               f"{s.loc['uniform', 'val_worst']:.4f}; PiKE overhead {100 * s.loc['pike', 'overhead']:.1f}% "
@@ -60,6 +62,16 @@ def main() -> None:
         print("\noff-diagonal cosines by step (all mixers):\n"
               + off.groupby("step").cosine.describe()[["min", "50%", "max"]].round(3).to_string()
               + f"\nshare negative: {(off.cosine < 0).mean():.1%}")
+    if len(rows) > 1:
+        allr = pd.concat(rows, ignore_index=True)
+        avg = allr.pivot(index="seed", columns="mixer", values="val_average")
+        worst = allr.pivot(index="seed", columns="mixer", values="val_worst")
+        print("\n## over seeds\n\naverage validation loss:\n" + avg.round(4).to_string()
+              + "\nmean: " + avg.mean().round(4).to_string().replace("\n", "; ")
+              + "\n\nworst-domain validation loss:\n" + worst.round(4).to_string()
+              + "\nmean: " + worst.mean().round(4).to_string().replace("\n", "; "))
+        print(f"\nPiKE average <= uniform in {(avg['pike'] <= avg['uniform']).sum()} of {len(avg)} seeds; "
+              f"Balanced-PiKE worst <= uniform in {(worst['balanced-pike'] <= worst['uniform']).sum()} of {len(worst)}")
 
 
 if __name__ == "__main__":

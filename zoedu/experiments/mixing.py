@@ -246,7 +246,6 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
         opts = dict(mixer_options.get(name, {}))
         if name in ("pike", "balanced-pike"):
             opts.setdefault("update_every", cfg["stats_every"])
-            opts.setdefault("geometry", "adam")            # the runs below train with Adam
         source = MixedBatchSource(name, stats_every=cfg["stats_every"], **opts)
         hist = fit(model, task, "adam", steps=cfg["steps"], lr=cfg["lr"], batch_size=cfg["batch_size"],
                    seed=seed, device=device, eval_every=cfg["eval_every"], mixer=source,

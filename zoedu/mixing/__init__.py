@@ -7,22 +7,22 @@ Learning Under Low Gradient Conflicts", NeurIPS 2025.
 * samplers — :class:`Uniform`, :class:`Proportional`, :class:`RoundRobin`,
   :class:`RandomTask`, :class:`Static` (per-task counts summing to the batch size);
 * :class:`PiKE` and :class:`BalancedPiKE` — adaptive weights (Algorithm 1 and its tilted,
-  fair variant), in the geometry of SGD or of Adam (:func:`adam_marginal_gains`);
+  fair variant);
 * :func:`pcgrad`, :func:`mgda` — conflict-averse aggregation (via torchjd), also
   ``fit`` methods ``"pcgrad"`` and ``"mgda"``;
 * :func:`make_batch_source` — what ``fit(model, task, method, mixer=...)`` uses.
 """
 
 from .conflict import AGGREGATORS, FIT_METHODS, ConflictAverseRunner, aggregate, mgda, pcgrad
-from .pike import GEOMETRIES, BalancedPiKE, PiKE, adam_marginal_gains
+from .pike import BalancedPiKE, PiKE
 from .samplers import Proportional, RandomTask, RoundRobin, Sampler, Static, Uniform, apportion, check_weights
 from .source import MIXERS, MixedBatchSource, make_batch_source, make_mixer
 from .stats import VARIANCE_ESTIMATORS, TaskGradientStats, task_gradient_stats
 
 __all__ = [
-    "AGGREGATORS", "FIT_METHODS", "GEOMETRIES", "MIXERS", "VARIANCE_ESTIMATORS",
+    "AGGREGATORS", "FIT_METHODS", "MIXERS", "VARIANCE_ESTIMATORS",
     "BalancedPiKE", "ConflictAverseRunner", "MixedBatchSource", "PiKE", "Proportional", "RandomTask",
     "RoundRobin", "Sampler", "Static", "TaskGradientStats", "Uniform",
-    "adam_marginal_gains", "aggregate", "apportion", "check_weights", "make_batch_source", "make_mixer", "mgda", "pcgrad",
+    "aggregate", "apportion", "check_weights", "make_batch_source", "make_mixer", "mgda", "pcgrad",
     "task_gradient_stats",
 ]

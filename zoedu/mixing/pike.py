@@ -43,6 +43,12 @@ statistics are divided by the mean of the squared norms, m = (1/K) Σ_j ‖∇L_
 update — the same as using ζ/m; it leaves the argmax and the ranking of tasks unchanged and
 makes the defaults ζ₁ = ζ₂ = 1 work without tuning on the notebooks' problems.
 
+Bounded steps. The exponent is centred on its weighted mean (which the normalisation ignores
+anyway) and each log-weight moves by at most ``max_log_step`` = 2 per update (a factor e² ≈ 7.4),
+so one noisy estimate — a task's ‖ḡ_k‖² from four examples can jump several-fold between two
+draws — cannot send the mixture to a vertex in one update. The bound does not bind in the
+synthetic sweep's normal operation (its table is unchanged); 1 would (and slows PiKE there).
+
 Balanced-PiKE. To protect the worst task the objective becomes the tilted loss
 L_τ = (1/τ) log Σ_k exp(τ L_k): the average (plus a constant) as τ → 0, the maximum as
 τ → ∞. Its gradient is Σ_k p_k ∇L_k with p = softmax(τ L), so the same bound weights each
@@ -58,7 +64,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .samplers import _check_b, _check_n_tasks, apportion
 
@@ -81,72 +86,6 @@ def _check_stat(name: str, values, n_tasks: int) -> np.ndarray:
         raise ValueError(f"{name}={arr.tolist()} must be non-negative (squared norms and variances are ≥ 0)")
     return arr
 
-GEOMETRIES = ("sgd", "adam")
-
-
-def adam_marginal_gains(grads, coord_variances, n_examples, weights, batch_size: int, *,
-                        task_weights=None, second_moment=None, variance_dof=None) -> np.ndarray:
-    r"""∂F/∂w_k of Adam's one-step decrease F(w) under mixing weights w (module docstring).
-
-    Per coordinate i, with task gradients g_k, per-example variances s_k², the mixed
-    batch's mean μ = Σ_k w_k g_k and noise N = Σ_k w_k s_k²/b, Adam's step is about
-    −η μ/√V with V = μ² + N (its second moment). The decrease of Σ_k c_k L_k is
-    F = η Σ_i Γ_i μ_i/√V_i with Γ = Σ_k c_k g_k, and
-
-        ∂F/∂w_k = η Σ_i Γ_i (N_i g_k,i − μ_i s_k,i²/(2b)) / V_i^{3/2}.
-
-    The products of estimated gradients are debiased (E[ĝ_k ĝ_k] = g_k² + s_k²/n_k) like
-    ``unbiased_sq_norms``, and so are the squares of a variance estimate with ν degrees of
-    freedom (E[ŝ⁴] = s⁴(ν + 2)/ν for Gaussian noise). Returned without the factor η.
-
-    Args:
-        grads: ``(K, d)`` task gradients ḡ_k (``TaskGradientStats.grads``).
-        coord_variances: ``(K, d)`` per-example variances per coordinate.
-        n_examples: ``(K,)`` examples behind each ḡ_k.
-        weights: ``(K,)`` the current mixing weights.
-        batch_size: b, the mixed batch size.
-        task_weights: c, the weight of each task's loss in the objective (ones: the sum).
-        second_moment: ``(d,)`` a measured V, e.g. the running mean of the squared training
-            gradients (what Adam divides by). Without it V is modelled from the same few
-            examples as the numerator, and 1/V^{3/2} of a noisy V is biased upward where the
-            variance estimate happens to be small; a V measured on other data is not.
-        variance_dof: ``(K,)`` degrees of freedom ν of each variance estimate (n_k − 1 by
-            default; G − 1 for the group estimator with G groups).
-    """
-    g = torch.as_tensor(grads).double()
-    s2 = torch.as_tensor(coord_variances).double().to(g.device)
-    if g.dim() != 2 or s2.shape != g.shape:
-        raise ValueError(f"grads and coord_variances must both be (K, d); got {tuple(g.shape)} and {tuple(s2.shape)}")
-    K = g.shape[0]
-    w = torch.as_tensor(_check_stat("weights", weights, K), dtype=torch.float64, device=g.device)
-    n = torch.as_tensor(_check_stat("n_examples", n_examples, K), dtype=torch.float64, device=g.device)
-    if torch.any(n < 1):
-        raise ValueError(f"n_examples={n.tolist()} must be ≥ 1")
-    c = torch.ones(K, dtype=torch.float64, device=g.device) if task_weights is None else \
-        torch.as_tensor(_check_stat("task_weights", task_weights, K), dtype=torch.float64, device=g.device)
-    b = float(_check_positive("batch_size", batch_size))
-    mu = w @ g
-    gamma = c @ g
-    noise = (w @ s2) / b
-    if second_moment is None:
-        V = (mu * mu - (w * w / n) @ s2).clamp_min(0) + noise
-    else:
-        V = torch.as_tensor(second_moment).double().to(g.device).reshape(-1)
-        if V.shape != mu.shape or not bool(torch.all(torch.isfinite(V))) or bool(torch.any(V < 0)):
-            raise ValueError(f"second_moment must be a finite, non-negative vector of length {mu.numel()} "
-                             f"(one entry per coordinate); got shape {tuple(V.shape)}")
-    inv = torch.where(V > 0, V.clamp_min(1e-300).pow(-1.5), torch.zeros_like(V))
-    cross = gamma[None, :] * g - (c / n)[:, None] * s2                 # Γ g_k, debiased
-    gamma_mu = gamma * mu - ((c * w) / n) @ s2                        # Γ μ, debiased
-    gains = (cross * (noise * inv)[None, :]).sum(1) - (s2 * (gamma_mu * inv)[None, :]).sum(1) / (2 * b)
-    # both terms hold −(c_k w_k / n_k b)·ŝ_k⁴ (once whole, once halved, with opposite signs); E[ŝ⁴] is
-    # s⁴(ν + 2)/ν, so replacing ŝ⁴ by ŝ⁴·ν/(ν + 2) adds (c_k w_k / n_k b)·ŝ_k⁴·(1/(ν + 2))
-    nu = n - 1 if variance_dof is None else torch.as_tensor(
-        _check_stat("variance_dof", variance_dof, K), dtype=torch.float64, device=g.device)
-    nu = nu.clamp_min(1)
-    gains = gains + (c * w / (n * b)) * (1 / (nu + 2)) * ((s2 * s2) * inv[None, :]).sum(1)
-    return gains.cpu().numpy()
-
 
 class PiKE:
     """PiKE's mixing weights (Algorithm 1): w_k ← w_k·exp(ζ₁‖∇L_k‖² − (ζ₂/2b)σ_k²), normalised.
@@ -160,18 +99,14 @@ class PiKE:
         min_weight: floor of every weight after an update (keeps all tasks sampled);
             must be < 1/K.
         normalize: divide the statistics by the mean squared norm first (module docstring).
-        geometry: ``"sgd"`` — Algorithm 1's exponent from ‖∇L_k‖² and σ_k²; ``"adam"`` — the
-            exponent is the marginal gain of Adam's one-step decrease
-            (:func:`adam_marginal_gains`, module docstring), which needs per-coordinate
-            statistics: use :meth:`update_from_stats` (``fit``'s batch source does).
         max_log_step: no log-weight moves by more than this in one update, relative to the
-            weighted mean move (one noisy estimate cannot flip the mixture).
+            weighted mean move (module docstring, "Bounded steps").
         weights: initial weights (uniform by default).
     """
 
     def __init__(self, n_tasks: int, *, zeta1: float = 1.0, zeta2: float = 1.0, update_every: int = 50,
                  batch_size: int = 16, min_weight: float | None = None, normalize: bool = True,
-                 geometry: str = "sgd", max_log_step: float = 1.0, weights=None):
+                 max_log_step: float = 2.0, weights=None):
         self.n_tasks = _check_n_tasks(n_tasks)
         self.zeta1 = _check_positive("zeta1", zeta1)
         self.zeta2 = _check_positive("zeta2", zeta2, allow_zero=True)
@@ -185,10 +120,6 @@ class PiKE:
         if self.min_weight >= 1.0 / self.n_tasks:
             raise ValueError(f"min_weight={min_weight} must be < 1/n_tasks = {1.0 / self.n_tasks:.4g}")
         self.normalize = bool(normalize)
-        if geometry not in GEOMETRIES:
-            raise ValueError(f"geometry={geometry!r} is unknown; allowed: {', '.join(GEOMETRIES)} "
-                             "(the optimizer that takes the steps: plain SGD or an Adam-type method)")
-        self.geometry = geometry
         self.max_log_step = _check_positive("max_log_step", max_log_step)
         if weights is None:
             self._weights = np.full(self.n_tasks, 1.0 / self.n_tasks)
@@ -211,7 +142,7 @@ class PiKE:
         return (self.zeta1 * gain * sq_norms - self.zeta2 / (2 * self.batch_size) * variances) / scale
 
     def _apply(self, scores: np.ndarray) -> np.ndarray:
-        step = scores - float(self._weights @ scores)      # the normalisation makes only differences matter
+        step = scores - float(self._weights @ scores)      # only differences matter after normalising
         step = np.clip(step, -self.max_log_step, self.max_log_step)
         logw = np.log(self._weights) + step
         w = np.exp(logw - logw.max())                       # softmax-stable exponentiated step
@@ -234,46 +165,6 @@ class PiKE:
         var = _check_stat("variances", variances, self.n_tasks)
         return self._apply(self._scores(sq, var, np.ones(self.n_tasks)))
 
-    def _gain(self, losses) -> np.ndarray:
-        return np.ones(self.n_tasks)
-
-    def update_adam(self, grads, coord_variances, n_examples, losses=None, second_moment=None,
-                    variance_dof=None) -> np.ndarray:
-        """One update in the Adam geometry from per-coordinate statistics (:func:`adam_marginal_gains`).
-
-        The exponent is ζ₁·∂F/∂w_k divided by Σ_j w_j ∂F/∂w_j (the mixture's own marginal
-        gain), so it is scale-free like the normalised SGD exponent.
-        """
-        gains = adam_marginal_gains(grads, coord_variances, n_examples, self._weights, self.batch_size,
-                                    task_weights=self._gain(losses), second_moment=second_moment,
-                                    variance_dof=variance_dof)
-        if not np.all(np.isfinite(gains)):
-            raise FloatingPointError(f"non-finite Adam gains {gains.tolist()}; the weights are left unchanged")
-        scale = float(self._weights @ gains)
-        if scale <= 0:
-            scale = float(np.abs(gains).mean())
-        if scale <= 0:                     # every gradient is zero: nothing to learn, keep the weights
-            return self._apply(np.zeros(self.n_tasks))
-        return self._apply(self.zeta1 * gains / scale)
-
-    def update_from_stats(self, stats, second_moment=None) -> np.ndarray:
-        """Update from a :class:`~zoedu.mixing.TaskGradientStats` in this mixer's geometry.
-
-        ``"sgd"``: ``update(stats.unbiased_sq_norms, stats.variances)`` — the debiased
-        ‖∇L_k‖², since the plug-in ‖ḡ_k‖² is inflated by σ_k²/n. ``"adam"``: needs the
-        statistics computed with ``keep_grads=True``.
-        """
-        losses = stats.losses
-        if self.geometry == "adam":
-            if stats.grads is None or stats.coord_variances is None:
-                raise ValueError("geometry='adam' needs per-coordinate statistics: "
-                                 "task_gradient_stats(..., keep_grads=True)")
-            return self.update_adam(stats.grads, stats.coord_variances, stats.n_examples, losses,
-                                    second_moment=second_moment, variance_dof=stats.variance_dof)
-        if isinstance(self, BalancedPiKE):
-            return self.update(stats.unbiased_sq_norms, stats.variances, losses)
-        return self.update(stats.unbiased_sq_norms, stats.variances)
-
     def batch_sizes(self, b: int, *, rng: np.random.Generator | None = None,
                     require_all: bool = False) -> np.ndarray:
         """Integer examples per task summing to ``b`` exactly (see :func:`zoedu.mixing.apportion`)."""
@@ -287,7 +178,7 @@ class PiKE:
 
     def __repr__(self):
         return (f"{type(self).__name__}(n_tasks={self.n_tasks}, zeta1={self.zeta1}, zeta2={self.zeta2}, "
-                f"update_every={self.update_every}, geometry={self.geometry!r}, "
+                f"update_every={self.update_every}, max_log_step={self.max_log_step}, "
                 f"weights={np.round(self._weights, 3).tolist()})")
 
 
@@ -313,11 +204,6 @@ class BalancedPiKE(PiKE):
         p = np.exp(z - z.max())
         return p / p.sum()
 
-    def _gain(self, losses) -> np.ndarray:
-        if losses is None:
-            raise ValueError("BalancedPiKE needs losses (one current loss per task) for the tilt")
-        return self.n_tasks * self.tilt(losses)
-
     def update(self, sq_norms, variances, losses=None) -> np.ndarray:
         if losses is None:
             raise ValueError("BalancedPiKE.update needs losses (one current loss per task) for the tilt")
@@ -330,4 +216,4 @@ class BalancedPiKE(PiKE):
         return super().__repr__()[:-1] + f", tau={self.tau})"
 
 
-__all__ = ["PiKE", "BalancedPiKE", "adam_marginal_gains", "GEOMETRIES"]
+__all__ = ["PiKE", "BalancedPiKE"]

@@ -10,9 +10,8 @@ timed step) and ``after_step(ctx, step, out)`` (after it). The source
    ``batch["domain"]``;
 3. every ``stats_every`` steps draws a fresh batch per task, runs
    :func:`~zoedu.mixing.task_gradient_stats` and — for PiKE — updates the weights
-   (Algorithm 1's "every T₀ steps") with ``PiKE.update_from_stats``: in the SGD geometry
-   from the unbiased ‖∇L_k‖² estimate ‖ḡ_k‖² − σ̂_k²/n (``TaskGradientStats.unbiased_sq_norms``)
-   and σ̂_k²; in the Adam geometry from the per-coordinate gradients and variances.
+   (Algorithm 1's "every T₀ steps") from the unbiased ‖∇L_k‖² estimate ‖ḡ_k‖² − σ̂_k²/n
+   (``TaskGradientStats.unbiased_sq_norms``) and σ̂_k².
 
 Columns added to the History (one per domain ``d``): ``loss/d`` (training loss of the
 step's batch, NaN if the domain was absent), ``count/d`` (its examples in the batch),
@@ -124,7 +123,6 @@ class MixedBatchSource:
         self._task_losses: dict[int, float] = {}
         self._counts = np.zeros(K, dtype=np.int64)
         self._weights = self.mixer.weights
-        self.beta2, self._v, self._v_steps, self._v_ok = 0.999, None, 0, True
 
         def loss(batch, _task=task, _ctx=ctx):           # ctx.loss, recording per-domain losses
             losses = _task.example_losses(_ctx.model, batch)
@@ -163,32 +161,8 @@ class MixedBatchSource:
         return [move_batch(self.task.sample("train", n, ctx.rng, indices=pool), ctx.device)
                 for pool in self.pools]
 
-    def _track_second_moment(self, ctx) -> None:
-        """Running mean of the squared training gradient (Adam's v̂; β₂ = 0.999, bias-corrected)."""
-        grads = [p.grad for p in ctx.params()]
-        if any(g is None for g in grads):          # a method that frees its gradients: model V instead
-            self._v = None
-            self._v_ok = False
-            return
-        with torch.no_grad():
-            sq = torch.cat([g.detach().reshape(-1).float() for g in grads]).pow(2)
-            if self._v is None:
-                self._v = torch.zeros_like(sq)
-            self._v.mul_(self.beta2).add_(sq, alpha=1 - self.beta2)
-            self._v_steps += 1
-
-    def _second_moment(self):
-        if not self._v_ok or self._v is None or self._v_steps == 0:
-            return None
-        return self._v / (1 - self.beta2 ** self._v_steps)
-
     def after_step(self, ctx, step: int, out: dict) -> None:
         """Add the per-domain columns; every ``stats_every`` steps the statistics (and PiKE's update)."""
-        track_seconds = 0.0
-        if self._v_ok and isinstance(self.mixer, PiKE) and self.mixer.geometry == "adam":
-            t0 = time.perf_counter()
-            self._track_second_moment(ctx)
-            track_seconds = time.perf_counter() - t0
         for k, name in enumerate(self.names):
             out[f"loss/{name}"] = self._task_losses.get(k, float("nan"))
             out[f"count/{name}"] = int(self._counts[k])
@@ -197,15 +171,14 @@ class MixedBatchSource:
         seconds = 0.0
         if self.stats_every and step % self.stats_every == 0:
             t0 = time.perf_counter()
-            adam = isinstance(self.mixer, PiKE) and self.mixer.geometry == "adam"
             stats = task_gradient_stats(ctx.model, self.task.loss, self.task_batches(ctx),
-                                        variance=self.variance, n_groups=self.n_groups, keep_grads=adam)
+                                        variance=self.variance, n_groups=self.n_groups)
             # PiKE needs ‖∇L_k‖², not ‖ḡ_k‖²: the plug-in is inflated by σ_k²/n (n = b_stats), far
-            # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks;
-            # update_from_stats uses the debiased estimates (and per-coordinate ones for Adam).
-            if isinstance(self.mixer, PiKE):
-                self.mixer.update_from_stats(stats, second_moment=self._second_moment())
-            stats.grads = stats.coord_variances = None      # 2·K·d floats: not kept past the update
+            # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks.
+            if isinstance(self.mixer, BalancedPiKE):
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances, stats.losses)
+            elif isinstance(self.mixer, PiKE):
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - t0
@@ -217,7 +190,7 @@ class MixedBatchSource:
             self.last_stats = stats
         out["mixer_forward_passes"] = fwd
         out["mixer_backward_passes"] = bwd
-        out["mixer_seconds"] = seconds + track_seconds
+        out["mixer_seconds"] = seconds
         self._step = step + 1
 
     def __repr__(self):

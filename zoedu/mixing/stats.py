@@ -52,13 +52,6 @@ class TaskGradientStats:
         n_examples: ``(K,)`` examples per task batch.
         forward_passes, backward_passes: the passes spent, counted like ``fit`` counts a
             step (one per batched call; a per-example chunk counts as one).
-        variance_dof: ``(K,)`` degrees of freedom of each variance estimate (n − 1 per
-            sample, G − 1 with G groups).
-        grads: ``(K, d)`` the task gradients ḡ_k (only with ``keep_grads=True``).
-        coord_variances: ``(K, d)`` the per-example variance of every coordinate, the same
-            unbiased estimator as ``variances`` taken coordinate by coordinate (so
-            ``coord_variances.sum(1) == variances``; only with ``keep_grads=True``). PiKE's
-            Adam geometry needs it (:func:`zoedu.mixing.adam_marginal_gains`).
     """
 
     sq_norms: np.ndarray
@@ -70,8 +63,6 @@ class TaskGradientStats:
     backward_passes: int = 0
     estimator: str = "groups"
     grads: torch.Tensor | None = field(default=None, repr=False)
-    coord_variances: torch.Tensor | None = field(default=None, repr=False)
-    variance_dof: np.ndarray | None = None
 
     @property
     def unbiased_sq_norms(self) -> np.ndarray:
@@ -161,7 +152,7 @@ class _eager_attention:
 
 
 def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k):
-    """(Σ_i g_i, Σ_i g_i², Σ_i ‖g_i‖², mean loss, backward calls) from per-example gradients, chunked."""
+    """(Σ_i g_i, Σ_i ‖g_i‖², mean loss, backward calls) from per-example gradients, chunked."""
     from torch.func import functional_call, grad_and_value, vmap
 
     names = [n for n, _ in params]
@@ -174,7 +165,6 @@ def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k):
 
     tensors = {k: v for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0}
     total = None
-    coord_sq = None
     sq_sum = 0.0
     loss_sum = 0.0
     calls = 0
@@ -199,12 +189,10 @@ def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k):
             per_ex, losses = torch.stack(rows), torch.stack(losses)
         calls += 1
         total = per_ex.sum(0) if total is None else total + per_ex.sum(0)
-        chunk_sq = per_ex.double().pow(2).sum(0)
-        coord_sq = chunk_sq if coord_sq is None else coord_sq + chunk_sq
-        sq_sum += float(chunk_sq.sum())
+        sq_sum += float((per_ex.double() ** 2).sum())
         loss_sum += float(losses.double().sum())
         del per_ex
-    return total, coord_sq, sq_sum, loss_sum / n, calls
+    return total, sq_sum, loss_sum / n, calls
 
 
 def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor],
@@ -221,8 +209,7 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         variance: ``"groups"`` (G group gradients, cheap) or ``"per-sample"`` (torch.func).
         n_groups: G for ``"groups"``, at least 2 (capped at the batch size).
         chunk_size: examples per vectorised per-sample chunk.
-        keep_grads: also return the ``(K, d)`` task gradients in ``grads`` and the
-            per-coordinate variances in ``coord_variances`` (2·K·d floats).
+        keep_grads: also return the ``(K, d)`` task gradients in ``grads``.
 
     Returns:
         :class:`TaskGradientStats`. The model's ``.grad`` fields are not touched.
@@ -237,26 +224,20 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
     params = _params(model)
     plist = [p for _, p in params]
-    grads, coord_vars, sq_norms, variances, losses, counts, dofs = [], [], [], [], [], [], []
+    grads, sq_norms, variances, losses, counts = [], [], [], [], []
     fwd = bwd = 0
     for k, batch in enumerate(batches):
         n = _batch_size(batch)
         if n < 2:
             raise ValueError(f"batch of task {k} has {n} example(s); a variance needs at least 2")
         if variance == "per-sample":
-            total, coord_sq, sq_sum, mean_loss, calls = _per_sample_sums(model, loss_fn, batch, params,
-                                                                         chunk_size, k)
+            total, sq_sum, mean_loss, calls = _per_sample_sums(model, loss_fn, batch, params, chunk_size, k)
             mean = total / n
             var = (sq_sum - n * float(mean.double().pow(2).sum())) / (n - 1)
-            if keep_grads:
-                coord_vars.append(((coord_sq - n * mean.double().pow(2)) / (n - 1)).clamp_min(0).float())
-            del coord_sq
             fwd += calls
             bwd += calls
-            dofs.append(n - 1)
         else:
             G = min(n_groups, n)
-            dofs.append(G - 1)
             bounds = np.linspace(0, n, G + 1).round().astype(int)
             group_grads, sizes, loss_sum = [], [], 0.0
             for j in range(G):
@@ -270,12 +251,8 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
             m = torch.tensor(sizes, dtype=torch.float32, device=group_grads[0].device)
             stacked = torch.stack(group_grads)                     # (G, d)
             mean = (m[:, None] * stacked).sum(0) / n               # ḡ = Σ m_j g_j / n
-            coord_dev = (stacked - mean).double().pow(2)           # (g_j − ḡ)² per coordinate
-            dev = coord_dev.sum(1)                                 # ‖g_j − ḡ‖²
+            dev = (stacked - mean).double().pow(2).sum(1)          # ‖g_j − ḡ‖²
             var = float((m.double() * dev).sum()) / (G - 1)        # Σ m_j‖g_j − ḡ‖²/(G − 1)
-            if keep_grads:
-                coord_vars.append(((m.double()[:, None] * coord_dev).sum(0) / (G - 1)).float())
-            del coord_dev
             mean_loss = loss_sum / n
             del stacked, group_grads
         sq = float(mean.double().pow(2).sum())
@@ -298,9 +275,7 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
                              cosine=cosine, losses=np.asarray(losses),
                              n_examples=np.asarray(counts, dtype=np.int64), forward_passes=fwd,
                              backward_passes=bwd, estimator=variance,
-                             variance_dof=np.asarray(dofs, dtype=np.float64),
-                             grads=torch.stack(grads) if keep_grads else None,
-                             coord_variances=torch.stack(coord_vars) if keep_grads else None)
+                             grads=torch.stack(grads) if keep_grads else None)
 
 
 __all__ = ["TaskGradientStats", "task_gradient_stats", "VARIANCE_ESTIMATORS"]
