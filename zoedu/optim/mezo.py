@@ -229,8 +229,8 @@ class _ExactKeeper:
     a transformer's weights per state — where ``θ + a z`` rounded into a coarser binade),
     and the rare ones further off by value (about 1 %: weights smaller than about |εz|).
     :meth:`recover` runs the plain inverse and patches those. Memory: about a quarter of a
-    byte per perturbed weight (≈ 6 % of fp32 weights), allocated in the calling thread
-    (:meth:`adopt`) so :func:`zoedu.memory.measure` counts it.
+    byte per perturbed weight (≈ 6 % of fp32 weights), made in the calling thread (the
+    saving pass runs there) so :func:`zoedu.memory.measure` counts it.
     """
 
     _SMALL = 1 << 15  # streams up to this size code (position, direction) in one int16
@@ -273,12 +273,6 @@ class _ExactKeeper:
         far = self.exceptions.get((key, a))
         if far is not None:
             v.view(-1)[far[0].long()] = far[1]
-
-    def adopt(self) -> None:
-        """Copy what worker threads allocated in the calling thread (so memory.measure counts it)."""
-        self.ulps = {k: tuple(t.clone() for t in c) if isinstance(c, tuple) else c.clone()
-                     for k, c in self.ulps.items()}
-        self.exceptions = {k: (i.clone(), v.clone()) for k, (i, v) in self.exceptions.items()}
 
     def clear(self) -> None:
         self.ulps, self.exceptions = {}, {}
@@ -592,8 +586,8 @@ class MeZO(torch.optim.Optimizer):
             v.add_(z, alpha=eps)
 
         keeper.clear()  # the previous direction's lists (n_perturb > 1) are no longer needed
-        self.perturber.run(kernel, streams=streams)
-        keeper.adopt()
+        # in the calling thread: the lists are allocated where zoedu.memory.measure sees them
+        self.perturber.run(kernel, streams=streams, serial=True)
 
     def _flip(self, keeper: _ExactKeeper | None, seed: int, streams) -> None:
         """Line 7, θ + εz → θ − εz: exactly back to θ then −εz (exact mode), or two rounded
