@@ -1,6 +1,8 @@
 """Benchmarks of the optimizers in zoedu.optim (results in benchmarks/README.md, "Optimizers").
 
     python benchmarks/bench_optim.py speed      # 1. MeZO step ÷ forward, 3. speed-up over the paper's loop
+    python benchmarks/bench_optim.py speed memory --device cuda --dtype bfloat16 --size 1.3b --batch 16 --seq 256
+                                                # the GPU rows (OPT-1.3B-sized, bf16: the fused Triton passes)
     python benchmarks/bench_optim.py memory     # 2. MeZO peak ÷ inference peak
     python benchmarks/bench_optim.py drift      # restoration drift after 1000 lr=0 steps (fp32/bf16/fp16)
     python benchmarks/bench_optim.py minilm     # 4. Adam, SGD, IP-SGD, MeZO, Addax on MiniLM + sentiment
@@ -66,8 +68,23 @@ class ReferenceMeZO:
         return 0.5 * (l1 + l2)
 
 
+#: ``--size 1.3b``: OPT-1.3B's shape (hidden 2048, 24 layers, FFN 8192, 32 heads, vocab 50 272),
+#: randomly initialised on the device (the GPU row; no download: the weights do not matter for
+#: the timing), with a 2-class head on the last token like the tiny models.
+OPT_1_3B = dict(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32, vocab_size=50272,
+                word_embed_proj_dim=2048, max_position_embeddings=2048, num_labels=2, pad_token_id=1)
+
+
 def _opt_model(size="25m", dtype=None, device="cpu"):
-    model, _ = load_model("tiny-opt", size=size, num_labels=2, dtype=dtype, device=device)
+    if size == "1.3b":
+        from transformers import OPTConfig, OPTForSequenceClassification
+
+        from zoedu.models import resolve_dtype
+
+        with torch.device(device):
+            model = OPTForSequenceClassification(OPTConfig(**OPT_1_3B)).to(resolve_dtype(dtype) or torch.float32)
+    else:
+        model, _ = load_model("tiny-opt", size=size, num_labels=2, dtype=dtype, device=device)
     model.eval()
     return model
 
@@ -143,12 +160,26 @@ def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None
 
 
 # --------------------------------------------------------------------------- 2: memory
-def bench_memory(size="25m", batch=8, seq=128):
-    model = _opt_model(size)
-    b = _batch(batch, seq)
+def bench_memory(size="25m", batch=8, seq=128, device="cpu", dtype=None):
+    model = _opt_model(size, dtype=dtype, device=device)
+    b = _batch(batch, seq, device)
     closure = lambda: _loss(model, b)  # noqa: E731
+    cuda = torch.device(device).type == "cuda"
+
+    def peak(fn):  # zoedu.memory.measure, and on CUDA the allocator's own peak beside it
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        f = measure(fn, model=model, optimizer=getattr(fn, "optimizer", None))
+        if cuda:
+            torch.cuda.synchronize()
+            f.cuda_peak = torch.cuda.max_memory_allocated() - before + sum(
+                p.numel() * p.element_size() for p in model.parameters())
+        return f
+
     with torch.no_grad():
-        inference = measure(closure, model=model)
+        inference = peak(closure)
     rows = {"inference": inference}
     emb = embedding_rows(model, b)
     for name, kwargs, step_rows in [
@@ -158,13 +189,18 @@ def bench_memory(size="25m", batch=8, seq=128):
             ("mezo n_perturb=4", {"n_perturb": 4}, None),
             ("mezo momentum", {"estimator": "momentum"}, None), ("mezo adam", {"estimator": "adam"}, None)]:
         opt = MeZO(model.parameters(), lr=1e-7, **kwargs)
-        rows[name] = measure(lambda: opt.step(closure, rows=step_rows), model=model, optimizer=opt)
+        opt.step(closure, rows=step_rows)  # warm-up (kernels compiled, state made)
+        fn = lambda: opt.step(closure, rows=step_rows)  # noqa: E731
+        fn.optimizer = opt
+        rows[name] = peak(fn)
         opt.state.clear()
-    print(f"\n[memory] tiny-opt {size}, batch {batch}×{seq}, CPU, zoedu.memory.measure (peak bytes)")
+    print(f"\n[memory] opt {size}, dtype {dtype or 'float32'}, batch {batch}×{seq}, {device}, "
+          f"zoedu.memory.measure (peak bytes){'; cuda: torch.cuda.max_memory_allocated' if cuda else ''}")
     for k, f in rows.items():
         print(f"  {k:30s} total {f.total / 2**20:8.1f} MiB  ratio {f.total / inference.total:.3f}  "
               f"(params {f.params / 2**20:.1f}, optimizer {f.optimizer / 2**20:.1f}, "
-              f"activations {f.activations / 2**20:.1f}, other {f.other / 2**20:.1f})")
+              f"activations {f.activations / 2**20:.1f}, other {f.other / 2**20:.1f})"
+              + (f"; cuda peak ratio {f.cuda_peak / inference.cuda_peak:.3f}" if cuda else ""))
     return rows
 
 
@@ -227,9 +263,9 @@ def _cpu_timed(name: str) -> str:
 MINILM_METHODS = {
     "adam": dict(lr=5e-5),
     "sgd": dict(lr=1e-1),
-    "ipsgd": dict(lr=1e-1, sparse_embeddings=True),
+    "ipsgd": dict(lr=1e-1, sparse_embedding_grads=True),
     "mezo": dict(lr=1e-4, eps=1e-3),
-    "addax": dict(lr=1e-1, alpha=1e-3, eps=1e-3, k0=4, k1=4, sparse_embeddings=True),
+    "addax": dict(lr=1e-1, alpha=1e-3, eps=1e-3, k0=4, k1=4, sparse_embedding_grads=True),
 }
 
 
@@ -328,7 +364,7 @@ def main(argv=None):
     if "speed" in what:
         bench_speed(args.size, args.batch, args.seq, device=args.device, dtype=args.dtype)
     if "memory" in what:
-        bench_memory(args.size, args.batch, args.seq)
+        bench_memory(args.size, args.batch, args.seq, device=args.device, dtype=args.dtype)
     if "drift" in what:
         bench_drift()
     if "minilm" in what:
