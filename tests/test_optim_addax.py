@@ -245,7 +245,7 @@ def test_sparse_embedding_gradients_change_nothing_but_memory(tiny):
         layouts = []
         model.get_input_embeddings().weight.register_post_accumulate_grad_hook(
             lambda p: layouts.append(p.grad.layout))
-        opt = Addax(model.parameters(), lr=0.05, alpha=0.3, weight_decay=0.1, seed=3, sparse_embeddings=sparse)
+        opt = Addax(model.parameters(), lr=0.05, alpha=0.3, weight_decay=0.1, seed=3, sparse_embedding_grads=sparse)
         zo, fo = closures(task, model, zo_batch, fo_batch)
         feet[sparse] = measure(lambda: opt.step(zo, fo), model=model, optimizer=opt)
         opt.step(zo, fo)
@@ -255,3 +255,41 @@ def test_sparse_embedding_gradients_change_nothing_but_memory(tiny):
     assert all(torch.equal(a, b) for a, b in zip(out[True], out[False]))  # bit for bit
     emb = make().get_input_embeddings().weight
     assert feet[True].total < feet[False].total - 0.5 * emb.numel() * emb.element_size()
+
+
+def test_rows_restrict_the_zeroth_order_part_like_mezo(tiny):
+    """step(rows=): with α = 1 it is MeZO.step(rows=) bit for bit; only those embedding rows move."""
+    from zoedu.optim import embedding_rows
+
+    task, make = tiny
+    steps = batches(task, 3, 6, seed=11)
+    model, ref = make(), make()
+    opt = Addax(model.parameters(), lr=1e-3, alpha=1.0, eps=1e-3, seed=4)
+    mezo = MeZO(ref.parameters(), lr=1e-3, eps=1e-3, seed=4, exact_restore=False)
+    for b in steps:
+        opt.step(lambda b=b: task.loss(model, b), None, rows=embedding_rows(model, b))
+        mezo.step(lambda b=b: task.loss(ref, b), rows=embedding_rows(ref, b))
+    assert all(torch.equal(a, b) for a, b in zip(snap(model), snap(ref)))
+
+    model = make()
+    emb = model.get_input_embeddings().weight
+    before = emb.detach().clone()
+    zo_batch, fo_batch = batches(task, 2, 6, seed=12)
+    opt = Addax(model.parameters(), lr=0.05, alpha=0.5, eps=1e-3, seed=1)
+    zo, fo = closures(task, model, zo_batch, fo_batch)
+    opt.step(zo, fo, rows=embedding_rows(model, zo_batch))
+    used = torch.unique(torch.cat([zo_batch["input_ids"].flatten(), fo_batch["input_ids"].flatten()]))
+    moved = (emb.detach() != before).any(1).nonzero().squeeze(1)
+    assert moved.numel() > 0 and set(moved.tolist()) <= set(used.tolist())
+    with pytest.raises(ValueError, match="rows"):
+        opt.step(zo, fo, rows={torch.zeros(3): [0]})
+
+
+def test_fit_addax_sparse_embedding_flags(tiny):
+    from zoedu.train import fit
+
+    task, make = tiny
+    kw = dict(steps=2, lr=1e-2, batch_size=4, quiet=True, eval_every=0, track_memory=False, alpha=0.1)
+    for flags in ({}, {"sparse_embedding": False}, {"sparse_embedding_grads": True}):
+        h = fit(make(), task, "addax", **kw, **flags)
+        assert h["backward_passes"].tolist() == [1, 2] and np.isfinite(h["loss"]).all()

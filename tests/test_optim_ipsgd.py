@@ -101,8 +101,8 @@ def test_bad_arguments():
         IPSGD(lin.parameters(), lr=0.1, weight_decay=-1)
     with pytest.raises(ValueError, match="closure"):
         IPSGD(lin.parameters(), lr=0.1).step()
-    with pytest.raises(ValueError, match="sparse_embeddings"):
-        IPSGD(lin.parameters(), lr=0.1, sparse_embeddings="yes")
+    with pytest.raises(ValueError, match="sparse_embedding_grads"):
+        IPSGD(lin.parameters(), lr=0.1, sparse_embedding_grads="yes")
 
 
 # --------------------------------------------------------------------------- sparse embeddings
@@ -145,7 +145,7 @@ def test_sparse_embedding_gradient_is_sgd_bit_for_bit(weight_decay, monkeypatch)
     model = Bag()
     layouts = []
     model.emb.weight.register_post_accumulate_grad_hook(lambda p: layouts.append(p.grad.layout))
-    got = train(model, IPSGD(model.parameters(), lr=0.5, weight_decay=weight_decay, sparse_embeddings=True))
+    got = train(model, IPSGD(model.parameters(), lr=0.5, weight_decay=weight_decay, sparse_embedding_grads=True))
     assert layouts == [torch.sparse_coo] * len(data)  # the gradient arrived as rows
     assert model.emb.sparse is False  # switched back after each step
     assert not torch.equal(got[0], Bag().emb.weight)
@@ -163,7 +163,7 @@ def test_sparse_embedding_gradient_is_sgd_bit_for_bit(weight_decay, monkeypatch)
 def test_frozen_or_foreign_embeddings_stay_dense():
     model = Bag()
     other = nn.Embedding(5, 6)
-    opt = IPSGD(model.head.parameters(), lr=0.1, sparse_embeddings=True)  # the embedding is not ours
+    opt = IPSGD(model.head.parameters(), lr=0.1, sparse_embedding_grads=True)  # the embedding is not ours
     seen = []
 
     def closure():
@@ -178,7 +178,7 @@ def test_frozen_or_foreign_embeddings_stay_dense():
     assert model.emb.weight.grad is not None and model.emb.weight.grad.layout == torch.strided
 
 
-def test_sparse_embeddings_lower_the_peak(tiny):
+def test_sparse_embedding_grads_lower_the_peak(tiny):
     from zoedu.memory import measure
 
     task, make = tiny
@@ -186,7 +186,7 @@ def test_sparse_embeddings_lower_the_peak(tiny):
     feet = {}
     for sparse in (False, True):
         model = make()
-        opt = IPSGD(model.parameters(), lr=0.01, sparse_embeddings=sparse)
+        opt = IPSGD(model.parameters(), lr=0.01, sparse_embedding_grads=sparse)
 
         def closure():
             loss = task.loss(model, batch)
@@ -202,12 +202,12 @@ def test_sparse_embeddings_lower_the_peak(tiny):
     assert sparse.total < dense.total - 0.5 * emb_bytes  # (its peak is now the backward's activations)
 
 
-def test_fit_ipsgd_sparse_embeddings_is_the_same_training(tiny):
+def test_fit_ipsgd_sparse_embedding_grads_is_the_same_training(tiny):
     from zoedu.train import fit
 
     task, make = tiny
     kw = dict(steps=3, lr=5e-2, batch_size=4, quiet=True, eval_every=0, track_memory=False)
     a, b = make(), make()
     fit(a, task, "ipsgd", **kw)
-    fit(b, task, "ipsgd", sparse_embeddings=True, **kw)
+    fit(b, task, "ipsgd", sparse_embedding_grads=True, **kw)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))

@@ -24,10 +24,13 @@ perturbation is undone before the first-order pass, and the zeroth-order term of
 parameter is added inside that parameter's backward hook, right after its first-order
 update (so ``z`` is re-drawn four times per step, and no full gradient ever exists). The
 first-order pass is IP-SGD's machinery (:class:`zoedu.optim.ipsgd.InPlaceUpdates`); with
-``sparse_embeddings=True`` a trained embedding's gradient arrives as the batch's rows only
+``sparse_embedding_grads=True`` a trained embedding's gradient arrives as the batch's rows only
 (``sparse=True`` for the pass), so Addax's peak memory is MeZO's plus the short part's
 activations instead of MeZO's plus the whole embedding's gradient. Weight decay
 ``θ ← θ(1 − ηλ)`` is applied densely in place to every matrix (no temporary).
+With ``step(rows=)`` (the ``fit`` runner's default, as for MeZO) the zeroth-order part
+perturbs only the input-embedding rows its long examples look up: the same estimate without
+the noise of rows its loss never reads, and most of a small model's draws saved.
 
 *Addax-WA* (the paper's ablation "without assignment") draws both parts from the whole
 training set; :func:`make_addax_wa` is its ``fit`` plug-in.
@@ -45,9 +48,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from ._perturb import CHUNK, Perturber
+from ._perturb import CHUNK, Perturber, check_rows
 from .ipsgd import InPlaceUpdates, add_gradient_
-from .mezo import _UpdateRule, _decays, _scalar, direction_seed
+from .mezo import _UpdateRule, _decays, _scalar, direction_seed, embedding_rows
 
 #: Default mixing weight α of the zeroth-order term. ``α g⁰ z`` has a variance that grows
 #: with the parameter count d, so α is small; α·η is MeZO's learning rate in effect.
@@ -106,13 +109,13 @@ class Addax(torch.optim.Optimizer):
         weight_decay: λ (per group), ``θ ← θ − ηλθ``; not on biases and norm weights.
         seed: seeds the directions (step t uses ``direction_seed(seed, t)``, as MeZO).
         workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
-        sparse_embeddings: row-sparse embedding gradients in the first-order pass (see
+        sparse_embedding_grads: row-sparse embedding gradients in the first-order pass (see
             :class:`zoedu.optim.ipsgd.InPlaceUpdates`); default off.
     """
 
     def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, alpha: float = DEFAULT_ALPHA,
                  weight_decay: float = 0.0, seed: int = 0, workers: int | None = None, chunk: int = CHUNK,
-                 sparse_embeddings: bool = False):
+                 sparse_embedding_grads: bool = False):
         if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
         if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
@@ -121,7 +124,7 @@ class Addax(torch.optim.Optimizer):
             raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the weight of the zeroth-order part)")
         if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
-        self._inplace = InPlaceUpdates(self._first_order_update, sparse_embeddings=sparse_embeddings)
+        self._inplace = InPlaceUpdates(self._first_order_update, sparse_embedding_grads=sparse_embedding_grads)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
         self.eps, self.alpha, self.seed = float(eps), float(alpha), int(seed)
         self.workers, self.chunk = workers, int(chunk)
@@ -134,6 +137,7 @@ class Addax(torch.optim.Optimizer):
         self._perturber: Perturber | None = None
         self._perturber_key: tuple = ()
         self._zo_update: tuple[int, float] | None = None   # (seed, g⁰) of the running step
+        self._streams = None                                # its streams (row streams for rows=)
         self._done: set[int] = set()
 
     def add_param_group(self, param_group: dict) -> None:
@@ -179,16 +183,40 @@ class Addax(torch.optim.Optimizer):
         seed, g0 = self._zo_update
         coef = -lr * self.alpha * g0
         self.perturber.run(lambda v, zgen, s: v.add_(zgen(seed), alpha=coef),
-                           streams=self.perturber.streams_of(k))
+                           streams=[s for s in self._streams if s.param_index == k])
 
     # ------------------------------------------------------------------ the step
-    def step(self, zo_closure: Callable | None = None, fo_closure: Callable | None = None):
-        """One Addax step; returns ``(zo_loss, fo_loss)`` (``nan`` for a part not run)."""
+    def _row_map(self, rows) -> dict[int, torch.Tensor]:
+        if rows is None:
+            return {}
+        if not isinstance(rows, dict):
+            raise ValueError("rows must be a dict {parameter: row indices} (the input embedding's weight and "
+                             f"the token ids of the long part), got {type(rows).__name__}")
+        out = {}
+        for p, r in rows.items():
+            k = self._index.get(id(p))
+            if k is None:
+                raise ValueError("rows names a tensor that is not one of this optimizer's parameters")
+            if not p.is_contiguous():
+                raise ValueError(f"rows: parameter {k} (shape {tuple(p.shape)}) is not contiguous")
+            out[k] = check_rows(p, r, name=f"rows[parameter {k}]")
+        return out
+
+    def step(self, zo_closure: Callable | None = None, fo_closure: Callable | None = None, *,
+             rows: dict | None = None):
+        """One Addax step; returns ``(zo_loss, fo_loss)`` (``nan`` for a part not run).
+
+        ``rows={param: indices}`` (as :meth:`zoedu.optim.MeZO.step`): the zeroth-order part
+        perturbs and updates only those rows of ``param`` — the input-embedding rows the long
+        part looks up (:func:`zoedu.optim.embedding_rows`); its loss does not read the others.
+        """
         alpha, eps = self.alpha, self.eps
         if alpha > 0 and zo_closure is None:
             raise ValueError(f"alpha={alpha} > 0 needs a zo_closure (forward pass on the long examples)")
         if alpha < 1 and fo_closure is None:
             raise ValueError(f"alpha={alpha} < 1 needs an fo_closure (forward and backward on the short examples)")
+        streams = self.perturber.plan(self._row_map(rows))
+        self._streams = streams
         t = self.step_count
         self.step_count += 1
         seed = direction_seed(self.seed, t)
@@ -197,15 +225,15 @@ class Addax(torch.optim.Optimizer):
         g0 = math.nan
         if alpha > 0:
             with torch.no_grad():
-                self.perturber.add(seed, eps)                                 # θ + εz
+                self.perturber.add(seed, eps, streams)                        # θ + εz
                 plus = _scalar(zo_closure(), "zo_closure")
                 if not math.isfinite(plus):
-                    self.perturber.add(seed, -eps)
+                    self.perturber.add(seed, -eps, streams)
                     return self._skip(t, plus), fo_loss
-                self.perturber.add_twice(seed, -eps)                          # θ − εz
+                self.perturber.add_twice(seed, -eps, streams)                 # θ − εz
                 minus = _scalar(zo_closure(), "zo_closure")
                 if not math.isfinite(minus):
-                    self.perturber.add(seed, eps)
+                    self.perturber.add(seed, eps, streams)
                     return self._skip(t, minus), fo_loss
             g0 = (plus - minus) / (2 * eps)                                   # g⁰ (SPSA)
             zo_loss = 0.5 * (plus + minus)
@@ -214,9 +242,10 @@ class Addax(torch.optim.Optimizer):
                 rule = _UpdateRule(self._flat, self._group_of, "sgd", 1, 0.0, (0.9, 0.999), 1e-8, self.state)
                 lrs = [float(g["lr"]) for g in self.param_groups]
                 wds = [float(g["weight_decay"]) for g in self.param_groups]
-                self.perturber.run(rule.kernel([seed], [g0], lrs, wds, 1, restore=(seed, eps)), slots=2)
+                self.perturber.run(rule.kernel([seed], [g0], lrs, wds, 1, restore=(seed, eps)), slots=2,
+                                   streams=streams)
                 return zo_loss, fo_loss
-            self.perturber.add(seed, eps)                                     # restore θ
+            self.perturber.add(seed, eps, streams)                            # restore θ
             self._zo_update = (seed, g0)
         # first-order part: updates happen in the hooks during backward
         self._done = set()
@@ -283,14 +312,25 @@ class AddaxRunner:
     """Drive :class:`Addax` in :func:`zoedu.train.fit` from two pools of training examples.
 
     The zeroth-order forwards run in eval mode (dropout off, so ℓ₊ and ℓ₋ see the same
-    function); the first-order pass runs in the model's training mode.
+    function); the first-order pass runs in the model's training mode. ``sparse_embedding``
+    (default on, as in :class:`zoedu.optim.mezo.MeZORunner`): the zeroth-order part perturbs
+    only the input-embedding rows its long examples look up.
     """
 
     def __init__(self, ctx, optimizer: Addax, zo_pool: np.ndarray, fo_pool: np.ndarray, k0: int, k1: int,
-                 length_threshold: int | None):
+                 length_threshold: int | None, sparse_embedding: bool = True):
         self.ctx, self.optimizer = ctx, optimizer
         self.zo_pool, self.fo_pool, self.k0, self.k1 = zo_pool, fo_pool, k0, k1
         self.length_threshold = length_threshold
+        self.sparse_embedding = bool(sparse_embedding)
+        self._param_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+    def rows(self, batch) -> dict | None:
+        """The zeroth-order part's rows (see :class:`Addax` ``step(rows=)``), or None (dense)."""
+        if not self.sparse_embedding or batch is None:
+            return None
+        rows = {w: ids for w, ids in embedding_rows(self.ctx.model, batch).items() if id(w) in self._param_ids}
+        return rows or None
 
     def step(self, step: int) -> dict:
         from ..train import check_loss
@@ -315,7 +355,7 @@ class AddaxRunner:
             return loss
 
         zo_loss, fo_loss = opt.step(zo_closure if zo_batch is not None else None,
-                                    fo_closure if fo_batch is not None else None)
+                                    fo_closure if fo_batch is not None else None, rows=self.rows(zo_batch))
         k0 = self.k0 if zo_batch is not None else 0
         k1 = self.k1 if fo_batch is not None and not math.isnan(fo_loss) else 0
         total = (k0 * (zo_loss if k0 else 0.0) + k1 * (fo_loss if k1 else 0.0)) / max(k0 + k1, 1)
@@ -335,12 +375,15 @@ def _check_k(name: str, value) -> int:
 
 def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = None, k1: int | None = None,
                alpha: float = DEFAULT_ALPHA, eps: float = 1e-3, weight_decay: float = 0.0,
-               workers: int | None = None, sparse_embeddings: bool = False) -> AddaxRunner:
+               workers: int | None = None, sparse_embedding_grads: bool = False,
+               sparse_embedding: bool = True) -> AddaxRunner:
     """``fit(..., "addax", length_threshold=, k0=, k1=, alpha=)``.
 
     Examples longer than ``length_threshold`` (default: the median training length) form
     the zeroth-order pool, the others the first-order pool; each step draws ``k0`` and
-    ``k1`` examples (default: ``batch_size`` each) from them.
+    ``k1`` examples (default: ``batch_size`` each) from them. ``sparse_embedding``: the
+    zeroth-order part perturbs only the embedding rows it uses (default, as MeZO's runner);
+    ``sparse_embedding_grads``: the first-order part's embedding gradient is row-sparse.
     """
     lengths = ctx.task.lengths("train")
     if length_threshold is None:
@@ -351,7 +394,7 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
     long_pool = np.flatnonzero(lengths > length_threshold)
     short_pool = np.flatnonzero(lengths <= length_threshold)
     opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers, sparse_embeddings=sparse_embeddings)
+                workers=workers, sparse_embedding_grads=sparse_embedding_grads)
     if alpha > 0 and long_pool.size == 0:
         raise ValueError(f"length_threshold={length_threshold} leaves no training example longer than it "
                          f"(longest: {int(lengths.max())} tokens); lower it")
@@ -360,16 +403,17 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
                          f"length (shortest: {int(lengths.min())} tokens); raise it")
     k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
     k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
-    return AddaxRunner(ctx, opt, long_pool, short_pool, k0, k1, int(length_threshold))
+    return AddaxRunner(ctx, opt, long_pool, short_pool, k0, k1, int(length_threshold),
+                       sparse_embedding=sparse_embedding)
 
 
 def make_addax_wa(ctx, *, k0: int | None = None, k1: int | None = None, alpha: float = DEFAULT_ALPHA,
                   eps: float = 1e-3, weight_decay: float = 0.0, workers: int | None = None,
-                  sparse_embeddings: bool = False) -> AddaxRunner:
+                  sparse_embedding_grads: bool = False, sparse_embedding: bool = True) -> AddaxRunner:
     """``fit(..., "addax-wa")``: Addax without length assignment (both parts from all examples)."""
     everything = np.arange(ctx.task.size("train"))
     opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers, sparse_embeddings=sparse_embeddings)
+                workers=workers, sparse_embedding_grads=sparse_embedding_grads)
     k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
     k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
-    return AddaxRunner(ctx, opt, everything, everything, k0, k1, None)
+    return AddaxRunner(ctx, opt, everything, everything, k0, k1, None, sparse_embedding=sparse_embedding)

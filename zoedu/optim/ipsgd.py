@@ -15,7 +15,7 @@ its gradient is complete (each parameter's gradient is accumulated after the las
 backward node that uses it has run).
 
 Embeddings. A token embedding's gradient is as large as its weight (MiniLM: 30 522 × 384,
-45 MiB) although a batch touches only the rows of its tokens. With ``sparse_embeddings=True``
+45 MiB) although a batch touches only the rows of its tokens. With ``sparse_embedding_grads=True``
 every ``nn.Embedding`` whose weight is being trained runs with ``sparse=True`` during the
 in-place pass (switched on by a forward pre-hook for the duration of the closure, restored
 after), so its gradient
@@ -112,7 +112,7 @@ class InPlaceUpdates:
         update: called as ``update(p, grad, group)`` under ``torch.no_grad``; ``grad`` is
             dense, or row-sparse for an embedding (use :func:`add_gradient_` /
             :func:`sgd_update_`); ``p.grad`` is set to ``None`` right after.
-        sparse_embeddings: run the trained ``nn.Embedding`` modules with ``sparse=True``
+        sparse_embedding_grads: run the trained ``nn.Embedding`` modules with ``sparse=True``
             during :meth:`run` (see the module docstring); default off.
 
     The hooks act only inside :meth:`run`; a backward pass elsewhere accumulates ``.grad``
@@ -120,11 +120,11 @@ class InPlaceUpdates:
     """
 
     def __init__(self, update: Callable[[torch.Tensor, torch.Tensor, dict], None], *,
-                 sparse_embeddings: bool = False):
-        if not isinstance(sparse_embeddings, bool):
-            raise ValueError(f"sparse_embeddings={sparse_embeddings!r} must be True or False")
+                 sparse_embedding_grads: bool = False):
+        if not isinstance(sparse_embedding_grads, bool):
+            raise ValueError(f"sparse_embedding_grads={sparse_embedding_grads!r} must be True or False")
         self.update = update
-        self.sparse_embeddings = sparse_embeddings
+        self.sparse_embedding_grads = sparse_embedding_grads
         self.params: list[torch.Tensor] = []
         self._hooks: list = []
         self._active = False
@@ -152,7 +152,7 @@ class InPlaceUpdates:
             p.grad = None
         switched: list[nn.Embedding] = []
         handle = None
-        if self.sparse_embeddings:
+        if self.sparse_embedding_grads:
             mine = {id(p) for p in self.params}
 
             def to_sparse(module, args):
@@ -190,19 +190,19 @@ class IPSGD(torch.optim.Optimizer):
         params: parameters or parameter groups.
         lr: learning rate η (≥ 0; per group).
         weight_decay: λ (per group), coupled as in ``torch.optim.SGD`` (every row decays).
-        sparse_embeddings: run the trained ``nn.Embedding`` modules with ``sparse=True``
+        sparse_embedding_grads: run the trained ``nn.Embedding`` modules with ``sparse=True``
             during the step, so an embedding's gradient is only the rows the batch uses
             (default off).
 
     Backward passes outside :meth:`step` accumulate ``.grad`` as usual.
     """
 
-    def __init__(self, params: Iterable, lr: float, *, weight_decay: float = 0.0, sparse_embeddings: bool = False):
+    def __init__(self, params: Iterable, lr: float, *, weight_decay: float = 0.0, sparse_embedding_grads: bool = False):
         if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
         if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
-        self._inplace = InPlaceUpdates(self._update, sparse_embeddings=sparse_embeddings)
+        self._inplace = InPlaceUpdates(self._update, sparse_embedding_grads=sparse_embedding_grads)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
 
     def add_param_group(self, param_group: dict) -> None:
@@ -227,10 +227,10 @@ class IPSGD(torch.optim.Optimizer):
 
 
 # --------------------------------------------------------------------------- fit plug-in
-def make_ipsgd(ctx, *, weight_decay: float = 0.0, sparse_embeddings: bool = False):
+def make_ipsgd(ctx, *, weight_decay: float = 0.0, sparse_embedding_grads: bool = False):
     """``fit(..., "ipsgd")``: in-place SGD on the trainable parameters, driven like any
     first-order optimizer (one forward, one backward per step; the hooks free each gradient)."""
     from ..train import FirstOrderRunner
 
     return FirstOrderRunner(ctx, IPSGD(ctx.params(), lr=ctx.lr, weight_decay=weight_decay,
-                                       sparse_embeddings=sparse_embeddings))
+                                       sparse_embedding_grads=sparse_embedding_grads))
