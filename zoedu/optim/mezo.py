@@ -682,7 +682,10 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
     The log (``optimizer.trajectory()`` or ``optimizer.state_dict()["trajectory"]``) holds
     only the seed, the projected gradient of every step and the learning rates — a few
     bytes per step (MeZO §2: a checkpoint of well under 0.1 MB for thousands of steps).
-    Every direction is re-drawn from its seed and the update re-applied.
+    Every direction is re-drawn from its seed and the update re-applied. Row-sparse steps
+    (``MeZO.step(rows=...)``, ``fit``'s default for untied input embeddings) also log
+    their rows, 4 bytes per row per step (batches of 8 × 128 random tokens: ~4 KB a step);
+    ``fit(..., sparse_embedding=False)`` keeps the paper's few bytes per step.
 
     Args:
         params: the base weights, in the same order as the optimizer's parameters.
