@@ -361,9 +361,9 @@ class MeZO(torch.optim.Optimizer):
         betas, adam_eps: Adam's coefficients for ``estimator="adam"``.
         seed: seeds every direction: step t, direction j uses ``direction_seed(seed, t, j)``.
         exact_restore: restore the weights bit for bit after the ± passes (about a quarter
-            byte per perturbed weight while a step runs; see the module docstring). Default ``None``: exact when every parameter is float32; bfloat16 and
-            float16 weights then use the cheaper two-round-trip scheme (drift measured in
-            benchmarks/README.md).
+            byte per perturbed weight while a step runs; see the module docstring). Default
+            ``None``: exact when every parameter is float32; bfloat16 and float16 weights
+            then use the cheaper two-round-trip scheme (drift in benchmarks/README.md).
         fused: run the passes as fused Triton kernels (:class:`_FusedPasses`): ``None``
             (default) when the step allows it (``estimator="sgd"``, ``n_perturb=1``, no
             ``rows``, not exact) and the parameters are on CUDA with Triton installed;
