@@ -6,7 +6,11 @@
    (statistics every 50 steps = PiKE's default ``update_every``).
 2. the synthetic K-task conflict sweep (aligned → orthogonal → opposed).
 
-Run:  HF_HUB_OFFLINE=1 python benchmarks/bench_mixing.py [--steps 200] [--seeds 0]
+3. optionally (``--static``) fixed mixtures in the same configuration: where the best static
+   mixture lies, which is what an adaptive mixer has to beat.
+
+Run:  HF_HUB_OFFLINE=1 python benchmarks/bench_mixing.py [--steps 200] [--seeds 0,1,2]
+      [--skip-synthetic] [--skip-mixers] [--static "0.25,0.25,0.25,0.25;0.3,0.3,0.25,0.15"]
 """
 
 from __future__ import annotations
@@ -25,12 +29,41 @@ import torch  # noqa: E402
 from zoedu.experiments.mixing import conflict_sweep, format_summary, pretrain_multidomain  # noqa: E402
 
 
+def static_mixtures(mixtures, seed: int) -> pd.DataFrame:
+    """``MULTIDOMAIN_FULL`` with fixed mixing weights (no statistics): where is the best static mixture?"""
+    import copy
+
+    from zoedu.experiments.mixing import MULTIDOMAIN_FULL as cfg
+    from zoedu.mixing import MixedBatchSource, Static
+    from zoedu.models import default_tokenizer, load_model
+    from zoedu.tasks import load_task
+    from zoedu.train import fit
+
+    task = load_task("multidomain", tokenizer=default_tokenizer(), seed=seed, n_train=cfg["n_train"],
+                     n_validation=cfg["n_validation"], max_length=cfg["max_length"])
+    initial, _ = load_model("tiny-gpt2", size=cfg["size"], seed=seed)
+    rows = []
+    for w in mixtures:
+        hist = fit(copy.deepcopy(initial), task, "adam", steps=cfg["steps"], lr=cfg["lr"],
+                   batch_size=cfg["batch_size"], seed=seed, device="cpu", eval_every=cfg["steps"],
+                   mixer=MixedBatchSource(Static(w)), track_memory=False, quiet=True)
+        last = hist.iloc[-1]
+        val = {d: float(last[f"eval_loss/{d}"]) for d in task.domains}
+        rows.append({"weights": "/".join(f"{x:g}" for x in w), **val,
+                     "average": sum(val.values()) / len(val), "worst": max(val.values())})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--skip-mixers", action="store_true", help="skip the four-mixer multidomain runs")
+    parser.add_argument("--static", default="",
+                        help="also train with fixed mixtures, e.g. '0.25,0.25,0.25,0.25;0.3,0.3,0.25,0.15' "
+                             "(weights in domain order prose, code, rot13, arithmetic)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pd.set_option("display.width", 200)
@@ -41,8 +74,14 @@ def main() -> None:
         sweep = conflict_sweep()
         print(f"\n## synthetic conflict sweep ({time.perf_counter() - t0:.0f} s)\n")
         print(sweep.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.static:
+        mixtures = [[float(x) for x in m.split(",")] for m in args.static.split(";")]
+        for seed in seeds:
+            print(f"\n## fixed mixtures, seed {seed}\n")
+            print(static_mixtures(mixtures, seed).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in ([] if args.skip_mixers else seeds):
         t0 = time.perf_counter()
         result = pretrain_multidomain(("uniform", "proportional", "pike", "balanced-pike"), seed=seed,
                                       steps=args.steps, device="cpu")
