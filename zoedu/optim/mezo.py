@@ -55,6 +55,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from ._perturb import CHUNK, Perturber, Stream, check_rows, mix_seed, stream_seed
@@ -218,6 +219,13 @@ def _bits(v: torch.Tensor) -> torch.Tensor:
     return v.view(dt)
 
 
+def _nonzero(t: torch.Tensor) -> torch.Tensor:
+    """Positions of the non-zero elements of a flat tensor (numpy's is ~5× faster on CPU)."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(t.numpy()))
+    return t.nonzero().squeeze(1)
+
+
 class _ExactKeeper:
     """Bit-exact restoration that stores only where rounding lost information.
 
@@ -238,25 +246,41 @@ class _ExactKeeper:
     def __init__(self):
         self.ulps: dict = {}        # (stream key, a) -> int16 codes, or (int64 positions, int8 signs)
         self.exceptions: dict = {}  # (stream key, a) -> (positions, values)
+        self._scratch: torch.Tensor | None = None  # one stream's round trip (save runs serially)
 
     def save(self, key, v: torch.Tensor, z: torch.Tensor, states: Sequence[float]) -> None:
         bits = _bits(v).reshape(-1)
         small = bits.numel() <= self._SMALL
+        if (self._scratch is None or self._scratch.numel() < v.numel() or self._scratch.dtype != v.dtype
+                or self._scratch.device != v.device):
+            self._scratch = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
+        trip = self._scratch[:v.numel()].view(v.shape)
         for a in states:
-            trip = v.add(z, alpha=a).add_(z, alpha=-a)  # what recover() will compute, where it will
-            diff = _bits(trip).reshape(-1).sub_(bits)   # in ulps (wraps only for NaN patterns)
-            miss = diff.nonzero().squeeze(1)            # ~5 %: the rest round-trips exactly
-            if not miss.numel():
-                continue
-            d = diff[miss]
-            one = d.abs() == 1
-            idx, up = miss[one], d[one] > 0
-            if idx.numel():
-                self.ulps[(key, a)] = (idx.to(torch.int16).bitwise_or_(up.to(torch.int16) << 15) if small
-                                       else (idx, up.to(torch.int8)))
-            far = miss[~one]
+            torch.add(v, z, alpha=a, out=trip).add_(z, alpha=-a)  # what recover() will compute, where
+            diff = _bits(trip).view(-1).sub_(bits)  # in ulps (wraps only for NaN patterns)
+            if diff.device.type == "cpu":  # ~5 % miss; numpy finds and sorts them ~5× faster
+                d = diff.numpy()
+                miss = np.flatnonzero(d)
+                dm = d[miss]
+                one = np.abs(dm) == 1
+                idx, up, far = miss[one], dm[one] > 0, miss[~one]
+                if small:
+                    code = torch.from_numpy((idx.astype(np.int32) | (up.astype(np.int32) << 15)).astype(np.int16))
+                else:
+                    code = (torch.from_numpy(idx), torch.from_numpy(up.astype(np.int8)))
+                far = torch.from_numpy(far)
+            else:
+                miss = diff.nonzero().squeeze(1)
+                dm = diff[miss]
+                one = dm.abs() == 1
+                idx, up, far = miss[one], dm[one] > 0, miss[~one]
+                code = (idx.to(torch.int16).bitwise_or_(up.to(torch.int16) << 15) if small
+                        else (idx, up.to(torch.int8)))
+            if idx.size if isinstance(idx, np.ndarray) else idx.numel():
+                self.ulps[(key, a)] = code
             if far.numel():
-                self.exceptions[(key, a)] = (far.to(torch.int16) if small else far, v.reshape(-1)[far])
+                self.exceptions[(key, a)] = (far.to(torch.int16) if small else far,
+                                             v.reshape(-1)[far.to(v.device)])
 
     def recover(self, key, v: torch.Tensor, z: torch.Tensor, a: float) -> None:
         """``v`` holds ``fl(θ + a z)``: put θ back, bit for bit, in place."""
@@ -275,7 +299,7 @@ class _ExactKeeper:
             v.view(-1)[far[0].long()] = far[1]
 
     def clear(self) -> None:
-        self.ulps, self.exceptions = {}, {}
+        self.ulps, self.exceptions, self._scratch = {}, {}, None
 
     @property
     def nbytes(self) -> int:
