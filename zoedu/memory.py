@@ -448,6 +448,13 @@ def _measure_device(device, model, optimizer) -> torch.device:
 METHODS = ("inference", "adam", "sgd", "ipsgd", "mezo", "addax")
 
 
+#: MeZO's exact restoration keeps a 2-byte code per weight whose round trip lands one ulp
+#: off and the value of the rare farther one, for two states: 0.24–0.35 byte per weight
+#: measured on the tiny OPT/GPT-2 models at random initialisation, ε = 1e-3
+#: (benchmarks/README.md); a pretrained model, with fewer tiny weights, needs less.
+EXACT_RESTORE_BYTES = 0.3
+
+
 def _zo_chunk() -> int:
     """Elements per random stream of ``zoedu.optim``'s CPU perturbation passes (MeZO, Addax)."""
     try:
@@ -534,6 +541,8 @@ class _Arch:
     max_positions: int
     head: str  # "lm", "classification" or "none"
     dropout: bool
+    embed_dim: int = 0      # width of the input embedding (OPT's word_embed_proj_dim)
+    tied: bool = True       # the input embedding is also the LM head (reads every row)
 
 
 def known_models() -> list[str]:
@@ -610,7 +619,9 @@ def _arch_from_config(cfg, name: str, head: str, counts: tuple[int, int] | None 
     return _Arch(name=name, family=family, params=counts[0], largest=counts[1], hidden=h,
                  layers=cfg.num_hidden_layers, heads=heads, kv_hidden=h // heads * kv, ffn=ffn,
                  vocab=cfg.vocab_size, max_positions=getattr(cfg, "max_position_embeddings", 0) or
-                 getattr(cfg, "n_positions", 0), head=head, dropout=drop > 0)
+                 getattr(cfg, "n_positions", 0), head=head, dropout=drop > 0,
+                 embed_dim=getattr(cfg, "word_embed_proj_dim", None) or h,
+                 tied=head == "lm" and bool(getattr(cfg, "tie_word_embeddings", True)))
 
 
 def _meta_counts(cfg, head: str) -> tuple[int, int]:
@@ -672,7 +683,8 @@ def _activation_bytes(a: _Arch, batch: int, seq: int, e: int, *, training: bool)
 
 def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, num_labels: int | None = None,
              size: str = "5m", device: str = "cuda", mixed_precision: bool = False, k0: int | None = None,
-             k1: int | None = None, length_threshold: int | None = None) -> Footprint:
+             k1: int | None = None, length_threshold: int | None = None,
+             exact_restore: bool | None = None, sparse_embedding: bool = True) -> Footprint:
     """The peak memory of one training step of ``method``, on paper (a :class:`Footprint`).
 
     Args:
@@ -696,6 +708,11 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
             ``dtype`` copy of the weights that autocast caches (``other``). Applies to
             ``adam``, ``sgd`` and ``ipsgd``; the forward-only methods (and Addax, which
             works in place) run in ``dtype``.
+        exact_restore: MeZO's bit-exact restoration (``zoedu.optim.MeZO``'s argument; ``None``:
+            on for float32 weights): adds :data:`EXACT_RESTORE_BYTES` per perturbed weight.
+        sparse_embedding: MeZO in ``fit`` perturbs only the input-embedding rows a batch
+            reads when the embedding is not tied to an LM head (``fit``'s default): at most
+            ``batch_size × seq_len`` rows of it count as perturbed.
         k0, k1, length_threshold: Addax (Li et al. 2025, Algorithm 1): the zeroth-order
             batch of ``k0`` examples of length ``seq_len`` (the long ones) and the
             first-order batch of ``k1`` examples no longer than ``length_threshold``.
@@ -730,7 +747,9 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
       regenerated from its seed, never stored: ``zoedu.optim`` draws it into two scratch
       slots per stream (on CUDA a stream is a parameter, on CPU a chunk of
       ``zoedu.optim.CHUNK`` elements per worker thread); the peak is the larger of the
-      forward pass and those slots.
+      forward pass and those slots. With exact restoration (float32 by default) the
+      lists of the weights whose round trip misses live through the forwards:
+      :data:`EXACT_RESTORE_BYTES` per weight (data-dependent; see ``zoedu.optim.mezo``).
     * ``addax``: the larger of its zeroth-order part (MeZO on ``k0 × seq_len``) and its
       first-order part (IP-SGD on ``k1 × length_threshold``).
 
@@ -774,8 +793,16 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     def inference(b, s):
         return forward(b, s, False)
 
-    def mezo(b, s):
+    exact = (e == 4) if exact_restore is None else bool(exact_restore)
+
+    def mezo(b, s, keeper=True):
         f = inference(b, s)
+        if keeper and exact:
+            perturbed = a.params
+            if sparse_embedding and not a.tied and a.head != "none":
+                perturbed -= (a.vocab - min(a.vocab, b * s)) * a.embed_dim
+            f = Footprint(params=f.params, activations=f.activations,
+                          other=f.other + int(EXACT_RESTORE_BYTES * perturbed))
         if device == "cuda":  # one stream per parameter, two scratch slots
             z = 2 * a.largest * w
         else:  # streams of _ZO_CHUNK elements, two slots per worker thread
@@ -819,5 +846,5 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
                 raise ValueError(f"{arg}={value!r} must be a positive integer")
         if lt > seq_len:
             raise ValueError(f"length_threshold={lt} must be ≤ seq_len={seq_len}")
-        out = max(mezo(k0, seq_len), ipsgd(k1, lt), key=lambda fp: fp.total)
+        out = max(mezo(k0, seq_len, keeper=False), ipsgd(k1, lt), key=lambda fp: fp.total)
     return Footprint(**{c: int(getattr(out, c)) for c in CATEGORIES}, device="estimate")

@@ -612,6 +612,7 @@ class MeZO(torch.optim.Optimizer):
         keeper.clear()  # the previous direction's lists (n_perturb > 1) are no longer needed
         # in the calling thread: the lists are allocated where zoedu.memory.measure sees them
         self.perturber.run(kernel, streams=streams, serial=True)
+        keeper._scratch = None  # the round trips' scratch is not needed through the forwards
 
     def _flip(self, keeper: _ExactKeeper | None, seed: int, streams) -> None:
         """Line 7, θ + εz → θ − εz: exactly back to θ then −εz (exact mode), or two rounded
