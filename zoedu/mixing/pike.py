@@ -46,8 +46,16 @@ makes the defaults ζ₁ = ζ₂ = 1 work without tuning on the notebooks' probl
 Bounded steps. The exponent is centred on its weighted mean (which the normalisation ignores
 anyway) and each log-weight moves by at most ``max_log_step`` = 2 per update (a factor e² ≈ 7.4),
 so one noisy estimate — a task's ‖ḡ_k‖² from four examples can jump several-fold between two
-draws — cannot send the mixture to a vertex in one update. The bound does not bind in the
-synthetic sweep's normal operation (its table is unchanged); 1 would (and slows PiKE there).
+draws — cannot send the mixture to a vertex in one update. It changes the synthetic sweep's
+table little (benchmarks/README.md); a bound of 1 binds there and makes PiKE lose to uniform
+mixing at orthogonal conflict.
+
+Caveat: the bound is for SGD. Under Adam, which rescales every coordinate, an example's value
+is not ∝ ‖∇L_k‖²: on ``multidomain`` (tiny GPT-2, 200 Adam steps) arithmetic has the largest,
+cleanest gradient, PiKE feeds it, and the average loss is worse than uniform mixing's on every
+seed measured — while uniform is the best fixed mixture there (benchmarks/README.md, "Why
+PiKE loses to uniform here"). PiKE's statistics from a few examples per task are also noisy
+enough to starve a domain after a few updates.
 
 Balanced-PiKE. To protect the worst task the objective becomes the tilted loss
 L_τ = (1/τ) log Σ_k exp(τ L_k): the average (plus a constant) as τ → 0, the maximum as
