@@ -53,8 +53,8 @@ mixing at orthogonal conflict.
 Caveat: the bound is for SGD. Under Adam, which rescales every coordinate, an example's value
 is not ∝ ‖∇L_k‖²: on ``multidomain`` (tiny GPT-2, 200 Adam steps) arithmetic has the largest,
 cleanest gradient, PiKE feeds it, and the average loss is worse than uniform mixing's on every
-seed measured — while uniform is the best fixed mixture there (benchmarks/README.md, "Why
-PiKE loses to uniform here"). PiKE's statistics from a few examples per task are also noisy
+seed measured, and uniform is the best or nearly the best fixed mixture there
+(benchmarks/README.md, "Why PiKE loses to uniform here"). PiKE's statistics from a few examples per task are also noisy
 enough to starve a domain after a few updates.
 
 Balanced-PiKE. To protect the worst task the objective becomes the tilted loss
