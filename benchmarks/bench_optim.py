@@ -6,6 +6,7 @@
     python benchmarks/bench_optim.py memory     # 2. MeZO peak ÷ inference peak
     python benchmarks/bench_optim.py drift      # restoration drift after 1000 lr=0 steps (fp32/bf16/fp16)
     python benchmarks/bench_optim.py minilm     # 4. Adam, SGD, IP-SGD, MeZO, Addax on MiniLM + sentiment
+    python benchmarks/bench_optim.py minilm-steps  # 4. their seconds per step, side by side
     python benchmarks/bench_optim.py all
 
 Everything is measured side by side in one run and reported as ratios, which survive a
@@ -344,10 +345,42 @@ def bench_minilm(max_length=64, n_train=1000, n_validation=200, target=None, see
     return histories, zero_shot, target
 
 
+def bench_minilm_step_times(rounds=3, steps=10, max_length=64, n_train=1000, seed=0, batch_size=8, only=None):
+    """Seconds per step of the MiniLM methods, measured side by side: ``rounds`` interleaved
+    rounds of ``steps`` steps per method (same settings as :func:`bench_minilm`, no
+    evaluation, no memory tracking); the median over rounds of wall and CPU seconds per step."""
+    from zoedu.models import load_tokenizer
+    from zoedu.tasks import load_task
+    from zoedu.train import fit
+
+    names = list(MINILM_METHODS) if only is None else list(only)
+    task = load_task("sentiment", tokenizer=load_tokenizer("minilm"), n_train=n_train, n_validation=10,
+                     max_length=max_length, seed=seed)
+    lt = int(__import__("numpy").percentile(task.lengths("train"), 75))
+    wall = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names:
+            spec = dict(MINILM_METHODS[name])
+            if name == "addax":
+                spec["length_threshold"] = lt
+            model, _ = load_model("minilm", num_labels=2, seed=seed)
+            h = fit(model, task, _cpu_timed(name), steps=steps, batch_size=batch_size, seed=seed + r,
+                    eval_every=0, track_memory=False, quiet=True, **spec)
+            wall[name].append(h["seconds"].iloc[-1] / steps)
+            cpu[name].append(h["cpu_seconds"].iloc[-1] / steps)
+    print(f"\n[minilm step times] {rounds} interleaved rounds of {steps} steps; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print("| method | wall s / step | CPU s / step |\n| --- | --- | --- |")
+    for name in names:
+        print(f"| {name} | {statistics.median(wall[name]):.3f} | {statistics.median(cpu[name]):.3f} |")
+    return wall, cpu
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", nargs="*", default=["all"],
-                        choices=["speed", "memory", "drift", "minilm", "all"])
+                        choices=["speed", "memory", "drift", "minilm", "minilm-steps", "all"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--size", default="25m")
@@ -374,6 +407,9 @@ def main(argv=None):
     if "minilm" in what:
         bench_minilm(max_length=args.max_length, n_validation=args.n_validation, target=args.target,
                      scale=args.scale, only=args.methods.split(",") if args.methods else None)
+    if "minilm-steps" in what:
+        bench_minilm_step_times(max_length=args.max_length,
+                                only=args.methods.split(",") if args.methods else None)
 
 
 if __name__ == "__main__":
