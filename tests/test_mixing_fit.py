@@ -49,7 +49,8 @@ def test_fit_with_pike_records_weights_counts_losses_and_cosines(model, corpus):
     counts = h[[f"count/{d}" for d in DOMAINS]].to_numpy()
     assert np.all(counts.sum(1) == 8)
     assert pike.n_updates == 2                                  # steps 2 and 4
-    assert not np.allclose(pike.weights, 0.25)                  # PiKE moved the weights
+    assert not np.allclose(pike.raw_weights, 0.25)              # Algorithm 1's iterate moved; the weights
+    assert np.all(pike.shrink_factors <= 1)                     # used are shrunk by its signal-to-noise
     np.testing.assert_allclose(weights[0], 0.25)                # the first batch used the initial ones
     stats_rows = h[h["mixer_backward_passes"] > 0]
     assert stats_rows["step"].tolist() == [2, 4]

@@ -144,9 +144,9 @@ def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, 
                     var.append(v)
                     losses.append(float(0.5 * np.mean((a @ x - y) ** 2)))
                 if isinstance(mixer, BalancedPiKE):
-                    mixer.update(sq, var, losses)
+                    mixer.update(sq, var, losses, n_examples=[n_stat] * K)
                 else:
-                    mixer.update(sq, var)
+                    mixer.update(sq, var, n_examples=[n_stat] * K)
             excess = 0.5 * scales ** 2 * (dirs @ x - 1.0) ** 2
             if not np.all(np.isfinite(excess)):
                 raise FloatingPointError(f"{method} diverged at step {step}; lower lr={lr}")

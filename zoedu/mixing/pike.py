@@ -50,6 +50,47 @@ draws — cannot send the mixture to a vertex in one update. It changes the synt
 table little (benchmarks/README.md); a bound of 1 binds there and makes PiKE lose to uniform
 mixing at orthogonal conflict.
 
+Noise-aware steps (``shrink=True``, the default). Each score
+s_k = (a_k ‖∇L_k‖² − c σ_k²)/m (a_k = ζ₁·gain_k, c = ζ₂/2b) is an *estimate*, and from a few
+examples per task a noisy one. Its standard error follows from the same statistics. With
+n = n_k examples, ḡ = ∇L_k + ε, Cov ε = Σ/n, tr Σ = σ_k², and Gaussian per-example noise,
+
+    ‖ḡ‖² = ‖∇L‖² + 2⟨∇L, ε⟩ + ‖ε‖²  ⇒  Var ‖ḡ‖² = 4 ∇Lᵀ Σ ∇L / n + 2 tr(Σ²) / n²
+                                                ≤ (4 ‖∇L‖² σ² + 2 σ⁴ / n) / n,
+
+(equality when the noise lies along one direction, as in the synthetic problem), and the
+variance estimate (n − 1 degrees of freedom; the grouped estimator with G = n groups is the same)
+has Var σ̂² = 2 tr(Σ²)/(n − 1) ≤ 2σ⁴/(n − 1), independent of ḡ for Gaussian noise. The score
+uses ‖∇L‖² ≈ ‖ḡ‖² − σ̂²/n, so s = a‖ḡ‖² − (a/n + c)σ̂² (over m) and
+
+    SE_k² = [ a_k² (4 ĝ_k σ̂_k² + 2 σ̂_k⁴/n_k)/n_k  +  (a_k/n_k + c)² · 2 σ̂_k⁴/(n_k − 1) ] / m²
+
+with the plug-ins ĝ_k (unbiased ‖∇L_k‖²) and σ̂_k². The bound is conservative for noise spread
+over many directions. A step's noise is also at most ``max_log_step``² (it is clipped to ±that).
+
+PiKE's multiplicative updates average the scores over updates: after t updates a task's
+log-weight has moved by A_k = Σ_t step_{k,t} (the clipped steps, relative to the tasks' mean,
+before the floor), whose noise variance is V_k = Σ_t Var(step_{k,t}), with
+Var(s_k − (1/K)Σ_j s_j) = SE_k²(1 − 2/K) + Σ_j SE_j²/K² (at most (2·``max_log_step``)², the
+variance bound for a step clipped to that range), while a real, lasting difference grows like t.
+So the weights PiKE *uses* shrink Algorithm 1's accumulated displacement D_k = log w_k^raw − log w⁰_k
+(centred on its mean over tasks) toward the initial weights by the evidence for it,
+positive-part James–Stein style,
+
+    log w_k = log w⁰_k + max(0, 1 − V_k / A_k²) · D_k,     then normalise and floor.
+
+A move no larger than its noise (|A_k| ≤ √V_k) is undone; a clear one (|A_k| ≫ √V_k) is kept
+almost entirely. The unshrunk iterate (``raw_weights``) runs exactly as before, so with
+noise-free statistics (σ̂ = 0, or ``n_examples`` not given — then the noise is unknown and
+nothing is shrunk) the weights are exactly Algorithm 1's. A test on a single update would be
+too strict: one update's SE is often as large as the score difference, but a real difference
+accumulates over updates while noise only grows like √t.
+
+Measured (benchmarks/README.md): on the synthetic sweep the statistics from 8 examples per
+task are *not* clear either — the raw weights swing between the floor and the top from one
+update to the next — so the shrunk PiKE stays at the initial (uniform) weights and ends level
+with uniform mixing instead of slightly ahead of it.
+
 Caveat: the bound is for SGD. Under Adam, which rescales every coordinate, an example's value
 is not ∝ ‖∇L_k‖²: on ``multidomain`` (tiny GPT-2, 200 Adam steps) arithmetic has the largest,
 cleanest gradient, PiKE feeds it, and the average loss is worse than uniform mixing's on every
@@ -95,6 +136,15 @@ def _check_stat(name: str, values, n_tasks: int) -> np.ndarray:
     return arr
 
 
+def _check_counts(values, n_tasks: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n_tasks,) or not np.all(np.isfinite(arr)) or np.any(arr < 2) \
+            or np.any(arr != np.round(arr)):
+        raise ValueError(f"n_examples={np.asarray(values).tolist()!r} must be one integer ≥ 2 per task "
+                         f"({n_tasks}): the examples behind each task's statistics")
+    return arr
+
+
 class PiKE:
     """PiKE's mixing weights (Algorithm 1): w_k ← w_k·exp(ζ₁‖∇L_k‖² − (ζ₂/2b)σ_k²), normalised.
 
@@ -109,12 +159,15 @@ class PiKE:
         normalize: divide the statistics by the mean squared norm first (module docstring).
         max_log_step: no log-weight moves by more than this in one update, relative to the
             weighted mean move (module docstring, "Bounded steps").
+        shrink: shrink the accumulated log-weight moves toward the initial weights by their
+            signal-to-noise (module docstring, "Noise-aware steps"); needs ``n_examples``
+            in :meth:`update`, without it (or with noise-free statistics) nothing changes.
         weights: initial weights (uniform by default).
     """
 
     def __init__(self, n_tasks: int, *, zeta1: float = 1.0, zeta2: float = 1.0, update_every: int = 50,
                  batch_size: int = 16, min_weight: float | None = None, normalize: bool = True,
-                 max_log_step: float = 2.0, weights=None):
+                 max_log_step: float = 2.0, shrink: bool = True, weights=None):
         self.n_tasks = _check_n_tasks(n_tasks)
         self.zeta1 = _check_positive("zeta1", zeta1)
         self.zeta2 = _check_positive("zeta2", zeta2, allow_zero=True)
@@ -129,12 +182,19 @@ class PiKE:
             raise ValueError(f"min_weight={min_weight} must be < 1/n_tasks = {1.0 / self.n_tasks:.4g}")
         self.normalize = bool(normalize)
         self.max_log_step = _check_positive("max_log_step", max_log_step)
+        if not isinstance(shrink, (bool, np.bool_)):
+            raise ValueError(f"shrink={shrink!r} must be True or False")
+        self.shrink = bool(shrink)
         if weights is None:
             self._weights = np.full(self.n_tasks, 1.0 / self.n_tasks)
         else:
             from .samplers import check_weights
 
             self._weights = check_weights(weights, self.n_tasks)
+        self._initial = self._weights.copy()
+        self._raw = self._weights.copy()                    # Algorithm 1's iterate, unshrunk
+        self._moved = np.zeros(self.n_tasks)               # A_k: Σ of the (clipped) steps, unfloored
+        self._noise = np.zeros(self.n_tasks)               # V_k: accumulated variance of the steps
         self.n_updates = 0
 
     # -------------------------------------------------------------- the update
@@ -143,16 +203,65 @@ class PiKE:
         """The current mixing weights w (on the simplex)."""
         return self._weights.copy()
 
+    @property
+    def raw_weights(self) -> np.ndarray:
+        """Algorithm 1's iterate before the noise-aware shrinkage (equal to ``weights`` when shrink=False)."""
+        return self._raw.copy()
+
+    @property
+    def shrink_factors(self) -> np.ndarray:
+        """max(0, 1 − V_k/D_k²) per task after the last update (1 where nothing was shrunk)."""
+        return self._factors.copy() if hasattr(self, "_factors") else np.ones(self.n_tasks)
+
+    def _scale(self, sq_norms: np.ndarray) -> float:
+        return float(sq_norms.mean()) if self.normalize else 1.0
+
     def _scores(self, sq_norms: np.ndarray, variances: np.ndarray, gain: np.ndarray) -> np.ndarray:
-        scale = float(sq_norms.mean()) if self.normalize else 1.0
+        scale = self._scale(sq_norms)
         if scale <= 0:                 # every gradient is zero: nothing to learn, keep the weights
             return np.zeros_like(sq_norms)
         return (self.zeta1 * gain * sq_norms - self.zeta2 / (2 * self.batch_size) * variances) / scale
 
-    def _apply(self, scores: np.ndarray) -> np.ndarray:
-        step = scores - float(self._weights @ scores)      # only differences matter after normalising
+    def score_se(self, sq_norms, variances, n_examples, gain=None) -> np.ndarray:
+        """Standard error of each task's score (module docstring, "Noise-aware steps")."""
+        sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
+        var = _check_stat("variances", variances, self.n_tasks)
+        n = _check_counts(n_examples, self.n_tasks)
+        a = self.zeta1 * (np.ones(self.n_tasks) if gain is None else np.asarray(gain, dtype=np.float64))
+        c = self.zeta2 / (2 * self.batch_size)
+        scale = self._scale(sq)
+        if scale <= 0:
+            return np.zeros(self.n_tasks)
+        v_norm = (4 * sq * var + 2 * var ** 2 / n) / n
+        v_var = 2 * var ** 2 / (n - 1)
+        return np.sqrt(a ** 2 * v_norm + (a / n + c) ** 2 * v_var) / scale
+
+    def _apply(self, scores: np.ndarray, se: np.ndarray | None = None) -> np.ndarray:
+        step = scores - float(self._raw @ scores)           # only differences matter after normalising
         step = np.clip(step, -self.max_log_step, self.max_log_step)
-        logw = np.log(self._weights) + step
+        self._raw = self._floor(np.log(self._raw) + step)
+        self._moved += step
+        if se is not None:
+            # the move relative to the tasks' mean, s_k − (1/K)Σ_j s_j, has variance
+            # SE_k²(1 − 2/K) + Σ_j SE_j²/K²; clipped to a range of 4·bound, it is at most (2·bound)²
+            K = self.n_tasks
+            var_step = se ** 2 * (1 - 2 / K) + float((se ** 2).sum()) / K ** 2
+            self._noise += np.minimum(var_step, (2 * self.max_log_step) ** 2)
+        if self.shrink and np.any(self._noise > 0):
+            a = self._moved - self._moved.mean()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f = np.where(a != 0, np.maximum(0.0, 1.0 - self._noise / a ** 2), 0.0)
+            d = np.log(self._raw) - np.log(self._initial)
+            d -= d.mean()
+            self._factors = f
+            self._weights = self._floor(np.log(self._initial) + f * d)
+        else:
+            self._factors = np.ones(self.n_tasks)
+            self._weights = self._raw.copy()
+        self.n_updates += 1
+        return self.weights
+
+    def _floor(self, logw: np.ndarray) -> np.ndarray:
         w = np.exp(logw - logw.max())                       # softmax-stable exponentiated step
         w /= w.sum()
         fixed = np.zeros(self.n_tasks, dtype=bool)          # floor, then renormalise the rest
@@ -163,15 +272,19 @@ class PiKE:
             fixed |= low
             w[fixed] = self.min_weight
             w[~fixed] *= (1 - self.min_weight * fixed.sum()) / w[~fixed].sum()
-        self._weights = w / w.sum()
-        self.n_updates += 1
-        return self.weights
+        return w / w.sum()
 
-    def update(self, sq_norms, variances) -> np.ndarray:
-        """One PiKE step from ‖∇L_k‖² and σ_k² (one entry per task); returns the new weights."""
+    def update(self, sq_norms, variances, n_examples=None) -> np.ndarray:
+        """One PiKE step from ‖∇L_k‖² and σ_k² (one entry per task); returns the new weights.
+
+        ``n_examples`` (examples per task behind the statistics, each ≥ 2) lets the step
+        account for the statistics' noise (``shrink``); without it they are taken as exact.
+        """
         sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
         var = _check_stat("variances", variances, self.n_tasks)
-        return self._apply(self._scores(sq, var, np.ones(self.n_tasks)))
+        gain = np.ones(self.n_tasks)
+        se = None if n_examples is None else self.score_se(sq, var, n_examples, gain)
+        return self._apply(self._scores(sq, var, gain), se)
 
     def batch_sizes(self, b: int, *, rng: np.random.Generator | None = None,
                     require_all: bool = False) -> np.ndarray:
@@ -186,7 +299,7 @@ class PiKE:
 
     def __repr__(self):
         return (f"{type(self).__name__}(n_tasks={self.n_tasks}, zeta1={self.zeta1}, zeta2={self.zeta2}, "
-                f"update_every={self.update_every}, max_log_step={self.max_log_step}, "
+                f"update_every={self.update_every}, max_log_step={self.max_log_step}, shrink={self.shrink}, "
                 f"weights={np.round(self._weights, 3).tolist()})")
 
 
@@ -212,13 +325,14 @@ class BalancedPiKE(PiKE):
         p = np.exp(z - z.max())
         return p / p.sum()
 
-    def update(self, sq_norms, variances, losses=None) -> np.ndarray:
+    def update(self, sq_norms, variances, losses=None, n_examples=None) -> np.ndarray:
         if losses is None:
             raise ValueError("BalancedPiKE.update needs losses (one current loss per task) for the tilt")
         sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
         var = _check_stat("variances", variances, self.n_tasks)
         gain = self.n_tasks * self.tilt(losses)
-        return self._apply(self._scores(sq, var, gain))
+        se = None if n_examples is None else self.score_se(sq, var, n_examples, gain)
+        return self._apply(self._scores(sq, var, gain), se)
 
     def __repr__(self):
         return super().__repr__()[:-1] + f", tau={self.tau})"

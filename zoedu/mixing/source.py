@@ -176,9 +176,10 @@ class MixedBatchSource:
             # PiKE needs ‖∇L_k‖², not ‖ḡ_k‖²: the plug-in is inflated by σ_k²/n (n = b_stats), far
             # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks.
             if isinstance(self.mixer, BalancedPiKE):
-                self.mixer.update(stats.unbiased_sq_norms, stats.variances, stats.losses)
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances, stats.losses,
+                                  n_examples=stats.n_examples)
             elif isinstance(self.mixer, PiKE):
-                self.mixer.update(stats.unbiased_sq_norms, stats.variances)
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances, n_examples=stats.n_examples)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - t0
