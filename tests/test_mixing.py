@@ -163,6 +163,67 @@ def test_one_update_moves_log_weights_by_at_most_max_log_step():
     np.testing.assert_allclose(q.update(sq, var), expect / expect.sum())
 
 
+def test_noise_aware_pike_with_noise_free_statistics_is_algorithm_1_exactly():
+    rng = np.random.default_rng(1)
+    shrunk, plain = PiKE(4, batch_size=8), PiKE(4, batch_size=8, shrink=False)
+    for _ in range(6):
+        sq = rng.exponential(size=4)
+        w = shrunk.update(sq, np.zeros(4), n_examples=[4] * 4)   # σ̂ = 0: the statistics are exact
+        np.testing.assert_array_equal(w, plain.update(sq, np.zeros(4)))
+        np.testing.assert_array_equal(shrunk.shrink_factors, 1.0)
+    assert not np.allclose(w, 0.25)
+    # without n_examples the noise is unknown and nothing is shrunk either
+    a, b = PiKE(3), PiKE(3, shrink=False)
+    np.testing.assert_array_equal(a.update([1.0, 2.0, 4.0], [3.0] * 3), b.update([1.0, 2.0, 4.0], [3.0] * 3))
+
+
+def test_noise_aware_pike_does_not_move_on_scores_within_their_standard_error():
+    p = PiKE(3, batch_size=16)
+    sq, var, n = [1.0, 1.3, 0.8], [40.0, 40.0, 40.0], [4, 4, 4]
+    se = p.score_se(sq, var, n)
+    scores = p._scores(np.array(sq), np.array(var), np.ones(3))
+    assert np.ptp(scores) < se.min()                            # indistinguishable within one SE
+    for _ in range(3):
+        w = p.update(sq, var, n_examples=n)
+    np.testing.assert_allclose(w, 1 / 3, rtol=0, atol=1e-15)   # the weights PiKE uses stay put
+    assert not np.allclose(p.raw_weights, 1 / 3)                # Algorithm 1 alone would have moved
+    np.testing.assert_array_equal(p.shrink_factors, 0.0)
+
+
+def test_noise_aware_pike_keeps_a_clear_difference():
+    # the same scores from many examples: the SE is small and the move is (almost) all kept
+    p = PiKE(3, batch_size=16)
+    for _ in range(3):
+        w = p.update([1.0, 1.3, 0.8], [40.0, 40.0, 40.0], n_examples=[40000] * 3)
+    assert np.all(p.shrink_factors[1:] > 0.9)                   # the two tasks that moved (task 0 stays mid)
+    assert w[1] > w[0] > w[2]
+    moved, raw = np.log(w / w.mean()), np.log(p.raw_weights / p.raw_weights.mean())
+    np.testing.assert_allclose(moved, raw, atol=0.1 * np.abs(raw).max())
+
+
+def test_score_standard_error_matches_the_sampling_spread_of_gaussian_statistics():
+    # rank-one Gaussian noise (all along the gradient): the bound in the docstring is exact there
+    rng = np.random.default_rng(0)
+    mu, sigma, n, K = 1.0, 2.0, 8, 2
+    p = PiKE(K, batch_size=16, normalize=False)
+    scores = []
+    for _ in range(20000):
+        g = mu + sigma * rng.standard_normal(n)
+        v = g.var(ddof=1)
+        sq = g.mean() ** 2 - v / n
+        scores.append(p.zeta1 * sq - p.zeta2 / (2 * 16) * v)
+    se = p.score_se([mu ** 2] * K, [sigma ** 2] * K, [n] * K)
+    assert np.std(scores) == pytest.approx(se[0], rel=0.05)
+
+
+def test_synthetic_sweep_noise_aware_pike_is_no_worse_than_uniform_without_opposition():
+    from zoedu.experiments.mixing import conflict_sweep
+
+    sweep = conflict_sweep((1.0, 0.0), methods=("uniform", "pike")).set_index(["cosine", "method"])
+    for c in (1.0, 0.0):
+        assert sweep.loc[(c, "pike"), "auc_average"] <= sweep.loc[(c, "uniform"), "auc_average"]
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: PiKE(1), "n_tasks"),
     (lambda: PiKE(3).update([1.0, 2.0], [1.0, 1.0, 1.0]), "sq_norms"),
@@ -176,6 +237,9 @@ def test_one_update_moves_log_weights_by_at_most_max_log_step():
     (lambda: PiKE(2, update_every=0), "update_every"),
     (lambda: PiKE(4, min_weight=0.25), "min_weight"),
     (lambda: PiKE(2, max_log_step=0.0), "max_log_step"),
+    (lambda: PiKE(2, shrink="yes"), "shrink"),
+    (lambda: PiKE(2).update([1.0, 1.0], [1.0, 1.0], n_examples=[1, 4]), "n_examples"),
+    (lambda: PiKE(2).update([1.0, 1.0], [1.0, 1.0], n_examples=[4, 4, 4]), "n_examples"),
     (lambda: BalancedPiKE(2, tau=0.0), "tau"),
     (lambda: BalancedPiKE(2, tau=-1.0), "tau"),
     (lambda: BalancedPiKE(2).update([1.0, 1.0], [1.0, 1.0]), "losses"),
