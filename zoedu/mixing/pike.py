@@ -71,8 +71,8 @@ over many directions. A step's noise is also at most ``max_log_step``² (it is c
 PiKE's multiplicative updates average the scores over updates: after t updates a task's
 log-weight has moved by A_k = Σ_t step_{k,t} (the clipped steps, relative to the tasks' mean,
 before the floor), whose noise variance is V_k = Σ_t Var(step_{k,t}), with
-Var(s_k − (1/K)Σ_j s_j) = SE_k²(1 − 2/K) + Σ_j SE_j²/K² (at most (2·``max_log_step``)², the
-variance bound for a step clipped to that range), while a real, lasting difference grows like t.
+Var(s_k − (1/K)Σ_j s_j) = SE_k²(1 − 2/K) + Σ_j SE_j²/K² (at most (2·``max_log_step``·(K − 1)/K)²:
+a step clipped to ±``max_log_step`` lies within ±2·``max_log_step``·(K − 1)/K of the tasks' mean), while a real, lasting difference grows like t.
 So the weights PiKE *uses* shrink Algorithm 1's accumulated displacement D_k = log w_k^raw − log w⁰_k
 (centred on its mean over tasks) toward the initial weights by the evidence for it,
 positive-part James–Stein style,
@@ -243,10 +243,11 @@ class PiKE:
         self._moved += step
         if se is not None:
             # the move relative to the tasks' mean, s_k − (1/K)Σ_j s_j, has variance
-            # SE_k²(1 − 2/K) + Σ_j SE_j²/K²; clipped to a range of 4·bound, it is at most (2·bound)²
+            # SE_k²(1 − 2/K) + Σ_j SE_j²/K²; a step clipped to ±bound lies within ±2·bound·(K − 1)/K
+            # of the mean, so (Popoviciu) its variance is at most (2·bound·(K − 1)/K)²
             K = self.n_tasks
             var_step = se ** 2 * (1 - 2 / K) + float((se ** 2).sum()) / K ** 2
-            self._noise += np.minimum(var_step, (2 * self.max_log_step) ** 2)
+            self._noise += np.minimum(var_step, (2 * self.max_log_step * (K - 1) / K) ** 2)
         if self.shrink and np.any(self._noise > 0):
             a = self._moved - self._moved.mean()
             with np.errstate(divide="ignore", invalid="ignore"):
