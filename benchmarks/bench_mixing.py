@@ -10,7 +10,7 @@
    mixture lies, which is what an adaptive mixer has to beat.
 
 Run:  HF_HUB_OFFLINE=1 python benchmarks/bench_mixing.py [--steps 200] [--seeds 0,1,2]
-      [--skip-synthetic] [--skip-mixers] [--static "0.25,0.25,0.25,0.25;0.3,0.3,0.25,0.15"]
+      [--skip-synthetic] [--synthetic-seeds 10] [--skip-mixers] [--static "0.25,0.25,0.25,0.25;0.3,0.3,0.25,0.15"]
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--synthetic-seeds", type=int, default=0,
+                        help="also run the synthetic sweep over this many seeds, PiKE with and without "
+                             "its noise-aware step (shrink) against uniform")
     parser.add_argument("--skip-mixers", action="store_true", help="skip the four-mixer multidomain runs")
     parser.add_argument("--static", default="",
                         help="also train with fixed mixtures, e.g. '0.25,0.25,0.25,0.25;0.3,0.3,0.25,0.15' "
@@ -74,6 +77,23 @@ def main() -> None:
         sweep = conflict_sweep()
         print(f"\n## synthetic conflict sweep ({time.perf_counter() - t0:.0f} s)\n")
         print(sweep.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.synthetic_seeds:
+        frames = []
+        for seed in range(args.synthetic_seeds):
+            for shrink in (True, False):
+                sw = conflict_sweep(methods=("uniform", "pike"), seed=seed, shrink=shrink)
+                frames.append(sw.assign(seed=seed, pike=f"shrink={shrink}"))
+        d = pd.concat(frames, ignore_index=True)
+        d.loc[d.method == "uniform", "pike"] = "-"
+        d = d.drop_duplicates(["cosine", "method", "pike", "seed"])
+        d["mixer"] = d.method.where(d.method == "uniform", d.method + " " + d.pike)
+        auc = d.pivot_table(index=["cosine", "seed"], columns="mixer", values="auc_average")
+        table = auc.groupby(level=0, sort=False).mean()
+        for col in [c for c in auc.columns if c != "uniform"]:
+            table[f"wins {col}"] = (auc[col] <= auc["uniform"]).groupby(level=0, sort=False).sum()
+        print(f"\n## synthetic sweep over seeds 0..{args.synthetic_seeds - 1}: mean auc_average, "
+              f"and seeds where PiKE <= uniform\n")
+        print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.static:
         mixtures = [[float(x) for x in m.split(",")] for m in args.static.split(";")]

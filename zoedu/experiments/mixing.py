@@ -66,7 +66,7 @@ def _spread(value, n_tasks: int, name: str) -> np.ndarray:
 def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, steps: int = 100,
                        batch_size: int = 16, lr: float = 0.05, scales=(0.5, 1.5), noises=(0.1, 1.0),
                        methods: Sequence[str] = SYNTHETIC_METHODS, update_every: int = 10,
-                       tau: float = 1.0, seed: int = 0) -> pd.DataFrame:
+                       tau: float = 1.0, shrink: bool = True, seed: int = 0) -> pd.DataFrame:
     """Train on K synthetic regression tasks with a chosen gradient conflict; the loss curves.
 
     Task k sees one feature direction u_k (unit vectors with pairwise cosine ``cosine``):
@@ -83,7 +83,8 @@ def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, 
     Methods: ``uniform``, ``pike`` and ``balanced-pike`` draw mixed batches of
     ``batch_size`` (per-task counts from the mixer) and take an SGD step on the batch mean;
     PiKE updates every ``update_every`` steps from per-example gradients of a fresh batch
-    per task (their overhead is not part of this comparison). ``pcgrad`` and ``mgda`` take b/K examples per task and aggregate the K task gradients.
+    per task (their overhead is not part of this comparison); ``shrink`` is PiKE's noise-aware
+    step (:class:`~zoedu.mixing.PiKE`; False: Algorithm 1 as published). ``pcgrad`` and ``mgda`` take b/K examples per task and aggregate the K task gradients.
 
     Returns:
         One row per (method, step): ``method``, ``step``, ``cosine``, ``loss/k`` (excess
@@ -117,9 +118,9 @@ def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, 
         x = np.zeros(dim)
         mixer = None
         if method == "pike":
-            mixer = PiKE(K, batch_size=batch_size, update_every=update_every)
+            mixer = PiKE(K, batch_size=batch_size, update_every=update_every, shrink=shrink)
         elif method == "balanced-pike":
-            mixer = BalancedPiKE(K, tau=tau, batch_size=batch_size, update_every=update_every)
+            mixer = BalancedPiKE(K, tau=tau, batch_size=batch_size, update_every=update_every, shrink=shrink)
         uniform = Uniform(K)
         for step in range(1, steps + 1):
             if method in ("uniform", "pike", "balanced-pike"):
