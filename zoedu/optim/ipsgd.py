@@ -18,9 +18,9 @@ Embeddings. A token embedding's gradient is as large as its weight (MiniLM: 30 5
 45 MiB) although a batch touches only the rows of its tokens. With ``sparse_embedding_grads=True``
 every ``nn.Embedding`` whose weight is being trained runs with ``sparse=True`` during the
 in-place pass (switched on by a forward pre-hook for the duration of the closure, restored
-after), so its gradient
-arrives as the touched rows only; their duplicates are summed in order of occurrence, as the
-dense embedding backward sums them, and the update touches those rows only. With
+after), so its gradient arrives as the touched rows only; their duplicates are summed in
+order of occurrence, as the dense embedding backward sums them, and the update touches
+those rows only. With
 ``weight_decay = 0`` the result is bit for bit torch.optim.SGD's on CPU. With weight decay,
 SGD decays *every* row (``θ ← θ − η(g + λθ)``, g = 0 on untouched rows); that is kept: the
 untouched rows get ``θ − η(λθ)`` a few thousand rows at a time, so no full-size temporary is
