@@ -66,7 +66,7 @@ uses ‖∇L‖² ≈ ‖ḡ‖² − σ̂²/n, so s = a‖ḡ‖² − (a/n + c
     SE_k² = [ a_k² (4 ĝ_k σ̂_k² + 2 σ̂_k⁴/n_k)/n_k  +  (a_k/n_k + c)² · 2 σ̂_k⁴/(n_k − 1) ] / m²
 
 with the plug-ins ĝ_k (unbiased ‖∇L_k‖²) and σ̂_k². The bound is conservative for noise spread
-over many directions. A step's noise is also at most ``max_log_step``² (it is clipped to ±that).
+over many directions.
 
 PiKE's multiplicative updates average the scores over updates: after t updates a task's
 log-weight has moved by A_k = Σ_t step_{k,t} (the clipped steps, relative to the tasks' mean,
@@ -93,10 +93,12 @@ with uniform mixing instead of slightly ahead of it.
 
 Caveat: the bound is for SGD. Under Adam, which rescales every coordinate, an example's value
 is not ∝ ‖∇L_k‖²: on ``multidomain`` (tiny GPT-2, 200 Adam steps) arithmetic has the largest,
-cleanest gradient, PiKE feeds it, and the average loss is worse than uniform mixing's on every
-seed measured, and uniform is the best or nearly the best fixed mixture there
-(benchmarks/README.md, "Why PiKE loses to uniform here"). PiKE's statistics from a few examples per task are also noisy
-enough to starve a domain after a few updates.
+cleanest gradient, Algorithm 1 (``shrink=False``) feeds it, and the average loss is worse than
+uniform mixing's on every seed measured, and uniform is the best or nearly the best fixed
+mixture there (benchmarks/README.md, "Why PiKE loses to uniform here"). Its statistics from a few
+examples per task are also noisy enough to starve a domain after a few updates. With the
+noise-aware step (the default) no move there exceeds its noise: PiKE keeps the uniform weights
+and ties uniform mixing on every seed (4.911 mean average loss for both, seeds 0–2).
 
 Balanced-PiKE. To protect the worst task the objective becomes the tilted loss
 L_τ = (1/τ) log Σ_k exp(τ L_k): the average (plus a constant) as τ → 0, the maximum as
