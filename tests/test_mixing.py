@@ -165,7 +165,7 @@ def test_one_update_moves_log_weights_by_at_most_max_log_step():
 
 def test_noise_aware_pike_with_noise_free_statistics_is_algorithm_1_exactly():
     rng = np.random.default_rng(1)
-    shrunk, plain = PiKE(4, batch_size=8), PiKE(4, batch_size=8, shrink=False)
+    shrunk, plain = PiKE(4, batch_size=8, shrink=True), PiKE(4, batch_size=8)
     for _ in range(6):
         sq = rng.exponential(size=4)
         w = shrunk.update(sq, np.zeros(4), n_examples=[4] * 4)   # σ̂ = 0: the statistics are exact
@@ -173,12 +173,12 @@ def test_noise_aware_pike_with_noise_free_statistics_is_algorithm_1_exactly():
         np.testing.assert_array_equal(shrunk.shrink_factors, 1.0)
     assert not np.allclose(w, 0.25)
     # without n_examples the noise is unknown and nothing is shrunk either
-    a, b = PiKE(3), PiKE(3, shrink=False)
+    a, b = PiKE(3, shrink=True), PiKE(3)
     np.testing.assert_array_equal(a.update([1.0, 2.0, 4.0], [3.0] * 3), b.update([1.0, 2.0, 4.0], [3.0] * 3))
 
 
 def test_noise_aware_pike_does_not_move_on_scores_within_their_standard_error():
-    p = PiKE(3, batch_size=16)
+    p = PiKE(3, batch_size=16, shrink=True)
     sq, var, n = [1.0, 1.3, 0.8], [40.0, 40.0, 40.0], [4, 4, 4]
     se = p.score_se(sq, var, n)
     scores = p._scores(np.array(sq), np.array(var), np.ones(3))
@@ -192,7 +192,7 @@ def test_noise_aware_pike_does_not_move_on_scores_within_their_standard_error():
 
 def test_noise_aware_pike_keeps_a_clear_difference():
     # the same scores from many examples: the SE is small and the move is (almost) all kept
-    p = PiKE(3, batch_size=16)
+    p = PiKE(3, batch_size=16, shrink=True)
     for _ in range(3):
         w = p.update([1.0, 1.3, 0.8], [40.0, 40.0, 40.0], n_examples=[40000] * 3)
     assert np.all(p.shrink_factors[1:] > 0.9)                   # the two tasks that moved (task 0 stays mid)
@@ -219,7 +219,7 @@ def test_score_standard_error_matches_the_sampling_spread_of_gaussian_statistics
 def test_synthetic_sweep_noise_aware_pike_is_no_worse_than_uniform_without_opposition():
     from zoedu.experiments.mixing import conflict_sweep
 
-    sweep = conflict_sweep((1.0, 0.0), methods=("uniform", "pike")).set_index(["cosine", "method"])
+    sweep = conflict_sweep((1.0, 0.0), methods=("uniform", "pike"), shrink=True).set_index(["cosine", "method"])
     for c in (1.0, 0.0):
         assert sweep.loc[(c, "pike"), "auc_average"] <= sweep.loc[(c, "uniform"), "auc_average"]
 

@@ -42,7 +42,7 @@ def _fit(model, task, method="adam", **kw):
 
 
 def test_fit_with_pike_records_weights_counts_losses_and_cosines(model, corpus):
-    pike = PiKE(4, update_every=2)
+    pike = PiKE(4, update_every=2, shrink=True)
     h = _fit(model, corpus, mixer=MixedBatchSource(pike, variance="groups", n_groups=2))
     weights = h[[f"weight/{d}" for d in DOMAINS]].to_numpy()
     np.testing.assert_allclose(weights.sum(1), 1.0)

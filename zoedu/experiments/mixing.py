@@ -66,7 +66,7 @@ def _spread(value, n_tasks: int, name: str) -> np.ndarray:
 def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, steps: int = 100,
                        batch_size: int = 16, lr: float = 0.05, scales=(0.5, 1.5), noises=(0.1, 1.0),
                        methods: Sequence[str] = SYNTHETIC_METHODS, update_every: int = 10,
-                       tau: float = 1.0, shrink: bool = True, seed: int = 0) -> pd.DataFrame:
+                       tau: float = 1.0, shrink: bool = False, seed: int = 0) -> pd.DataFrame:
     """Train on K synthetic regression tasks with a chosen gradient conflict; the loss curves.
 
     Task k sees one feature direction u_k (unit vectors with pairwise cosine ``cosine``):

@@ -50,7 +50,7 @@ draws — cannot send the mixture to a vertex in one update. It changes the synt
 table little (benchmarks/README.md); a bound of 1 binds there and makes PiKE lose to uniform
 mixing at orthogonal conflict.
 
-Noise-aware steps (``shrink=True``, the default). Each score
+Noise-aware steps (``shrink=True``; off by default, which is the published Algorithm 1). Each score
 s_k = (a_k ‖∇L_k‖² − c σ_k²)/m (a_k = ζ₁·gain_k, c = ζ₂/2b) is an *estimate*, and from a few
 examples per task a noisy one. Its standard error follows from the same statistics. With
 n = n_k examples, ḡ = ∇L_k + ε, Cov ε = Σ/n, tr Σ = σ_k², and Gaussian per-example noise,
@@ -97,7 +97,7 @@ cleanest gradient, Algorithm 1 (``shrink=False``) feeds it, and the average loss
 uniform mixing's on every seed measured, and uniform is the best or nearly the best fixed
 mixture there (benchmarks/README.md, "Why PiKE loses to uniform here"). Its statistics from a few
 examples per task are also noisy enough to starve a domain after a few updates. With the
-noise-aware step (the default) no move there exceeds its noise: PiKE keeps the uniform weights
+noise-aware step (``shrink=True``) no move there exceeds its noise: PiKE keeps the uniform weights
 and ties uniform mixing on every seed (4.911 mean average loss for both, seeds 0–2).
 
 Balanced-PiKE. To protect the worst task the objective becomes the tilted loss
@@ -169,7 +169,7 @@ class PiKE:
 
     def __init__(self, n_tasks: int, *, zeta1: float = 1.0, zeta2: float = 1.0, update_every: int = 50,
                  batch_size: int = 16, min_weight: float | None = None, normalize: bool = True,
-                 max_log_step: float = 2.0, shrink: bool = True, weights=None):
+                 max_log_step: float = 2.0, shrink: bool = False, weights=None):
         self.n_tasks = _check_n_tasks(n_tasks)
         self.zeta1 = _check_positive("zeta1", zeta1)
         self.zeta2 = _check_positive("zeta2", zeta2, allow_zero=True)
