@@ -3,6 +3,7 @@
     python benchmarks/bench_optim.py speed      # 1. MeZO step ÷ forward, 3. speed-up over the paper's loop
     python benchmarks/bench_optim.py speed memory --device cuda --dtype bfloat16 --size 1.3b --batch 16 --seq 256
                                                 # the GPU rows (OPT-1.3B-sized, bf16: the fused Triton passes)
+    python benchmarks/bench_optim.py passes     # the perturbation passes alone, and torch's CPU normals
     python benchmarks/bench_optim.py memory     # 2. MeZO peak ÷ inference peak
     python benchmarks/bench_optim.py drift      # restoration drift after 1000 lr=0 steps (fp32/bf16/fp16)
     python benchmarks/bench_optim.py minilm     # 4. Adam, SGD, IP-SGD, MeZO, Addax on MiniLM + sentiment
@@ -158,6 +159,41 @@ def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None
                   f"speed-up over the paper's loop {med['reference'] / v:.2f}×")
     print(f"  reference (paper's loop): {med['reference'] * 1e3:.0f} ms = {med['reference'] / med['forward']:.2f} × forward")
     return med
+
+
+def bench_passes(size="25m", batch=8, seq=128, rounds=5):
+    """The perturbation passes alone (``MeZO.step(lambda: 0.0)``: no forward) and the cost of
+    drawing normals with torch's CPU generator, serially and on two threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _opt_model(size)
+    rows = embedding_rows(model, _batch(batch, seq))
+    variants = {(ex, w): MeZO(model.parameters(), lr=0.0, exact_restore=ex, workers=w)
+                for ex in (True, False) for w in (1, 2)}
+    times: dict = {}
+    for _ in range(rounds):
+        for (ex, w), opt in variants.items():
+            for label, r in (("dense", None), ("rows", rows)):
+                times.setdefault((ex, w, label), []).append(_timeit(lambda: opt.step(lambda: 0.0, rows=r), "cpu"))
+    print(f"\n[passes] tiny-opt {size}: one MeZO step without forwards (3 passes), median of {rounds}")
+    for (ex, w, label), v in times.items():
+        print(f"  exact_restore={ex!s:5s} workers={w} {label:5s}: {statistics.median(v) * 1e3:6.0f} ms")
+    n, k = 1 << 15, 300
+    bufs = [torch.empty(n) for _ in range(2)]
+
+    def draw(w, count):
+        for i in range(count):
+            g = torch.Generator()
+            g.manual_seed(7 * i + w)
+            torch.randn(n, generator=g, out=bufs[w])
+
+    draw(0, 10)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda w: draw(w, 10), (0, 1)))
+        serial = _timeit(lambda: draw(0, 2 * k), "cpu")
+        parallel = _timeit(lambda: list(pool.map(lambda w: draw(w, k), (0, 1))), "cpu")
+    print(f"  torch.randn, 32 Ki-element streams: {serial / (2 * k * n) * 1e9:.2f} ns per normal on one thread, "
+          f"{parallel / (2 * k * n) * 1e9:.2f} ns on two")
 
 
 # --------------------------------------------------------------------------- 2: memory
@@ -380,7 +416,7 @@ def bench_minilm_step_times(rounds=3, steps=10, max_length=64, n_train=1000, see
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", nargs="*", default=["all"],
-                        choices=["speed", "memory", "drift", "minilm", "minilm-steps", "all"])
+                        choices=["speed", "passes", "memory", "drift", "minilm", "minilm-steps", "all"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--size", default="25m")
@@ -400,6 +436,8 @@ def main(argv=None):
           f"python {sys.version.split()[0]}")
     if "speed" in what:
         bench_speed(args.size, args.batch, args.seq, device=args.device, dtype=args.dtype)
+    if "passes" in what:
+        bench_passes(args.size, args.batch, args.seq)
     if "memory" in what:
         bench_memory(args.size, args.batch, args.seq, device=args.device, dtype=args.dtype)
     if "drift" in what:
