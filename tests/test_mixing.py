@@ -400,3 +400,13 @@ def test_mgda_is_the_min_norm_point_of_two_gradients():
 def test_aggregate_bad_input(grads, method, match):
     with pytest.raises(ValueError, match=match):
         aggregate(grads, method)
+
+
+def test_pike_without_a_step_bound_is_algorithm_1_even_for_large_scores():
+    w0 = np.array([0.1, 0.2, 0.3, 0.4])
+    sq, var = np.array([9.0, 0.5, 0.1, 3.0]), np.array([1.0, 2.0, 0.5, 4.0])
+    got = PiKE(4, batch_size=8, min_weight=0.0, normalize=False, weights=w0, max_log_step=None).update(sq, var)
+    expect = w0 * np.exp(sq - var / 16)
+    np.testing.assert_allclose(got, expect / expect.sum(), rtol=1e-12)
+    bounded = PiKE(4, batch_size=8, min_weight=0.0, normalize=False, weights=w0).update(sq, var)
+    assert not np.allclose(bounded, got)  # the default bound (2) binds on these scores

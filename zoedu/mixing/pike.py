@@ -160,7 +160,8 @@ class PiKE:
             must be < 1/K.
         normalize: divide the statistics by the mean squared norm first (module docstring).
         max_log_step: no log-weight moves by more than this in one update, relative to the
-            weighted mean move (module docstring, "Bounded steps").
+            weighted mean move (module docstring, "Bounded steps"); ``None``: no bound, the
+            published Algorithm 1's update exactly.
         shrink: shrink the accumulated log-weight moves toward the initial weights by their
             signal-to-noise (module docstring, "Noise-aware steps"); needs ``n_examples``
             in :meth:`update`, without it (or with noise-free statistics) nothing changes.
@@ -169,7 +170,7 @@ class PiKE:
 
     def __init__(self, n_tasks: int, *, zeta1: float = 1.0, zeta2: float = 1.0, update_every: int = 50,
                  batch_size: int = 16, min_weight: float | None = None, normalize: bool = True,
-                 max_log_step: float = 2.0, shrink: bool = False, weights=None):
+                 max_log_step: float | None = 2.0, shrink: bool = False, weights=None):
         self.n_tasks = _check_n_tasks(n_tasks)
         self.zeta1 = _check_positive("zeta1", zeta1)
         self.zeta2 = _check_positive("zeta2", zeta2, allow_zero=True)
@@ -183,7 +184,8 @@ class PiKE:
         if self.min_weight >= 1.0 / self.n_tasks:
             raise ValueError(f"min_weight={min_weight} must be < 1/n_tasks = {1.0 / self.n_tasks:.4g}")
         self.normalize = bool(normalize)
-        self.max_log_step = _check_positive("max_log_step", max_log_step)
+        # None: no bound, Algorithm 1's update exactly
+        self.max_log_step = None if max_log_step is None else _check_positive("max_log_step", max_log_step)
         if not isinstance(shrink, (bool, np.bool_)):
             raise ValueError(f"shrink={shrink!r} must be True or False")
         self.shrink = bool(shrink)
@@ -240,7 +242,8 @@ class PiKE:
 
     def _apply(self, scores: np.ndarray, se: np.ndarray | None = None) -> np.ndarray:
         step = scores - float(self._raw @ scores)           # only differences matter after normalising
-        step = np.clip(step, -self.max_log_step, self.max_log_step)
+        if self.max_log_step is not None:
+            step = np.clip(step, -self.max_log_step, self.max_log_step)
         self._raw = self._floor(np.log(self._raw) + step)
         self._moved += step
         if se is not None:
@@ -249,7 +252,8 @@ class PiKE:
             # of the mean, so (Popoviciu) its variance is at most (2·bound·(K − 1)/K)²
             K = self.n_tasks
             var_step = se ** 2 * (1 - 2 / K) + float((se ** 2).sum()) / K ** 2
-            self._noise += np.minimum(var_step, (2 * self.max_log_step * (K - 1) / K) ** 2)
+            self._noise += (var_step if self.max_log_step is None
+                            else np.minimum(var_step, (2 * self.max_log_step * (K - 1) / K) ** 2))
         if self.shrink and np.any(self._noise > 0):
             a = self._moved - self._moved.mean()
             with np.errstate(divide="ignore", invalid="ignore"):

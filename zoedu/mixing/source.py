@@ -175,11 +175,13 @@ class MixedBatchSource:
                                         variance=self.variance, n_groups=self.n_groups)
             # PiKE needs ‖∇L_k‖², not ‖ḡ_k‖²: the plug-in is inflated by σ_k²/n (n = b_stats), far
             # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks.
+            # the example counts only where the noise-aware step uses them, so a subclass that
+            # overrides update(sq_norms, variances[, losses]) keeps working
+            extra = {"n_examples": stats.n_examples} if getattr(self.mixer, "shrink", False) else {}
             if isinstance(self.mixer, BalancedPiKE):
-                self.mixer.update(stats.unbiased_sq_norms, stats.variances, stats.losses,
-                                  n_examples=stats.n_examples)
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances, stats.losses, **extra)
             elif isinstance(self.mixer, PiKE):
-                self.mixer.update(stats.unbiased_sq_norms, stats.variances, n_examples=stats.n_examples)
+                self.mixer.update(stats.unbiased_sq_norms, stats.variances, **extra)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - t0
