@@ -159,6 +159,26 @@ def check_rows(param: torch.Tensor, rows, name: str = "rows") -> torch.Tensor:
     return rows
 
 
+def row_map(params: Sequence[torch.Tensor], rows) -> dict[int, torch.Tensor]:
+    """An optimizer's ``rows={parameter: row indices}`` argument, checked, as
+    ``{index in params: sorted unique int64 rows}`` for :meth:`Perturber.plan`."""
+    if rows is None:
+        return {}
+    if not isinstance(rows, dict):
+        raise ValueError("rows must be a dict {parameter: row indices} (e.g. the input embedding's weight and "
+                         f"the token ids of the batch), got {type(rows).__name__}")
+    index = {id(p): k for k, p in enumerate(params)}
+    out = {}
+    for p, r in rows.items():
+        k = index.get(id(p))
+        if k is None:
+            raise ValueError("rows names a tensor that is not one of this optimizer's parameters")
+        if not p.is_contiguous():
+            raise ValueError(f"rows: parameter {k} (shape {tuple(p.shape)}) is not contiguous")
+        out[k] = check_rows(p, r, name=f"rows[parameter {k}]")
+    return out
+
+
 def default_workers() -> int:
     """Worker threads for the CPU passes: ``ZOEDU_PERTURB_THREADS`` or torch's thread count."""
     env = os.environ.get("ZOEDU_PERTURB_THREADS")

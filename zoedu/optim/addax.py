@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from ._perturb import CHUNK, Perturber, check_rows
+from ._perturb import CHUNK, Perturber, row_map
 from .ipsgd import InPlaceUpdates, add_gradient_
 from .mezo import _UpdateRule, _decays, _scalar, direction_seed, embedding_rows
 
@@ -186,22 +186,6 @@ class Addax(torch.optim.Optimizer):
                            streams=[s for s in self._streams if s.param_index == k])
 
     # ------------------------------------------------------------------ the step
-    def _row_map(self, rows) -> dict[int, torch.Tensor]:
-        if rows is None:
-            return {}
-        if not isinstance(rows, dict):
-            raise ValueError("rows must be a dict {parameter: row indices} (the input embedding's weight and "
-                             f"the token ids of the long part), got {type(rows).__name__}")
-        out = {}
-        for p, r in rows.items():
-            k = self._index.get(id(p))
-            if k is None:
-                raise ValueError("rows names a tensor that is not one of this optimizer's parameters")
-            if not p.is_contiguous():
-                raise ValueError(f"rows: parameter {k} (shape {tuple(p.shape)}) is not contiguous")
-            out[k] = check_rows(p, r, name=f"rows[parameter {k}]")
-        return out
-
     def step(self, zo_closure: Callable | None = None, fo_closure: Callable | None = None, *,
              rows: dict | None = None):
         """One Addax step; returns ``(zo_loss, fo_loss)`` (``nan`` for a part not run).
@@ -215,7 +199,7 @@ class Addax(torch.optim.Optimizer):
             raise ValueError(f"alpha={alpha} > 0 needs a zo_closure (forward pass on the long examples)")
         if alpha < 1 and fo_closure is None:
             raise ValueError(f"alpha={alpha} < 1 needs an fo_closure (forward and backward on the short examples)")
-        streams = self.perturber.plan(self._row_map(rows))
+        streams = self.perturber.plan(row_map(self._flat, rows))
         self._streams = streams
         t = self.step_count
         self.step_count += 1

@@ -58,7 +58,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ._perturb import CHUNK, Perturber, Stream, check_rows, mix_seed, stream_seed
+from ._perturb import CHUNK, Perturber, Stream, mix_seed, stream_seed
+from ._perturb import row_map as _row_map
 
 ESTIMATORS = ("sgd", "sign", "momentum", "adam")
 
@@ -465,25 +466,6 @@ class MeZO(torch.optim.Optimizer):
     def _perturb(self, seed: int, scale: float, streams=None) -> None:
         self.perturber.add(seed, scale, streams)
 
-    def _row_map(self, rows) -> dict[int, torch.Tensor]:
-        """``{parameter: row indices}`` → ``{parameter index: sorted unique int64 rows}``."""
-        if rows is None:
-            return {}
-        if not isinstance(rows, dict):
-            raise ValueError("rows must be a dict {parameter: row indices} (e.g. the input embedding's "
-                             f"weight and the token ids of the batch), got {type(rows).__name__}")
-        params, _ = self._flat_params()
-        index = {id(p): k for k, p in enumerate(params)}
-        out = {}
-        for p, r in rows.items():
-            k = index.get(id(p))
-            if k is None:
-                raise ValueError("rows names a tensor that is not one of this optimizer's parameters")
-            if not p.is_contiguous():
-                raise ValueError(f"rows: parameter {k} (shape {tuple(p.shape)}) is not contiguous")
-            out[k] = check_rows(p, r, name=f"rows[parameter {k}]")
-        return out
-
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Callable | None = None, *, rows: dict | None = None) -> float:
@@ -500,7 +482,7 @@ class MeZO(torch.optim.Optimizer):
         """
         if closure is None:
             raise ValueError("MeZO.step needs a closure that runs a forward pass and returns the loss")
-        row_map = self._row_map(rows)
+        row_map = _row_map(self._flat_params()[0], rows)
         streams = self.perturber.plan(row_map)
         self._step_rows = {k: r.to(torch.int32).cpu() for k, r in row_map.items()} or None
         t = self.step_count
