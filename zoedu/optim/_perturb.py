@@ -257,10 +257,6 @@ class Perturber:
             for f in futures:
                 f.result()
 
-    def streams_of(self, param_index: int) -> list[Stream]:
-        """The streams of one parameter (for per-parameter passes such as Addax's hooks)."""
-        return [s for s in self.streams if s.param_index == param_index]
-
     def plan(self, rows: dict[int, torch.Tensor] | None = None) -> list[Stream]:
         """The streams of one step: the dense plan, except that a parameter index in ``rows``
         is covered only on those rows (sorted unique indices; see :func:`plan_rows`)."""

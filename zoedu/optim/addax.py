@@ -50,7 +50,7 @@ import torch
 
 from ._perturb import CHUNK, Perturber, row_map
 from .ipsgd import InPlaceUpdates, add_gradient_
-from .mezo import _UpdateRule, _decays, _scalar, direction_seed, embedding_rows
+from .mezo import _BatchRows, _UpdateRule, _decays, _scalar, direction_seed
 
 #: Default mixing weight α of the zeroth-order term. ``α g⁰ z`` has a variance that grows
 #: with the parameter count d, so α is small; α·η is MeZO's learning rate in effect.
@@ -137,7 +137,7 @@ class Addax(torch.optim.Optimizer):
         self._perturber: Perturber | None = None
         self._perturber_key: tuple = ()
         self._zo_update: tuple[int, float] | None = None   # (seed, g⁰) of the running step
-        self._streams = None                                # its streams (row streams for rows=)
+        self._streams_of: dict[int, list] = {}              # its streams per parameter (rows= aware)
         self._done: set[int] = set()
 
     def add_param_group(self, param_group: dict) -> None:
@@ -183,7 +183,7 @@ class Addax(torch.optim.Optimizer):
         seed, g0 = self._zo_update
         coef = -lr * self.alpha * g0
         self.perturber.run(lambda v, zgen, s: v.add_(zgen(seed), alpha=coef),
-                           streams=[s for s in self._streams if s.param_index == k])
+                           streams=self._streams_of.get(k, []))
 
     # ------------------------------------------------------------------ the step
     def step(self, zo_closure: Callable | None = None, fo_closure: Callable | None = None, *,
@@ -200,7 +200,9 @@ class Addax(torch.optim.Optimizer):
         if alpha < 1 and fo_closure is None:
             raise ValueError(f"alpha={alpha} < 1 needs an fo_closure (forward and backward on the short examples)")
         streams = self.perturber.plan(row_map(self._flat, rows))
-        self._streams = streams
+        self._streams_of = {}
+        for s in streams:
+            self._streams_of.setdefault(s.param_index, []).append(s)
         t = self.step_count
         self.step_count += 1
         seed = direction_seed(self.seed, t)
@@ -307,14 +309,7 @@ class AddaxRunner:
         self.zo_pool, self.fo_pool, self.k0, self.k1 = zo_pool, fo_pool, k0, k1
         self.length_threshold = length_threshold
         self.sparse_embedding = bool(sparse_embedding)
-        self._param_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-
-    def rows(self, batch) -> dict | None:
-        """The zeroth-order part's rows (see :class:`Addax` ``step(rows=)``), or None (dense)."""
-        if not self.sparse_embedding or batch is None:
-            return None
-        rows = {w: ids for w, ids in embedding_rows(self.ctx.model, batch).items() if id(w) in self._param_ids}
-        return rows or None
+        self.rows = _BatchRows(ctx.model, optimizer, self.sparse_embedding)  # the zeroth-order part's rows=
 
     def step(self, step: int) -> dict:
         from ..train import check_loss

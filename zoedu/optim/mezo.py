@@ -463,9 +463,6 @@ class MeZO(torch.optim.Optimizer):
         return _UpdateRule(params, group_of, self.estimator, self.n_perturb, self.momentum, self.betas,
                            self.adam_eps, self.state)
 
-    def _perturb(self, seed: int, scale: float, streams=None) -> None:
-        self.perturber.add(seed, scale, streams)
-
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Callable | None = None, *, rows: dict | None = None) -> float:
@@ -517,7 +514,7 @@ class MeZO(torch.optim.Optimizer):
             elif fp is not None:
                 fp.add(s, eps)
             else:
-                self._perturb(s, eps, streams)                      # θ + εz        (line 5)
+                self.perturber.add(s, eps, streams)                 # θ + εz        (line 5)
             plus = evaluate()                                       # ℓ₊            (line 6)
             if not math.isfinite(plus):
                 restore(s, -eps)
@@ -616,7 +613,7 @@ class MeZO(torch.optim.Optimizer):
     def _restore(self, keeper: _ExactKeeper | None, seed: int, scale: float, streams) -> None:
         """Undo ``+(-scale)·z``: add ``scale·z`` (rounding), or recover θ exactly (exact mode)."""
         if keeper is None:
-            self._perturb(seed, scale, streams)
+            self.perturber.add(seed, scale, streams)
             return
         self.perturber.run(lambda v, zgen, s: keeper.recover((s.param_index, s.chunk_index), v, zgen(seed),
                                                              -scale), streams=streams)
@@ -828,31 +825,50 @@ def forward_gradient(model: torch.nn.Module, loss_fn: Callable, *, seed: int = 0
 
 
 # --------------------------------------------------------------------------- fit plug-in
-def embedding_rows(model: torch.nn.Module, batch) -> dict:
-    """``{input embedding weight: the batch's token ids}`` for ``MeZO.step(rows=...)``.
+def untied_input_embedding(model: torch.nn.Module) -> torch.Tensor | None:
+    """The input-embedding weight if the loss reads it through the lookup alone, else None.
 
-    Only when the loss reads that weight through the lookup alone: a Hugging Face model's
-    ``get_input_embeddings()`` whose weight appears once among the model's parameters and is
-    not the output embedding (a tied LM head reads every row, so a causal LM gets ``{}``).
-    Also ``{}`` for a model without an input embedding or a batch without ``input_ids``.
+    That is a Hugging Face model's ``get_input_embeddings()`` weight that appears once among
+    the model's parameters and is not the output embedding (a tied LM head reads every row,
+    so a causal LM gets None), and that is being trained.
     """
     try:
         emb = model.get_input_embeddings()
     except (AttributeError, NotImplementedError):
-        return {}
+        return None
     w = getattr(emb, "weight", None)
-    ids = batch.get("input_ids") if isinstance(batch, dict) else None
-    if w is None or ids is None or not w.requires_grad:
-        return {}
+    if w is None or not w.requires_grad:
+        return None
     if sum(1 for _, p in model.named_parameters(remove_duplicate=False) if p is w) != 1:
-        return {}
+        return None
     try:
         out = model.get_output_embeddings()
     except (AttributeError, NotImplementedError):
         out = None
-    if out is not None and getattr(out, "weight", None) is w:
-        return {}
-    return {w: ids}
+    return None if out is not None and getattr(out, "weight", None) is w else w
+
+
+def embedding_rows(model: torch.nn.Module, batch) -> dict:
+    """``{input embedding weight: the batch's token ids}`` for ``MeZO.step(rows=...)``, or ``{}``
+    when the model has no such embedding (:func:`untied_input_embedding`) or the batch no
+    ``input_ids``."""
+    w = untied_input_embedding(model)
+    ids = batch.get("input_ids") if isinstance(batch, dict) else None
+    return {} if w is None or ids is None else {w: ids}
+
+
+class _BatchRows:
+    """A ``fit`` runner's ``rows=`` for each batch: the untied input embedding's rows the batch
+    reads, if that embedding is among the optimizer's parameters (found once, not every step)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, enabled: bool):
+        w = untied_input_embedding(model) if enabled else None
+        mine = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        self.weight = w if w is not None and id(w) in mine else None
+
+    def __call__(self, batch) -> dict | None:
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        return None if self.weight is None or ids is None else {self.weight: ids}
 
 
 class MeZORunner:
@@ -882,13 +898,7 @@ class MeZORunner:
                              f"is {ctx.task.kind!r}")
         self.ctx, self.optimizer, self.objective = ctx, optimizer, objective
         self.sparse_embedding = bool(sparse_embedding)
-        self._param_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-
-    def rows(self, batch) -> dict | None:
-        if not self.sparse_embedding:
-            return None
-        rows = {w: ids for w, ids in embedding_rows(self.ctx.model, batch).items() if id(w) in self._param_ids}
-        return rows or None
+        self.rows = _BatchRows(ctx.model, optimizer, self.sparse_embedding)
 
     def _value(self, batch):
         if self.objective == "loss":
