@@ -265,25 +265,18 @@ class _ExactKeeper:
                 miss = np.flatnonzero(d)
                 dm = d[miss]
                 one = np.abs(dm) == 1
-                idx, up, far = miss[one], dm[one] > 0, miss[~one]
-                # kept in tensors torch allocates (and numpy fills), so memory.measure sees them
-                if small:
-                    code = _from_numpy((idx.astype(np.int32) | (up.astype(np.int32) << 15)).astype(np.int16))
-                else:
-                    code = (_from_numpy(idx), _from_numpy(up.astype(np.int8)))
-                far = _from_numpy(far)
+                # copied into tensors torch allocates, so memory.measure sees them
+                idx, up, far = (_from_numpy(x) for x in (miss[one], dm[one] > 0, miss[~one]))
             else:
                 miss = diff.nonzero().squeeze(1)
                 dm = diff[miss]
                 one = dm.abs() == 1
                 idx, up, far = miss[one], dm[one] > 0, miss[~one]
-                code = (idx.to(torch.int16).bitwise_or_(up.to(torch.int16) << 15) if small
-                        else (idx, up.to(torch.int8)))
-            if idx.size if isinstance(idx, np.ndarray) else idx.numel():
-                self.ulps[(key, a)] = code
+            if idx.numel():
+                self.ulps[(key, a)] = (idx.to(torch.int16).bitwise_or_(up.to(torch.int16) << 15) if small
+                                       else (idx, up.to(torch.int8)))
             if far.numel():
-                self.exceptions[(key, a)] = (far.to(torch.int16) if small else far,
-                                             v.reshape(-1)[far.to(v.device)])
+                self.exceptions[(key, a)] = (far.to(torch.int16) if small else far, v.reshape(-1)[far])
 
     def recover(self, key, v: torch.Tensor, z: torch.Tensor, a: float) -> None:
         """``v`` holds ``fl(θ + a z)``: put θ back, bit for bit, in place."""
