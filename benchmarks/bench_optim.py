@@ -28,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from zoedu.defaults import METHOD_DEFAULTS  # noqa: E402
 from zoedu.memory import measure  # noqa: E402
 from zoedu.models import load_model  # noqa: E402
 from zoedu.optim import MeZO, embedding_rows  # noqa: E402
@@ -301,13 +302,8 @@ def _cpu_timed(name: str) -> str:
 #: MeZO without exact restoration, as the paper and Addax's zeroth-order part. Addax's K¹ and
 #: L_T keep its first-order part within 1.2× MeZO's peak; IP-SGD and Addax use row-sparse
 #: embedding gradients. Run in this order, MeZO (the longest) first.
-MINILM_METHODS = {
-    "mezo": dict(lr=1e-3, eps=1e-3, exact_restore=False),
-    "addax": dict(lr=5e-2, alpha=1e-3, eps=1e-3, k0=4, k1=4, sparse_embedding_grads=True),
-    "ipsgd": dict(lr=1e-1, sparse_embedding_grads=True),
-    "sgd": dict(lr=1e-1),
-    "adam": dict(lr=5e-5),
-}
+MINILM_METHODS = {name: dict(METHOD_DEFAULTS[name]) for name in ("mezo", "addax", "ipsgd", "sgd", "adam")}
+MINILM_METHODS["mezo"]["exact_restore"] = False
 
 
 def bench_minilm(max_length=64, n_train=1000, n_validation=200, target=None, seed=0, scale=1.0,

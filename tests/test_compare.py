@@ -43,3 +43,13 @@ def test_parse_lr():
 def test_compare_bad_method(capsys):
     assert main(["compare", "--methods", "adam,lion", "--model", "tiny-opt", "--steps", "1"]) == 2
     assert "lion" in capsys.readouterr().err
+
+
+def test_one_defaults_table():
+    """compare, run_methods and the benchmarks read one table (zoedu.defaults)."""
+    from zoedu import defaults
+    from zoedu.experiments import compare as compare_module, optim
+
+    assert compare_module.DEFAULT_LR is defaults.DEFAULT_LR is optim.DEFAULT_LR
+    assert defaults.default_options("addax")["k1"] == 4 and "lr" not in defaults.default_options("mezo")
+    assert parse_lr(None, ["sgd", "lion"]) == {"sgd": defaults.DEFAULT_LR["sgd"], "lion": defaults.FALLBACK_LR}

@@ -12,22 +12,12 @@ import argparse
 import numpy as np
 import pandas as pd
 
-#: Learning rates that work for fine-tuning the bundled MiniLM on ``sentiment`` (and are a
-#: sensible start elsewhere). Zeroth-order methods need far smaller steps: their gradient
-#: estimate has a variance that grows with the parameter count (MeZO, Lemma 2).
-DEFAULT_LR = {
-    "adam": 5e-5,
-    "sgd": 5e-3,
-    "ipsgd": 5e-3,
-    "mezo": 1e-5,
-    "addax": 5e-3,
-    "addax-wa": 5e-3,
-}
+from ..defaults import DEFAULT_LR, default_lr
 
 
 def parse_lr(text: str | float | None, methods: list[str]) -> dict[str, float]:
     """``"1e-4"`` (all methods) or ``"adam=1e-4,mezo=1e-6"`` → ``{method: lr}``."""
-    lrs = {m: DEFAULT_LR.get(m, 1e-3) for m in methods}
+    lrs = {m: default_lr(m) for m in methods}
     if text is None or text == "":
         return lrs
     if isinstance(text, (int, float)):
@@ -76,33 +66,21 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     """Train a fresh copy of ``model`` on ``task`` with each method; return (table, histories).
 
     Every method starts from the same weights (same seed) and sees batches drawn with the
-    same seed. ``lr`` is a float for all methods, a ``{method: lr}`` dict, or a string as
-    in :func:`parse_lr`; missing methods use :data:`DEFAULT_LR`.
-    ``method_options`` maps a method name to keyword options for it.
+    same seed (:func:`zoedu.experiments.optim.run_methods` runs them). ``lr`` is a float for
+    all methods, a ``{method: lr}`` dict, or a string as in :func:`parse_lr`; missing methods
+    use :data:`zoedu.defaults.DEFAULT_LR`. ``method_options`` maps a method name to keyword
+    options for it (on top of :data:`zoedu.defaults.METHOD_DEFAULTS`).
     """
-    from ..models import load_model, load_tokenizer
-    from ..tasks import load_task
-    from ..train import available_methods, fit
+    from .optim import run_methods
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(methods)
-    if not methods:
-        raise ValueError("methods must name at least one method; allowed: " + ", ".join(available_methods()))
-    unknown = [m for m in methods if m not in available_methods()]
-    if unknown:
-        raise ValueError(f"methods {unknown} are unknown; allowed: {', '.join(available_methods())}")
     lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods)
-    for m in methods:
-        lrs.setdefault(m, DEFAULT_LR.get(m, 1e-3))
-    the_task = load_task(task, tokenizer=load_tokenizer(model), seed=seed, **(task_options or {}))
-    num_labels = the_task.num_labels if the_task.kind == "classification" else None
-    histories = {}
-    for m in methods:
-        net, _ = load_model(model, num_labels=num_labels, seed=seed, **(model_options or {}))
-        histories[m] = fit(net, the_task, m, steps=steps, lr=lrs[m], batch_size=batch_size, seed=seed,
-                           device=device, eval_every=eval_every, eval_examples=eval_examples,
-                           quiet=quiet, progress_desc=m, **(method_options or {}).get(m, {}))
+    specs = {m: dict((method_options or {}).get(m, {}), lr=lrs.get(m, default_lr(m))) for m in methods}
+    histories = run_methods(model, task, specs, steps, batch_size=batch_size, seed=seed, device=device,
+                            eval_every=eval_every, eval_examples=eval_examples, model_options=model_options,
+                            task_options=task_options, quiet=quiet)
     return summarize(histories), histories
 
 
@@ -154,7 +132,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--size", default="5m", help="size of a tiny model: 1m, 5m, 25m (default: 5m)")
     p.add_argument("--methods", default="adam,sgd", help="comma-separated methods (default: adam,sgd)")
     p.add_argument("--steps", type=_positive_int, default=50, help="training steps per method (default: 50)")
-    p.add_argument("--lr", default=None, help="learning rate for all methods, or per method: adam=5e-5,mezo=1e-5")
+    p.add_argument("--lr", default=None, help="learning rate for all methods, or per method: adam=5e-5,mezo=1e-3")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--max-length", type=_positive_int, default=128, help="truncate examples to this many tokens (default: 128)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: only at the end)")

@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-#: Learning rates that are a sensible start for the bundled MiniLM and the tiny models.
-DEFAULT_LR = {"adam": 5e-5, "sgd": 1e-2, "ipsgd": 1e-2, "mezo": 1e-5, "addax": 1e-2, "addax-wa": 1e-2}
+from ..defaults import DEFAULT_LR, default_lr, default_options
 
 
 def _normalise(methods) -> dict[str, dict]:
@@ -29,7 +28,7 @@ def _normalise(methods) -> dict[str, dict]:
     else:
         out = {str(m): {} for m in methods}
     if not out:
-        raise ValueError("methods must name at least one method")
+        raise ValueError("methods must name at least one method; e.g. " + ", ".join(DEFAULT_LR))
     return out
 
 
@@ -46,7 +45,8 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
         methods: names, a comma-separated string, or ``{label: options}`` (see the module
             docstring).
         steps: steps per method (an entry's ``steps`` overrides it).
-        lr: one learning rate, ``{label: lr}``, or ``None`` for :data:`DEFAULT_LR`.
+        lr: one learning rate, ``{label: lr}``, or ``None`` for :data:`zoedu.defaults.DEFAULT_LR`.
+            An entry's options are added to the method's :data:`zoedu.defaults.METHOD_DEFAULTS`.
         eval_every, eval_examples: passed to :func:`zoedu.train.fit`.
     """
     from ..models import load_model, load_tokenizer
@@ -68,11 +68,12 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
     for label, spec in specs.items():
         spec = dict(spec)
         name = spec.pop("method", label)
+        spec = {**default_options(name), **spec}
         method_lr = spec.pop("lr", None)
         if method_lr is None:
-            method_lr = lr.get(label, DEFAULT_LR.get(name, 1e-3)) if isinstance(lr, dict) else lr
+            method_lr = lr.get(label, default_lr(name)) if isinstance(lr, dict) else lr
         if method_lr is None:
-            method_lr = DEFAULT_LR.get(name, 1e-3)
+            method_lr = default_lr(name)
         n_steps = int(spec.pop("steps", steps))
         model, _ = load_model(model_name, num_labels=num_labels, seed=seed, **(model_options or {}))
         h = fit(model, the_task, name, steps=n_steps, lr=float(method_lr), batch_size=batch_size, seed=seed,

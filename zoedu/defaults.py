@@ -1,0 +1,43 @@
+"""Default learning rates and method options: the one table that the notebooks, the CLI
+(``zoedu compare``), :func:`zoedu.experiments.optim.run_methods` and the benchmarks read.
+
+The values are the settings tuned for fine-tuning the bundled MiniLM on ``sentiment``
+(``python benchmarks/bench_optim.py minilm``; the probes behind each choice are in
+benchmarks/README.md, section 4) and a sensible start elsewhere. Zeroth-order methods need
+far smaller steps than first-order SGD: their estimate's variance grows with the number of
+perturbed weights (MeZO, Lemma 2).
+"""
+
+from __future__ import annotations
+
+import copy
+
+#: ``{fit method: {"lr": ..., option: value}}``: the learning rate and the method options
+#: (keywords of :func:`zoedu.train.fit`) that differ from the factories' own defaults.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "adam": {"lr": 5e-5},
+    "sgd": {"lr": 1e-1},
+    "ipsgd": {"lr": 1e-1, "sparse_embedding_grads": True},
+    "mezo": {"lr": 1e-3, "eps": 1e-3},
+    "addax": {"lr": 5e-2, "alpha": 1e-3, "eps": 1e-3, "k0": 4, "k1": 4, "sparse_embedding_grads": True},
+    "addax-wa": {"lr": 5e-2, "alpha": 1e-3, "eps": 1e-3, "k0": 4, "k1": 4, "sparse_embedding_grads": True},
+}
+
+#: ``{fit method: learning rate}`` (from :data:`METHOD_DEFAULTS`).
+DEFAULT_LR: dict[str, float] = {m: o["lr"] for m, o in METHOD_DEFAULTS.items()}
+
+#: The learning rate of a method the table does not list.
+FALLBACK_LR = 1e-3
+
+
+def default_lr(method: str) -> float:
+    """The default learning rate of ``method`` (:data:`FALLBACK_LR` if the table has none)."""
+    return DEFAULT_LR.get(method, FALLBACK_LR)
+
+
+def default_options(method: str) -> dict:
+    """The default options of ``method`` for :func:`zoedu.train.fit`, without ``lr`` (a copy)."""
+    return {k: copy.copy(v) for k, v in METHOD_DEFAULTS.get(method, {}).items() if k != "lr"}
+
+
+__all__ = ["DEFAULT_LR", "FALLBACK_LR", "METHOD_DEFAULTS", "default_lr", "default_options"]
