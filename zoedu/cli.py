@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"zoedu {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # under torchrun: zoedu.distributed.RankFailure / RanksDiverged
+        from .distributed import RankFailure, RanksDiverged
+
+        if not isinstance(err, (RankFailure, RanksDiverged)):
+            raise
+        print(f"zoedu {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

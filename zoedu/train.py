@@ -61,6 +61,7 @@ class FitContext:
     rng: np.random.Generator = field(repr=False)
     batch_source: Any = field(default=None, repr=False)
     steps: int | None = None
+    parallel: Any = field(default=None, repr=False)  # a zoedu.distributed.Parallel, or None
 
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters, in registration order (tied weights once)."""
@@ -81,7 +82,10 @@ class FitContext:
         return move_batch(batch, self.device)
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """The training objective on ``batch`` (mean per-example loss)."""
+        """The training objective on ``batch`` (mean per-example loss); under
+        ``parallel="data"`` this rank's shard, all-reduced to the whole batch's mean."""
+        if self.parallel is not None:
+            return self.parallel.loss(self, batch)
         return self.task.loss(self.model, batch)
 
 
@@ -214,7 +218,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         seed: int = 0, device="auto", eval_every: int | None = None,
         eval_examples: int | None = None, eval_batch_size: int = 64, mixer=None,
         track_memory: bool = True, quiet: bool = False, progress_desc: str | None = None,
-        **method_options) -> History:
+        parallel=None, **method_options) -> History:
     """Train ``model`` on ``task`` with ``method`` for ``steps`` steps; return the History.
 
     Args:
@@ -235,7 +239,13 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         track_memory: record ``peak_memory`` (bytes): on CUDA each step's peak from the
             allocator; on CPU the first step is measured with :func:`zoedu.memory.measure`
             (steps after it have the same footprint) and the column holds the running max.
-        quiet: no progress bar.
+        quiet: no progress bar (ranks other than 0 never show one).
+        parallel: under an initialised ``torch.distributed`` process group (torchrun):
+            ``"data"`` (the default there: each rank a shard of every batch),
+            ``"directions"`` (MeZO: each rank its own directions), ``"replicate"``, ``"none"``
+            or a :class:`zoedu.distributed.Parallel`; see :mod:`zoedu.distributed`. The History
+            then gains ``comm_bytes`` (bytes this rank sent in the step) and is rank 0's on
+            every rank.
         **method_options: passed to the method's factory (e.g. ``eps`` for MeZO).
 
     Returns:
@@ -267,7 +277,18 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         from .mixing import make_batch_source
 
         ctx.batch_source = make_batch_source(mixer, ctx)
+    # ---- torch.distributed (zoedu.distributed): same weights, hooks before the optimizer's
+    from . import distributed
+
+    par = distributed.resolve(parallel)
+    if par is not None:
+        par.prepare(ctx, method)
+        ctx.parallel = par
+        quiet = quiet or par.rank != 0
+    # ----
     runner = _runner_for(method, ctx, method_options)
+    if par is not None:
+        par.attach(runner)
     name = method if isinstance(method, str) else type(method).__name__.lower()
 
     rows: list[dict] = []
@@ -290,6 +311,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 torch.cuda.synchronize(dev)
                 torch.cuda.reset_peak_memory_stats(dev)
             t0 = time.perf_counter()
+            if par is not None:
+                par.begin_step(step)
             if track_memory and dev.type == "cpu" and step == 1:
                 from .memory import measure
 
@@ -302,6 +325,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
             if ctx.batch_source is not None and hasattr(ctx.batch_source, "after_step"):
                 # e.g. PiKE's gradient statistics: part of the method's cost, timed and counted
                 ctx.batch_source.after_step(ctx, step, out)
+            if par is not None:
+                out["comm_bytes"] = par.end_step(step, steps, model)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             seconds += time.perf_counter() - t0
@@ -326,6 +351,10 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     finally:
         if bar is not None:
             bar.close()
+        if par is not None:
+            par.close()
+    if par is not None:
+        rows = par.finish(rows)
     history = pd.DataFrame(rows)
     for col in ("eval_loss", "eval_accuracy"):
         if col not in history:
@@ -334,5 +363,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
 
     history.attrs.update(method=name, lr=float(lr), seed=seed, batch_size=int(batch_size),
                          device=str(dev), task=task.name, parameters=count_parameters(model))
+    if par is not None:
+        history.attrs.update(parallel=par.mode, world_size=par.world)
     return history
 

@@ -92,7 +92,47 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
+def _spawn(args, argv: list[str]) -> int:
+    """``zoedu compare --nproc N``: re-run this command under ``torchrun --nproc-per-node N``."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "zoedu", "compare", *argv]
+    return subprocess.call(cmd)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def _run(args) -> int:
+    import sys
+
+    from .. import distributed
+
+    if args.nproc > 1 and not distributed.launched():
+        return _spawn(args, _without_nproc(sys.argv[sys.argv.index("compare") + 1:]
+                                           if "compare" in sys.argv else []))
+    if distributed.launched():
+        distributed.init()
+    try:
+        return _compare_and_report(args)
+    finally:
+        distributed.shutdown()
+
+
+def _compare_and_report(args) -> int:
+    from ..distributed import is_main
+
     table, histories = compare(
         args.methods, task=args.task, model=args.model, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, seed=args.seed, device=args.device, eval_every=args.eval_every,
@@ -101,6 +141,8 @@ def _run(args) -> int:
         model_options={"size": args.size} if args.model.startswith("tiny-") else None,
         quiet=args.quiet,
     )
+    if not is_main():  # every rank holds the same table; rank 0 prints and writes
+        return 0
     print(format_table(table))
     if args.html:
         from ..viz.optim import convergence_figure
@@ -142,6 +184,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--html", default="zoedu-compare.html", help="where to write the loss plot ('' for none)")
     p.add_argument("--csv", default=None, help="also write the table as CSV here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="run on N local processes (re-launches itself with torchrun --nproc-per-node N; "
+                        "under torchrun already, leave it out)")
     p.set_defaults(func=_run)
 
 

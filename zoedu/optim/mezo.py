@@ -422,6 +422,9 @@ class MeZO(torch.optim.Optimizer):
         self._step_fused = False
         self._perturber: Perturber | None = None
         self._perturber_key: tuple = ()
+        # parallel="directions" (zoedu.distributed.DirectionShare): this rank's directions and
+        # the all-gather of every direction's (g_j, loss_j); None evaluates all n here
+        self.share = None
 
     # ------------------------------------------------------------------ plumbing
     def add_param_group(self, param_group: dict) -> None:
@@ -501,7 +504,9 @@ class MeZO(torch.optim.Optimizer):
         base = evaluate() if self.one_sided else None
         if base is not None and not math.isfinite(base):
             return self._skip(t, _SKIP_BASE, base, grads)
-        for j, s in enumerate(seeds):
+        mine = range(n) if self.share is None else self.share.directions(n)
+        for j in mine:
+            s = seeds[j]
             if keeper is not None:
                 self._perturb_keeping(keeper, s, streams)           # θ + εz, misses noted
             elif fp is not None:
@@ -526,8 +531,13 @@ class MeZO(torch.optim.Optimizer):
                     return self._skip(t, _SKIP_MINUS, minus, grads)
                 grads.append((plus - minus) / (2 * eps))            # g             (line 10)
                 losses.append(0.5 * (plus + minus))
-            if j < n - 1:
+            if j != mine[-1]:
                 restore(s, restore_scale)                           # θ             (line 9)
+        if self.share is not None:  # every rank gets every direction's g_j (all-gather)
+            grads, losses = self.share.exchange(grads, losses)
+            if not all(math.isfinite(v) for v in grads + losses):
+                restore(seeds[mine[-1]], restore_scale)
+                return self._skip(t, _SKIP_PLUS, math.nan, grads, shared=True)
         self.update_count += 1
         lrs = [float(g["lr"]) for g in self.param_groups]
         wds = [float(g["weight_decay"]) for g in self.param_groups]
@@ -536,7 +546,8 @@ class MeZO(torch.optim.Optimizer):
             fp.update(seeds[0], restore_scale, grads[0], lrs, wds, self._flat_params()[1])
         else:
             self.perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
-                                           restore=(seeds[-1], restore_scale, keeper)), slots=2, streams=streams)
+                                           restore=(seeds[mine[-1]], restore_scale, keeper)), slots=2,
+                                    streams=streams)
         self._record(t, _OK, grads, lrs)
         return float(losses[0] if self.one_sided else sum(losses) / n)
 
@@ -611,8 +622,10 @@ class MeZO(torch.optim.Optimizer):
         self.perturber.run(lambda v, zgen, s: keeper.recover((s.param_index, s.chunk_index), v, zgen(seed),
                                                              -scale), streams=streams)
 
-    def _skip(self, t: int, status: int, loss: float, grads: list[float]) -> float:
+    def _skip(self, t: int, status: int, loss: float, grads: list[float], shared: bool = False) -> float:
         """A NaN/inf loss: the weights are already restored; skip the update, warn, count."""
+        if self.share is not None and not shared:  # the other ranks learn of it in the all-gather
+            grads, _ = self.share.exchange(grads + [math.nan], [math.nan])
         self.skipped_steps += 1
         warnings.warn(f"MeZO step {t}: the loss is {loss}; the weights were restored and the update "
                       f"skipped ({self.skipped_steps} skipped so far). Lower lr or eps if this repeats.",

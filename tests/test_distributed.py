@@ -1,0 +1,157 @@
+"""zoedu.distributed: 2-rank gloo runs spawned from the test (with timeouts) against
+single-process runs on the same global batches; failure modes; the launcher."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zoedu import distributed
+from zoedu.train import fit
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import dist_worker as worker  # noqa: E402
+
+pytestmark = pytest.mark.distributed
+SPAWN_TIMEOUT = 300  # seconds for a 2-process run on a loaded 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(scenario: str, out: Path, timeout: float = SPAWN_TIMEOUT) -> list[subprocess.CompletedProcess]:
+    """Run tests/dist_worker.py as ranks 0 and 1 of a gloo group; kill both on timeout."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), scenario, str(out)],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    done = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return done
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    procs = spawn("equal", out)
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"rank {r} failed:\n{p.stderr[-3000:]}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def task():
+    return worker.setup()
+
+
+def single_process(name, task):
+    method, options = next((m, dict(o)) for n, m, o in worker.RUNS if n == name)
+    if options.pop("parallel") == "directions":
+        options["n_perturb"] = 2  # W ranks, one direction each == one process with W directions
+    net = worker.model()
+    h = fit(net, task, method, steps=worker.STEPS, batch_size=worker.BATCH, seed=0, device="cpu",
+            eval_every=0, track_memory=False, quiet=True, **options)
+    return h, net.state_dict()
+
+
+@pytest.mark.parametrize("name,weight_atol", [("mezo", 1e-5), ("addax", 1e-5), ("directions", 1e-5),
+                                              ("adam", 1e-4), ("ipsgd", 1e-5)])
+def test_two_ranks_equal_one_process(two_ranks, task, name, weight_atol):
+    h, weights = single_process(name, task)
+    for r, res in enumerate(two_ranks):
+        got = res[name]
+        np.testing.assert_allclose(got["history"]["loss"], h["loss"], rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{name}: rank {r}'s losses")
+        for k, v in weights.items():
+            torch.testing.assert_close(got["weights"][k], v, rtol=0, atol=weight_atol,
+                                       msg=lambda m, k=k: f"{name}, rank {r}, {k}: {m}")
+        assert got["attrs"]["world_size"] == 2
+        assert got["attrs"]["parallel"] == ("directions" if name == "directions" else "data")
+        assert not torch.equal(got["weights"]["score.weight"], worker.model().state_dict()["score.weight"])
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in worker.RUNS])
+def test_every_rank_holds_the_same_weights_and_history(two_ranks, name):
+    a, b = two_ranks[0][name], two_ranks[1][name]
+    for k in a["weights"]:
+        assert torch.equal(a["weights"][k], b["weights"][k]), f"{name}: {k} differs between ranks"
+    assert a["history"].equals(b["history"])
+
+
+def test_bytes_sent_per_step(two_ranks):
+    """Zeroth-order data parallelism sends scalars; the first-order runs send the gradient."""
+    params = sum(v.numel() for k, v in two_ranks[0]["adam"]["weights"].items())
+    mezo = two_ranks[0]["mezo"]["history"]["comm_bytes"]
+    assert (mezo == 2 * 8).all()                          # ℓ₊ and ℓ₋ of the shard, float64
+    assert (two_ranks[0]["directions"]["history"]["comm_bytes"] == 2 * 8).all()  # (g, loss)
+    adam = two_ranks[0]["adam"]["history"]["comm_bytes"]
+    assert (adam > 0.9 * 4 * params).all() and (adam <= 4 * params + 8).all()   # fp32 gradient + loss
+    addax = two_ranks[0]["addax"]["history"]["comm_bytes"]
+    assert (addax == adam + 2 * 8).all()                  # Addax: its first-order gradient + 2 scalars
+
+
+def test_a_raising_rank_makes_the_other_exit_with_a_message(tmp_path):
+    procs = spawn("raise", tmp_path, timeout=120)  # ZOEDU/gloo timeout is 30 s in the worker
+    assert procs[1].returncode != 0 and "rank 1 fails on purpose" in procs[1].stderr
+    assert procs[0].returncode != 0
+    assert "RankFailure" in procs[0].stderr and "another rank raised, died" in procs[0].stderr
+    assert "step 3" in procs[0].stderr
+
+
+def test_diverged_ranks_raise_naming_the_step(tmp_path):
+    procs = spawn("diverge", tmp_path, timeout=120)
+    for p in procs:
+        assert p.returncode != 0
+        assert "RanksDiverged" in p.stderr and "after step 2" in p.stderr
+
+
+def test_compare_nproc_prints_one_table(tmp_path):
+    cmd = [sys.executable, "-m", "zoedu", "compare", "--nproc", "2", "--task", "sentiment", "--model", "tiny-opt",
+           "--size", "1m", "--methods", "mezo,adam", "--steps", "3", "--batch-size", "4",
+           "--eval-examples", "16", "--max-length", "32", "--quiet", "--html", str(tmp_path / "c.html")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               ZOEDU_DIST_TIMEOUT="60")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=SPAWN_TIMEOUT, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("train_loss") == 1, p.stdout      # one table, from rank 0
+    assert p.stdout.count("wrote ") == 1 and (tmp_path / "c.html").exists()
+    lines = [ln.split()[0] for ln in p.stdout.splitlines() if ln.strip()]
+    assert "mezo" in lines and "adam" in lines
+
+
+# --------------------------------------------------------------------------- in one process
+def test_without_a_process_group_nothing_changes(sentiment):
+    assert distributed.resolve(None) is None and distributed.world_size() == 1 and distributed.is_main()
+    with pytest.raises(ValueError, match="needs an initialised process group"):
+        distributed.resolve("data")
+    with pytest.raises(ValueError, match="parallel='bogus' is unknown; allowed"):
+        distributed.resolve("bogus")
+
+
+def test_shards_split_the_batch_in_contiguous_rows():
+    batch = {"input_ids": torch.arange(10).view(5, 2), "labels": torch.arange(5), "meta": "x"}
+    parts = [distributed.shard(batch, r, 2) for r in range(2)]
+    assert [w for _, w in parts] == [2 / 5, 3 / 5]
+    assert torch.equal(torch.cat([p["labels"] for p, _ in parts]), batch["labels"])
+    assert parts[0][0]["meta"] == "x"
+    with pytest.raises(ValueError, match="cannot be split over 8 ranks: batch_size"):
+        distributed.shard(batch, 0, 8)
