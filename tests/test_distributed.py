@@ -155,3 +155,40 @@ def test_shards_split_the_batch_in_contiguous_rows():
     assert parts[0][0]["meta"] == "x"
     with pytest.raises(ValueError, match="cannot be split over 8 ranks: batch_size"):
         distributed.shard(batch, 0, 8)
+
+
+# --------------------------------------------------------------------------- device_map (accelerate)
+SPLIT = {"model.decoder.embed_tokens": 0, "model.decoder.embed_positions": 0, "model.decoder.layers.0": 0,
+         "model.decoder.layers.1": 1, "model.decoder.final_layer_norm": 1, "score": 1}
+
+
+def _device_map(devices):
+    return {k: devices[v] for k, v in SPLIT.items()}
+
+
+def test_device_map_keeps_the_placement_and_trains_like_one_device(sentiment):
+    from zoedu.models import load_model
+
+    mapped, _ = load_model("tiny-opt", size="1m", num_labels=2, device_map=_device_map(["cpu", "cpu"]))
+    assert set(mapped.hf_device_map) == set(SPLIT)
+    plain, _ = load_model("tiny-opt", size="1m", num_labels=2)
+    runs = [fit(m, sentiment, "mezo", steps=2, lr=1e-3, batch_size=4, eval_every=0, track_memory=False,
+                quiet=True, device="cpu") for m in (mapped, plain)]
+    np.testing.assert_array_equal(runs[0]["loss"], runs[1]["loss"])
+    for (k, a), b in zip(mapped.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="device_map=5 must be 'auto'"):
+        load_model("tiny-opt", device_map=5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_device_map_across_two_gpus_mezo_perturbs_each_parameter_where_it_lives(sentiment):
+    from zoedu.models import load_model
+
+    model, _ = load_model("tiny-opt", size="1m", num_labels=2, device_map=_device_map(["cuda:0", "cuda:1"]))
+    before = {n: p.device for n, p in model.named_parameters()}
+    assert {d.index for d in before.values()} == {0, 1}
+    h = fit(model, sentiment, "mezo", steps=3, lr=1e-3, batch_size=4, eval_every=0, quiet=True)
+    assert np.isfinite(h["loss"]).all()
+    assert {n: p.device for n, p in model.named_parameters()} == before

@@ -161,7 +161,7 @@ def _finish(model: nn.Module, dtype, device) -> nn.Module:
 
 
 def load_model(name: str, *, num_labels: int | None = None, dtype: str | torch.dtype | None = None,
-               device: str | torch.device = "cpu", size: str = "5m", seed: int = 0):
+               device: str | torch.device = "cpu", size: str = "5m", seed: int = 0, device_map=None):
     """Load a model and its tokenizer: ``(model, tokenizer)``.
 
     Args:
@@ -172,7 +172,15 @@ def load_model(name: str, *, num_labels: int | None = None, dtype: str | torch.d
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         size: the tiny models' size, one of :data:`TINY_SIZES`.
         seed: seeds the random initialisation of tiny models and new heads.
+        device_map: spread the model's layers over several devices with accelerate
+            (``"auto"``, ``"balanced"``, or ``{module name: device}``): a hub model is
+            loaded straight into place (``from_pretrained(device_map=...)``), an offline
+            model is dispatched after it is built; ``device`` is then ignored. This is the
+            MeZO paper's multi-GPU recipe (model-parallel forwards; MeZO perturbs each
+            parameter on its own device). See :func:`_dispatch`.
     """
+    if device_map is not None:
+        return _with_device_map(name, device_map, num_labels=num_labels, dtype=dtype, size=size, seed=seed)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r} must be a non-empty model name; offline choices: {', '.join(OFFLINE_MODELS)}")
     if num_labels is not None and (not isinstance(num_labels, int) or num_labels < 2):
@@ -203,6 +211,28 @@ def load_model(name: str, *, num_labels: int | None = None, dtype: str | torch.d
         return _load_hub_model(name, num_labels=num_labels, dtype=dtype, device=device)
 
 
+def _with_device_map(name, device_map, **options):
+    """``load_model(name, device_map=...)`` (kept apart from the single-device path)."""
+    if not (isinstance(device_map, (str, dict)) and device_map):
+        raise ValueError(f"device_map={device_map!r} must be 'auto', 'balanced', 'sequential' or a "
+                         "{module name: device} dict")
+    if name in OFFLINE_MODELS:
+        model, tok = load_model(name, device="cpu", **options)
+        return _dispatch(model, device_map), tok
+    return _load_hub_model(name, num_labels=options.get("num_labels"), dtype=options.get("dtype"),
+                           device="cpu", device_map=device_map)
+
+
+def _dispatch(model: nn.Module, device_map) -> nn.Module:
+    """Place ``model``'s modules on devices with accelerate (``model.hf_device_map`` records where)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None) or []
+        device_map = infer_auto_device_map(model, no_split_module_classes=no_split)
+    return dispatch_model(model, device_map=device_map)
+
+
 def load_tokenizer(name: str):
     """The tokenizer that :func:`load_model` would return for ``name``, without the model."""
     if name in OFFLINE_MODELS:
@@ -227,14 +257,14 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _load_hub_model(name, *, num_labels, dtype, device):
+def _load_hub_model(name, *, num_labels, dtype, device, device_map=None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     hint = (f"model {name!r} is not an offline model ({', '.join(OFFLINE_MODELS)}) and could not be "
             "loaded from the Hugging Face hub")
     if _offline():
         raise ValueError(f"{hint}: HF_HUB_OFFLINE is set. Offline choices: {', '.join(OFFLINE_MODELS)}")
-    kwargs = {}
+    kwargs = {} if device_map is None else {"device_map": device_map}
     if resolve_dtype(dtype) is not None:
         kwargs["dtype"] = resolve_dtype(dtype)
     try:
@@ -250,7 +280,7 @@ def _load_hub_model(name, *, num_labels, dtype, device):
         tok.pad_token = tok.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
-    return _finish(model, None, device), tok
+    return (model if device_map is not None else _finish(model, None, device)), tok
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:

@@ -268,7 +268,11 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device)
-    model.to(dev)
+    placed = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    if placed:  # load_model(device_map=...): the layers stay where accelerate put them
+        dev = torch.device(model.get_input_embeddings().weight.device)
+    else:
+        model.to(dev)
     model.train()
     torch.manual_seed(seed)
     ctx = FitContext(model=model, task=task, lr=float(lr), batch_size=int(batch_size), seed=seed,
