@@ -399,17 +399,19 @@ def test_measure_agrees_with_the_cuda_allocator():
     assert fp.optimizer == 2 * nbytes(model)
 
 
-def test_estimate_counts_mezo_exact_restoration_in_float32_only():
+def test_estimate_counts_mezo_exact_restoration_when_asked():
     from zoedu.memory import EXACT_RESTORE_BYTES
 
     kw = dict(batch_size=4, seq_len=64, num_labels=2, size="5m", device="cpu")
     n = estimate("tiny-opt", "inference", **kw).params // 4
-    exact = estimate("tiny-opt", "mezo", sparse_embedding=False, **kw)
+    exact = estimate("tiny-opt", "mezo", sparse_embedding=False, exact_restore=True, **kw)
     plain = estimate("tiny-opt", "mezo", exact_restore=False, **kw)
     assert exact.total - plain.total == int(EXACT_RESTORE_BYTES * n)
+    assert estimate("tiny-opt", "mezo", **kw).total == plain.total  # MeZO's default: no lists
     # fit's default perturbs only the embedding rows a batch reads (4 × 64 of 30 522)
-    rows = estimate("tiny-opt", "mezo", **kw)
+    rows = estimate("tiny-opt", "mezo", exact_restore=True, **kw)
     assert plain.total < rows.total < exact.total
     assert exact.total - rows.total == int(EXACT_RESTORE_BYTES * (30522 - 4 * 64) * 128)
     half = dict(kw, dtype="bfloat16")
     assert estimate("tiny-opt", "mezo", **half).total == estimate("tiny-opt", "mezo", exact_restore=False, **half).total
+    assert estimate("tiny-opt", "mezo", exact_restore=True, **half).total > estimate("tiny-opt", "mezo", **half).total

@@ -69,7 +69,7 @@ def test_projected_gradient_is_unbiased_on_a_quadratic():
     samples = []
     for t in range(n):
         opt.step(q)
-        samples.append(opt._log["projected_grads"][-1][0] * direction([q.theta], direction_seed(0, t), chunk=4)[0])
+        samples.append(opt.last_projected_grad * direction([q.theta], direction_seed(0, t), chunk=4)[0])
     samples = torch.stack(samples)
     mean, sem = samples.mean(0), samples.std(0) / math.sqrt(n)
     assert ((mean - true).abs() < 4 * sem).all(), (mean, true, sem)
@@ -85,7 +85,7 @@ def test_spsa_matches_forward_gradient_jvp():
     assert jvp == pytest.approx(float(q.grad() @ z[0]), rel=1e-10)
     opt = MeZO(q.parameters(), lr=0.0, eps=1e-3, seed=7)
     opt.step(q)
-    assert opt._log["projected_grads"][0][0] == pytest.approx(jvp, rel=1e-6)
+    assert opt.last_projected_grad == pytest.approx(jvp, rel=1e-6)
     assert loss == pytest.approx(float(q().detach()), rel=1e-12)
 
 
@@ -107,7 +107,7 @@ def test_forward_gradient_on_a_transformer_matches_spsa():
     opt = MeZO(params, lr=0.0, eps=1e-8, seed=3)
     with torch.no_grad():
         opt.step(lambda: loss_fn(model))
-    assert opt._log["projected_grads"][0][0] == pytest.approx(jvp, rel=1e-3)
+    assert opt.last_projected_grad == pytest.approx(jvp, rel=1e-3)
 
 
 def test_minimises_a_quadratic():
@@ -144,6 +144,47 @@ def test_directions_do_not_depend_on_thread_count():
     assert abs(float(torch.cat([t.flatten() for t in a]).std()) - 1) < 0.05
 
 
+# --------------------------------------------------------------------------- the plain path
+def test_the_default_step_is_mezo_step_bit_for_bit():
+    """MeZO's plain configuration runs Algorithm 1 as :func:`mezo_step` prints it."""
+    from zoedu.optim import Perturber, mezo_step
+
+    x, y = mlp_data()
+    model, ref = mlp(), mlp()
+    opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, weight_decay=0.1, seed=5)
+    perturber = Perturber(list(ref.parameters()))
+    wds = [0.1 if p.dim() >= 2 else 0.0 for p in ref.parameters()]
+    lrs = [1e-2] * len(wds)
+    for t in range(5):
+        loss = opt.step(lambda: ((model(x) - y) ** 2).mean())
+        plus, minus, g = mezo_step(lambda: float(((ref(x) - y) ** 2).mean()), perturber, direction_seed(5, t),
+                                   1e-3, lrs, wds)
+        assert loss == pytest.approx(0.5 * (plus + minus)) and opt.last_projected_grad == g
+        assert same(snapshot(model), snapshot(ref))
+
+
+@pytest.mark.parametrize("variant", [{"exact_restore": True}, {"estimator": "momentum", "momentum": 0.0},
+                                     {"n_perturb": 1, "estimator": "adam"}])
+def test_variants_follow_mezo_step(variant):
+    """The exact mode and the variant path agree with the plain step (momentum 0 is SGD; Adam's
+    first step moves every weight by about lr in the direction of sign(g z))."""
+    x, y = mlp_data()
+    plain, other = mlp(), mlp()
+    a = MeZO(plain.parameters(), lr=1e-3, eps=1e-3, seed=2)
+    b = MeZO(other.parameters(), lr=1e-3, eps=1e-3, seed=2, **variant)
+    a.step(lambda: ((plain(x) - y) ** 2).mean())
+    b.step(lambda: ((other(x) - y) ** 2).mean())
+    assert b.last_projected_grad == pytest.approx(a.last_projected_grad, rel=1e-4)
+    for p, q, p0 in zip(plain.parameters(), other.parameters(), mlp().parameters()):
+        if variant.get("estimator") == "adam":
+            d_plain, d_adam = (p - p0).detach(), (q - p0).detach()
+            big = d_plain.abs() > 1e-7
+            assert torch.equal(d_plain[big].sign(), d_adam[big].sign())
+            assert float(d_adam.abs().max()) <= 1.01e-3
+        else:
+            assert float((p - q).abs().max()) < 1e-6
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_exact_restore_is_bitwise_with_lr_zero(dtype):
     model = mlp(dtype)
@@ -155,18 +196,19 @@ def test_exact_restore_is_bitwise_with_lr_zero(dtype):
     assert same(before, snapshot(model))
 
 
-def test_default_restore_is_bitwise_in_float32_and_rounds_in_half_precision():
-    """The issue's contract: lr = 0 → the weights after any number of steps are bitwise the
-    weights before, in fp32, by default. bf16 keeps the cheaper two-round-trip scheme by
-    default (ulp-level drift, measured in benchmarks/README.md); exact_restore=False does too."""
+def test_exact_restore_is_bitwise_in_float32_and_the_default_rounds():
+    """exact_restore=True: lr = 0 → the weights after any number of steps are bitwise the
+    weights before, in fp32. The default (exact_restore=False, the plain path) keeps the
+    cheaper two-round-trip scheme in every precision (ulp-level drift, measured in
+    benchmarks/README.md)."""
     model = mlp()
     before = snapshot(model)
-    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3)
+    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=True)
     for _ in range(300):
         opt.step(lambda: 0.0)
     assert same(before, snapshot(model))
     assert opt.trajectory()["exact_restore"] is True
-    for dtype, exact in ((torch.bfloat16, None), (torch.float32, False)):
+    for dtype, exact in ((torch.bfloat16, None), (torch.float32, False), (torch.float32, None)):
         model = mlp(dtype)
         before = snapshot(model)
         opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=exact)
@@ -195,9 +237,9 @@ def test_exact_restore_on_hard_values(dtype, one_sided):
         opt.step(lambda: float(w.detach().float().square().sum()))
     assert torch.equal(w.detach().view(torch.int16 if dtype != torch.float32 else torch.int32),
                        before.view(torch.int16 if dtype != torch.float32 else torch.int32))
-    from zoedu.optim.mezo import _ExactKeeper
+    from zoedu.optim.exact import ExactKeeper
 
-    keeper = _ExactKeeper()
+    keeper = ExactKeeper()
     z = torch.randn(w.shape, generator=g).to(dtype)
     keeper.save(0, before, z, (1e-2, -1e-2))
     assert 0 < sum(len(i) for i, _ in keeper.exceptions.values()) < 0.2 * w.numel()
@@ -205,19 +247,19 @@ def test_exact_restore_on_hard_values(dtype, one_sided):
 
 
 def test_exact_restore_on_a_transformer_and_its_cost():
-    """A real model, the default (fp32 → exact): bitwise after steps at lr = 0, and the keeper
+    """A real model, fp32, exact_restore=True: bitwise after steps at lr = 0, and the keeper
     holds a 2-byte code for the weights one ulp off and the rare farther ones by value."""
     from zoedu.models import load_model
-    from zoedu.optim.mezo import _ExactKeeper
+    from zoedu.optim.exact import ExactKeeper
 
     model, _ = load_model("tiny-opt", size="1m", num_labels=2, seed=0)
     before = snapshot(model)
-    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3)
+    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=True)
     ids = torch.randint(5, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
     for _ in range(5):
         opt.step(lambda: model(input_ids=ids).logits.sum())
     assert same(before, snapshot(model))
-    keeper = _ExactKeeper()
+    keeper = ExactKeeper()
     n = 0
     for k, p in enumerate(model.parameters()):
         flat = p.detach().reshape(-1)

@@ -102,7 +102,7 @@ def test_fused_is_refused_with_a_reason_and_auto_stays_on_torch_on_cpu():
         return ((model(x) - y) ** 2).mean()
 
     with pytest.raises(ValueError, match="exact restoration"):
-        MeZO(model.parameters(), lr=1e-3, fused=True).step(loss)  # fp32 → exact by default
+        MeZO(model.parameters(), lr=1e-3, exact_restore=True, fused=True).step(loss)
     with pytest.raises(ValueError, match="estimator='adam'"):
         MeZO(model.parameters(), lr=1e-3, estimator="adam", exact_restore=False, fused=True).step(loss)
     with pytest.raises(ValueError, match="fused="):

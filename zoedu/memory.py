@@ -684,7 +684,7 @@ def _activation_bytes(a: _Arch, batch: int, seq: int, e: int, *, training: bool)
 def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, num_labels: int | None = None,
              size: str = "5m", device: str = "cuda", mixed_precision: bool = False, k0: int | None = None,
              k1: int | None = None, length_threshold: int | None = None,
-             exact_restore: bool | None = None, sparse_embedding: bool = True) -> Footprint:
+             exact_restore: bool = False, sparse_embedding: bool = True) -> Footprint:
     """The peak memory of one training step of ``method``, on paper (a :class:`Footprint`).
 
     Args:
@@ -708,8 +708,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
             ``dtype`` copy of the weights that autocast caches (``other``). Applies to
             ``adam``, ``sgd`` and ``ipsgd``; the forward-only methods (and Addax, which
             works in place) run in ``dtype``.
-        exact_restore: MeZO's bit-exact restoration (``zoedu.optim.MeZO``'s argument; ``None``:
-            on for float32 weights): adds :data:`EXACT_RESTORE_BYTES` per perturbed weight.
+        exact_restore: MeZO's bit-exact restoration (``zoedu.optim.MeZO``'s argument, off by
+            default): adds :data:`EXACT_RESTORE_BYTES` per perturbed weight.
         sparse_embedding: MeZO in ``fit`` perturbs only the input-embedding rows a batch
             reads when the embedding is not tied to an LM head (``fit``'s default): at most
             ``batch_size × seq_len`` rows of it count as perturbed.
@@ -747,9 +747,9 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
       regenerated from its seed, never stored: ``zoedu.optim`` draws it into two scratch
       slots per stream (on CUDA a stream is a parameter, on CPU a chunk of
       ``zoedu.optim.CHUNK`` elements per worker thread); the peak is the larger of the
-      forward pass and those slots. With exact restoration (float32 by default) the
+      forward pass and those slots. With exact restoration (``exact_restore=True``) the
       lists of the weights whose round trip misses live through the forwards:
-      :data:`EXACT_RESTORE_BYTES` per weight (data-dependent; see ``zoedu.optim.mezo``).
+      :data:`EXACT_RESTORE_BYTES` per weight (data-dependent; see ``zoedu.optim.exact``).
     * ``addax``: the larger of its zeroth-order part (MeZO on ``k0 × seq_len``) and its
       first-order part (IP-SGD on ``k1 × length_threshold``).
 
@@ -793,7 +793,7 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     def inference(b, s):
         return forward(b, s, False)
 
-    exact = (e == 4) if exact_restore is None else bool(exact_restore)
+    exact = bool(exact_restore)  # None (the former automatic default) is False, as in MeZO
 
     def mezo(b, s, keeper=True):
         f = inference(b, s)

@@ -10,9 +10,9 @@ A *method* is a factory ``make(ctx: FitContext, **options) -> Runner``. A runner
 ``optimizer`` attribute (or ``None``) and ``step(step) -> dict`` that performs one
 training step and returns at least ``loss`` (float), ``forward_passes`` and
 ``backward_passes`` (this step's counts); any other keys become History columns.
-Built-in: ``"adam"`` and ``"sgd"``; the packages ``zoedu.optim``, ``zoedu.mixing`` and
-``zoedu.privacy`` contribute theirs through a ``FIT_METHODS`` dict, and users add their
-own with :func:`register_method`. A ``torch.optim.Optimizer`` instance is a method too:
+Built-in: ``"adam"`` and ``"sgd"`` here, every other algorithm in the explicit table
+:data:`zoedu.methods.FIT_METHODS`; users add their own with :func:`register_method`.
+A ``torch.optim.Optimizer`` instance is a method too:
 it is driven with a forward–backward closure, or — when it declares
 ``zeroth_order = True`` — with a forward-only closure under ``torch.no_grad``.
 
@@ -29,7 +29,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any
 
 import numpy as np
@@ -154,7 +153,6 @@ def _make_sgd(ctx: FitContext, *, momentum=0.0, weight_decay=0.0):
 
 
 _BUILTIN: dict[str, MethodFactory] = {"adam": _make_adam, "sgd": _make_sgd}
-_PLUGIN_PACKAGES = ("zoedu.optim", "zoedu.mixing", "zoedu.privacy")
 
 
 def register_method(name: str, factory: MethodFactory) -> None:
@@ -168,17 +166,9 @@ def register_method(name: str, factory: MethodFactory) -> None:
 
 def methods() -> dict[str, MethodFactory]:
     """Every method name that :func:`fit` accepts, with its factory."""
-    found = dict(_BUILTIN)
-    for pkg in _PLUGIN_PACKAGES:
-        try:
-            module = import_module(pkg)
-        except ImportError as err:  # a package that is not there yet contributes nothing
-            if err.name != pkg:
-                raise
-            continue
-        found.update(getattr(module, "FIT_METHODS", {}))
-    found.update(_USER_METHODS)
-    return found
+    from .methods import FIT_METHODS
+
+    return {**_BUILTIN, **FIT_METHODS, **_USER_METHODS}
 
 
 def available_methods() -> list[str]:

@@ -63,6 +63,11 @@ def stream_seed(direction_seed: int, param_index: int, chunk_index: int) -> int:
     return mix_seed(direction_seed, param_index, chunk_index)
 
 
+def direction_seed(seed: int, step: int, j: int = 0) -> int:
+    """Seed of direction ``j`` at step ``step`` for an optimizer created with ``seed``."""
+    return mix_seed(seed, step, j)
+
+
 @dataclass(frozen=True, eq=False)
 class Stream:
     """One slice of one parameter: ``flat[start:stop]`` (or the whole tensor if not contiguous),

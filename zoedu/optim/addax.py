@@ -48,9 +48,11 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from ._perturb import CHUNK, Perturber, row_map
+from ..checks import scalar
+from ._perturb import CHUNK, Perturber, direction_seed, row_map
+from .embedding_rows import BatchRows
+from .estimators import UpdateRule, decays
 from .ipsgd import InPlaceUpdates, add_gradient_
-from .mezo import _BatchRows, _UpdateRule, _decays, _scalar, direction_seed
 
 #: Default mixing weight α of the zeroth-order term. ``α g⁰ z`` has a variance that grows
 #: with the parameter count d, so α is small; α·η is MeZO's learning rate in effect.
@@ -164,7 +166,7 @@ class Addax(torch.optim.Optimizer):
         """Called by the in-place machinery as soon as backward has ``p``'s gradient ``g¹``."""
         lr, wd = group["lr"], group["weight_decay"]
         if lr != 0:
-            if wd != 0 and _decays(p):
+            if wd != 0 and decays(p):
                 p.mul_(1 - lr * wd)                                          # −ηλθ
             add_gradient_(p, grad, -lr * (1 - self.alpha))                   # −η(1−α) g¹
         self._apply_zo(self._index[id(p)])                                   # −η α g⁰ z
@@ -176,7 +178,7 @@ class Addax(torch.optim.Optimizer):
         lr, wd = group["lr"], group["weight_decay"]
         if lr == 0:
             return
-        if decay and wd != 0 and _decays(self._flat[k]):
+        if decay and wd != 0 and decays(self._flat[k]):
             self._flat[k].detach().mul_(1 - lr * wd)
         if self._zo_update is None:
             return
@@ -212,12 +214,12 @@ class Addax(torch.optim.Optimizer):
         if alpha > 0:
             with torch.no_grad():
                 self.perturber.add(seed, eps, streams)                        # θ + εz
-                plus = _scalar(zo_closure(), "zo_closure")
+                plus = scalar(zo_closure(), "zo_closure")
                 if not math.isfinite(plus):
                     self.perturber.add(seed, -eps, streams)
                     return self._skip(t, plus), fo_loss
                 self.perturber.add_twice(seed, -eps, streams)                 # θ − εz
-                minus = _scalar(zo_closure(), "zo_closure")
+                minus = scalar(zo_closure(), "zo_closure")
                 if not math.isfinite(minus):
                     self.perturber.add(seed, eps, streams)
                     return self._skip(t, minus), fo_loss
@@ -225,7 +227,7 @@ class Addax(torch.optim.Optimizer):
             zo_loss = 0.5 * (plus + minus)
             self.last_projected_grad = g0
             if alpha == 1:  # MeZO on the long part: restore fused with the update, as MeZO does
-                rule = _UpdateRule(self._flat, self._group_of, "sgd", 1, 0.0, (0.9, 0.999), 1e-8, self.state)
+                rule = UpdateRule(self._flat, self._group_of, "sgd", 1, 0.0, (0.9, 0.999), 1e-8, self.state)
                 lrs = [float(g["lr"]) for g in self.param_groups]
                 wds = [float(g["weight_decay"]) for g in self.param_groups]
                 self.perturber.run(rule.kernel([seed], [g0], lrs, wds, 1, restore=(seed, eps)), slots=2,
@@ -236,7 +238,7 @@ class Addax(torch.optim.Optimizer):
         # first-order part: updates happen in the hooks during backward
         self._done = set()
         fo = self._inplace.run(fo_closure)
-        fo_loss = _scalar(fo, "fo_closure")
+        fo_loss = scalar(fo, "fo_closure")
         with torch.no_grad():  # parameters the short batch did not reach still get −η(α g⁰ z + λθ)
             for k in range(len(self._flat)):
                 if k not in self._done:
@@ -299,7 +301,7 @@ class AddaxRunner:
 
     The zeroth-order forwards run in eval mode (dropout off, so ℓ₊ and ℓ₋ see the same
     function); the first-order pass runs in the model's training mode. ``sparse_embedding``
-    (default on, as in :class:`zoedu.optim.mezo.MeZORunner`): the zeroth-order part perturbs
+    (default on, as in :class:`zoedu.methods.mezo.MeZORunner`): the zeroth-order part perturbs
     only the input-embedding rows its long examples look up.
     """
 
@@ -309,7 +311,7 @@ class AddaxRunner:
         self.zo_pool, self.fo_pool, self.k0, self.k1 = zo_pool, fo_pool, k0, k1
         self.length_threshold = length_threshold
         self.sparse_embedding = bool(sparse_embedding)
-        self.rows = _BatchRows(ctx.model, optimizer, self.sparse_embedding)  # the zeroth-order part's rows=
+        self.rows = BatchRows(ctx.model, optimizer, self.sparse_embedding)  # the zeroth-order part's rows=
 
     def step(self, step: int) -> dict:
         from ..train import check_loss

@@ -1,0 +1,77 @@
+"""MeZO as a :func:`zoedu.train.fit` method: ``"mezo"`` and ``"mezo-accuracy"``."""
+
+from __future__ import annotations
+
+from ..optim.embedding_rows import BatchRows
+from ..optim.mezo import MeZO
+
+
+class MeZORunner:
+    """Drive :class:`MeZO` in :func:`zoedu.train.fit`.
+
+    The forwards run in eval mode (dropout off), so ℓ₊ and ℓ₋ are values of the same
+    function at θ ± εz — with dropout on they would see different masks and the
+    difference would be dominated by the mask, not by z.
+
+    ``objective="loss"`` minimises the task's loss; ``"accuracy"`` minimises minus the
+    batch accuracy, a step function with no gradient at all (MeZO §3.3): the History's
+    ``loss`` column is then that objective and ``train_accuracy`` its negation.
+
+    ``sparse_embedding=True`` (the default) perturbs only the input-embedding rows the
+    batch looks up (:func:`zoedu.optim.embedding_rows`; ``MeZO.step(rows=...)``): the same estimator
+    without the noise of rows the loss never reads, and most of an embedding-heavy small
+    model's draws saved. ``False`` is the paper's dense Algorithm 1.
+    """
+
+    OBJECTIVES = ("loss", "accuracy")
+
+    def __init__(self, ctx, optimizer: MeZO, objective: str = "loss", sparse_embedding: bool = True):
+        if objective not in self.OBJECTIVES:
+            raise ValueError(f"objective={objective!r} is unknown; allowed: {', '.join(self.OBJECTIVES)}")
+        if objective == "accuracy" and ctx.task.kind != "classification":
+            raise ValueError(f"objective='accuracy' needs a classification task; task {ctx.task.name!r} "
+                             f"is {ctx.task.kind!r}")
+        self.ctx, self.optimizer, self.objective = ctx, optimizer, objective
+        self.sparse_embedding = bool(sparse_embedding)
+        self.rows = BatchRows(ctx.model, optimizer, self.sparse_embedding)
+
+    def _value(self, batch):
+        if self.objective == "loss":
+            return self.ctx.loss(batch)
+        _, correct, count = self.ctx.task.correct(self.ctx.model, batch)
+        return -float(correct) / max(count, 1)
+
+    def step(self, step: int) -> dict:
+        batch = self.ctx.sample()
+        model = self.ctx.model
+        was_training = model.training
+        model.eval()
+        try:
+            loss = self.optimizer.step(lambda: self._value(batch), rows=self.rows(batch))
+        finally:
+            model.train(was_training)
+        out = {"loss": float(loss), "forward_passes": self.optimizer.forwards_per_step, "backward_passes": 0,
+               "projected_grad": self.optimizer.last_projected_grad, "skipped_steps": self.optimizer.skipped_steps}
+        if self.objective == "accuracy":
+            out["train_accuracy"] = -float(loss)
+        return out
+
+
+def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: int = 1,
+              estimator: str = "sgd", one_sided: bool = False, exact_restore: bool = False,
+              workers: int | None = None, objective: str = "loss", sparse_embedding: bool = True,
+              **options) -> MeZORunner:
+    """``fit(..., "mezo", eps=..., n_perturb=..., estimator=..., objective="loss"|"accuracy",
+    sparse_embedding=True)``: MeZO on the trainable parameters (see :class:`MeZORunner`)."""
+    opt = MeZO(ctx.params(), lr=ctx.lr, eps=eps, weight_decay=weight_decay, n_perturb=n_perturb,
+               estimator=estimator, one_sided=one_sided, seed=ctx.seed, exact_restore=exact_restore,
+               workers=workers, **options)
+    return MeZORunner(ctx, opt, objective=objective, sparse_embedding=sparse_embedding)
+
+
+def make_mezo_accuracy(ctx, **options) -> MeZORunner:
+    """``fit(..., "mezo-accuracy")``: MeZO maximising the batch accuracy (classification tasks)."""
+    return make_mezo(ctx, objective="accuracy", **options)
+
+
+__all__ = ["MeZORunner", "make_mezo", "make_mezo_accuracy"]
