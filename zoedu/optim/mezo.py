@@ -207,6 +207,13 @@ class MeZO(torch.optim.Optimizer):
                           self.adam_eps, self.state)
 
     @property
+    def _exact(self) -> bool:
+        """Exact restoration this step: asked for, or needed because under ``parallel="directions"``
+        each rank perturbs by its own directions, whose rounding must not make the ranks' weights
+        differ."""
+        return self.exact_restore or self.share is not None
+
+    @property
     def last_projected_grad(self) -> float:
         """The last step's projected gradient g (its first direction's; NaN before any step and
         for a skipped step)."""
@@ -241,9 +248,9 @@ class MeZO(torch.optim.Optimizer):
 
         fused = fused_passes_for(self.fused, params, plain_estimator=self.estimator == "sgd" and self.n_perturb == 1,
                                  why_not_plain=f"estimator={self.estimator!r}, n_perturb={self.n_perturb} "
-                                               "(needs 'sgd', 1)", rows=bool(rows_of), exact=self.exact_restore)
+                                               "(needs 'sgd', 1)", rows=bool(rows_of), exact=self._exact)
         self._step_fused = fused
-        if not fused and not self.exact_restore and not self.one_sided and self.estimator == "sgd" \
+        if not fused and not self._exact and not self.one_sided and self.estimator == "sgd" \
                 and self.n_perturb == 1 and self.share is None:  # the plain configuration: Algorithm 1 as printed
             lrs = [group_lrs[k] for k in group_of]
             wds = [float(self.param_groups[k]["weight_decay"]) if decays(p) else 0.0
@@ -269,7 +276,7 @@ class MeZO(torch.optim.Optimizer):
         losses: list[float] = []
         rule = self._rule()
         rule.prepare()  # optimizer state is made before the forwards (and counted as such)
-        keeper = ExactKeeper() if self.exact_restore else None
+        keeper = ExactKeeper() if self._exact else None
         perturber = self.perturber
 
         def restore(seed: int, scale: float) -> None:  # undo +(-scale)·z
@@ -361,7 +368,7 @@ class MeZO(torch.optim.Optimizer):
         return {
             "seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
             "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
-            "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self.exact_restore,
+            "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact,
             "weight_decay": [float(g["weight_decay"]) for g in self.param_groups],
             "group_of": torch.tensor(group_of, dtype=torch.int32),
             **self._trajectory.tensors(self.n_perturb, len(self.param_groups)),
