@@ -2,7 +2,6 @@
 single-process runs on the same global batches; failure modes; the launcher."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,30 +22,11 @@ pytestmark = pytest.mark.distributed
 SPAWN_TIMEOUT = 300  # seconds for a 2-process run on a loaded 2-core machine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(scenario: str, out: Path, timeout: float = SPAWN_TIMEOUT) -> list[subprocess.CompletedProcess]:
-    """Run tests/dist_worker.py as ranks 0 and 1 of a gloo group; kill both on timeout."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), scenario, str(out)],
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    done = []
-    try:
-        for p in procs:
-            o, e = p.communicate(timeout=timeout)
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, o, e))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return done
+    """Run tests/dist_worker.py as ranks 0 and 1 of a gloo group; both killed on timeout."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return distributed.spawn([sys.executable, str(HERE / "dist_worker.py"), scenario, str(out)], 2,
+                             timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +172,53 @@ def test_device_map_across_two_gpus_mezo_perturbs_each_parameter_where_it_lives(
     h = fit(model, sentiment, "mezo", steps=3, lr=1e-3, batch_size=4, eval_every=0, quiet=True)
     assert np.isfinite(h["loss"]).all()
     assert {n: p.device for n, p in model.named_parameters()} == before
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A 1-rank gloo group in this process (for the argument checks), destroyed afterwards."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bad_parallel_choices_name_the_allowed_ones(one_rank_group, sentiment):
+    from zoedu.models import load_model
+
+    net, _ = load_model("tiny-opt", size="1m", num_labels=2)
+    kw = dict(steps=1, lr=1e-3, batch_size=4, eval_every=0, quiet=True, track_memory=False, device="cpu")
+    with pytest.raises(ValueError, match="method 'semi_dp' has no data-parallel step; parallel='data' supports"):
+        fit(net, sentiment, "semi_dp", parallel="data", beta=0.5, noise_multiplier=1.0, **kw)
+    with pytest.raises(ValueError, match="parallel='directions' supports methods mezo"):
+        fit(net, sentiment, "adam", parallel="directions", **kw)
+    with pytest.raises(ValueError, match="check_every=0 must be a positive integer"):
+        distributed.Parallel("data", check_every=0)
+    h = fit(net, sentiment, "mezo", parallel="data", **kw)  # one rank: the plain step, bytes counted
+    assert h.attrs["world_size"] == 1 and h["comm_bytes"].tolist() == [16]
+
+
+# --------------------------------------------------------------------------- experiments and figures
+def test_communication_table_and_figure():
+    from zoedu.experiments.distributed import communication_per_step, payload_bytes
+    from zoedu.viz.distributed import communication_figure, processes_figure
+
+    df = communication_per_step([("small", 1_000), ("big", 1_000_000)], world_size=4, bytes_per_element=2)
+    row = df.set_index(["model", "method", "parallel"])
+    assert row.loc[("big", "mezo", "data"), "payload_bytes"] == 16            # size-free
+    assert row.loc[("big", "adam", "data"), "payload_bytes"] == 8 + 2 * 1_000_000
+    assert row.loc[("big", "adam", "data"), "wire_bytes"] == pytest.approx(1.5 * (8 + 2_000_000))
+    assert payload_bytes("mezo", "directions", 10, directions_per_rank=3) == 48
+    with pytest.raises(ValueError, match=r"\(method, parallel\)=\('adam', 'directions'\) is unknown"):
+        payload_bytes("adam", "directions", 10)
+    with pytest.raises(ValueError, match="world_size=1 must be an integer ≥ 2"):
+        communication_per_step([("x", 1)], world_size=1)
+    fig = communication_figure(df)
+    assert len(fig.data) == df.groupby(["method", "parallel"]).ngroups and fig.layout.xaxis.type == "log"
+    with pytest.raises(ValueError, match="y='seconds' is unknown"):
+        communication_figure(df.assign(seconds=1.0), y="seconds")
+    h = df.assign(step=range(len(df)), loss=1.0)
+    assert len(processes_figure({"1": h, "2": h}).data) == 2

@@ -126,6 +126,38 @@ def _timeout(timeout: float | None) -> float:
     return float(timeout)
 
 
+def spawn(argv: list[str], nproc: int, *, timeout: float = 300, env: dict | None = None,
+          cwd=None) -> list:
+    """Run ``argv`` as ranks 0 … nproc−1 of a local process group (the environment torchrun
+    sets: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) without
+    torchrun's agent process; return each rank's ``subprocess.CompletedProcess``. All ranks
+    are killed after ``timeout`` seconds (then ``subprocess.TimeoutExpired`` is raised)."""
+    import socket
+    import subprocess
+
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc={nproc!r} must be a positive integer")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = dict(os.environ if env is None else env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
+    base.setdefault("OMP_NUM_THREADS", "1")
+    procs = [subprocess.Popen(list(argv), env=dict(base, RANK=str(r), LOCAL_RANK=str(r)), cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(nproc)]
+    done = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return done
+
+
 def shutdown() -> None:
     """Destroy the process group if there is one."""
     if is_initialized():
@@ -415,5 +447,5 @@ __all__ = [
     "DATA_PARALLEL_METHODS", "DEFAULT_CHECK_EVERY", "DEFAULT_TIMEOUT", "DIRECTION_PARALLEL_METHODS",
     "PARALLEL_MODES", "CommCounter", "Collectives", "DirectionShare", "Parallel", "RankFailure",
     "RanksDiverged", "batch_rows", "init", "is_initialized", "is_main", "launched", "main_only", "rank",
-    "resolve", "shard", "shard_bounds", "shutdown", "world_size",
+    "resolve", "shard", "shard_bounds", "shutdown", "spawn", "world_size",
 ]
