@@ -85,6 +85,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="sweep: seeds averaged per configuration")
     parser.add_argument("--datasets", default="linear_regression,breast_cancer,digits")
     parser.add_argument("--csv", help="sweep: also write the long table here")
+    parser.add_argument("--methods", default="semi_dp,throw_away,treat_as_private",
+                        help="sweep: methods with tuned β (semi_dp) or fixed β (baselines)")
+    parser.add_argument("--beta-rules", default="",
+                        help="sweep: also semi-DP with β by rule (5), e.g. 'public,worst_case'")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Full backward hook")
     torch.set_num_threads(1)
@@ -103,7 +107,9 @@ def main(argv=None) -> int:
     parts = []
     for ds in args.datasets.split(","):
         t0 = time.perf_counter()
-        parts.append(privacy_utility_sweep(ds, fast=False, seeds=tuple(range(args.seeds))))
+        parts.append(privacy_utility_sweep(ds, fast=False, seeds=tuple(range(args.seeds)),
+                                           methods=tuple(m for m in args.methods.split(",") if m),
+                                           beta_rules=tuple(r for r in args.beta_rules.split(",") if r)))
         print(f"{ds}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     df = pd.concat(parts, ignore_index=True)
     if args.csv:

@@ -25,7 +25,7 @@ from ..mixing import BalancedPiKE, MixedBatchSource, PiKE, aggregate
 from ..mixing.samplers import Uniform
 
 SYNTHETIC_METHODS = ("uniform", "pike", "balanced-pike", "pcgrad", "mgda")
-MULTIDOMAIN_MIXERS = ("uniform", "proportional", "round-robin", "random-task", "pike", "balanced-pike")
+MULTIDOMAIN_MIXERS = ("uniform", "proportional", "static", "round-robin", "random-task", "pike", "balanced-pike")
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -183,10 +183,18 @@ def conflict_sweep(cosines: Sequence[float] = (1.0, 0.5, 0.0, -1.0), *, last: in
 #: The benchmark configuration (a few minutes on 2 CPU cores) and the notebook's fast one (≤ 20 s).
 MULTIDOMAIN_FULL = dict(size="1m", steps=200, batch_size=16, lr=3e-3, max_length=32, eval_every=50,
                         n_train={"prose": 600, "code": 600, "rot13": 300, "arithmetic": 150},
-                        n_validation=32, stats_every=50)
+                        n_validation=32, stats_every=50,
+                        domains=("prose", "code", "rot13", "arithmetic"))
 MULTIDOMAIN_FAST = dict(size="1m", steps=12, batch_size=8, lr=3e-3, max_length=32, eval_every=12,
                         n_train={"prose": 60, "code": 60, "rot13": 30, "arithmetic": 15},
-                        n_validation=6, stats_every=6)
+                        n_validation=6, stats_every=6,
+                        domains=("prose", "code", "rot13", "arithmetic"))
+#: training examples per domain when ``domains=`` names domains ``n_train`` does not list (FULL;
+#: FAST uses a tenth): noise is abundant (boilerplate is), the duplicated domain is 8 passages.
+DOMAIN_SIZES = {"prose": 600, "code": 600, "rot13": 300, "arithmetic": 150, "noise": 600,
+                "duplicated": 300, "reversed": 300}
+#: the benchmark's scenario with a non-uniform best fixed mixture (benchmarks/README.md)
+SCENARIO_DOMAINS = ("prose", "code", "noise", "duplicated", "reversed")
 
 
 def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pike", "balanced-pike"), *,
@@ -199,10 +207,13 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
         fast: use :data:`MULTIDOMAIN_FAST` (the notebook's FAST mode) instead of
             :data:`MULTIDOMAIN_FULL`; keys in ``config`` override either
             (``size``, ``steps``, ``batch_size``, ``lr``, ``max_length``, ``eval_every``,
-            ``n_train``, ``n_validation``, ``stats_every``).
+            ``n_train`` (alias ``sizes``), ``n_validation``, ``stats_every``, ``domains``).
         seed: model initialisation and batch order.
         task: a prebuilt multidomain task (skips building it; must match ``max_length``).
-        mixer_options: per mixer name, options for it, e.g. ``{"pike": {"zeta1": 2.0}}``.
+        mixer_options: per mixer name, options for it, e.g. ``{"pike": {"zeta1": 2.0}}``;
+            ``"static"`` needs ``{"static": {"weights": [...]}}``.
+        domains (in config): the domains (names from ``zoedu.tasks.multidomain.DOMAINS``);
+            sizes of domains ``n_train`` does not list come from :data:`DOMAIN_SIZES`.
         stats_every (in config): gradient statistics and the cosine matrix every this many
             steps for every mixer (PiKE updates its weights at the same steps).
 
@@ -221,11 +232,7 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
     from ..tasks import load_task
     from ..train import fit
 
-    cfg = dict(MULTIDOMAIN_FAST if fast else MULTIDOMAIN_FULL)
-    unknown = set(config) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown options {sorted(unknown)}; allowed: {', '.join(sorted(cfg))}")
-    cfg.update(config)
+    cfg = _config(fast, config)
     if isinstance(mixers, str):
         mixers = [m.strip() for m in mixers.split(",") if m.strip()]
     for m in mixers:
@@ -235,10 +242,7 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
         raise ValueError("mixers must name at least one mixer")
     mixer_options = mixer_options or {}
     if task is None:
-        from ..models import default_tokenizer
-
-        task = load_task("multidomain", tokenizer=default_tokenizer(), seed=seed, n_train=cfg["n_train"],
-                         n_validation=cfg["n_validation"], max_length=cfg["max_length"])
+        task = _task(cfg, seed)
     domains = list(task.domains)
     summary, curves, weights, cosines, histories = [], [], [], [], {}
     initial, _ = load_model("tiny-gpt2", size=cfg["size"], seed=seed)
@@ -285,6 +289,80 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
             "histories": histories, "config": cfg}
 
 
+def _config(fast: bool, config: dict) -> dict:
+    cfg = dict(MULTIDOMAIN_FAST if fast else MULTIDOMAIN_FULL)
+    if "sizes" in config:
+        if "n_train" in config:
+            raise ValueError("give the training sizes once: sizes= or n_train=, not both")
+        config = dict(config)
+        config["n_train"] = config.pop("sizes")
+    unknown = set(config) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; allowed: {', '.join(sorted(cfg))}, sizes")
+    cfg.update(config)
+    domains = cfg["domains"]
+    if isinstance(domains, str):
+        domains = [d.strip() for d in domains.split(",") if d.strip()]
+    cfg["domains"] = tuple(domains)
+    sizes = cfg["n_train"]
+    if isinstance(sizes, dict):
+        sizes = {d: sizes.get(d, DOMAIN_SIZES.get(d, 1) // (10 if fast else 1)) for d in cfg["domains"]}
+    elif isinstance(sizes, (list, tuple)):
+        if len(sizes) != len(cfg["domains"]):
+            raise ValueError(f"sizes={list(sizes)!r} must have one count per domain {list(cfg['domains'])}")
+        sizes = dict(zip(cfg["domains"], sizes))
+    cfg["n_train"] = sizes
+    return cfg
+
+
+def _task(cfg: dict, seed: int):
+    from ..models import default_tokenizer
+    from ..tasks import load_task
+
+    return load_task("multidomain", tokenizer=default_tokenizer(), seed=seed, domains=cfg["domains"],
+                     n_train=cfg["n_train"], n_validation=cfg["n_validation"], max_length=cfg["max_length"])
+
+
+def fixed_mixture_sweep(mixtures, *, fast: bool = False, seed: int = 0, device: str = "auto",
+                        quiet: bool = True, **config) -> pd.DataFrame:
+    """Train with each fixed mixture (no statistics): where does the best static mixture lie?
+
+    ``mixtures``: a sequence of weight vectors (one weight per domain, in ``domains`` order),
+    or ``"grid"`` for uniform, proportional-free corners and halves (:func:`mixture_grid`).
+    Same configuration, seed and initialisation as :func:`pretrain_multidomain`.
+
+    Returns:
+        One row per mixture: ``weights`` (as text), ``val/<domain>``, ``val_average``, ``val_worst``.
+    """
+    cfg = _config(fast, config)
+    task = _task(cfg, seed)
+    if isinstance(mixtures, str):
+        if mixtures != "grid":
+            raise ValueError(f"mixtures={mixtures!r} must be a list of weight vectors or 'grid'")
+        mixtures = mixture_grid(len(task.domains))
+    rows = []
+    for w in mixtures:
+        out = pretrain_multidomain(("static",), fast=fast, seed=seed, task=task, device=device, quiet=quiet,
+                                   mixer_options={"static": {"weights": list(w)}}, **config)
+        s = out["summary"].iloc[0]
+        rows.append({"weights": "/".join(f"{x:g}" for x in w),
+                     **{c: float(s[c]) for c in out["summary"].columns if c.startswith("val/")},
+                     "val_average": float(s["val_average"]), "val_worst": float(s["val_worst"])})
+    return pd.DataFrame(rows)
+
+
+def mixture_grid(n_tasks: int) -> list[list[float]]:
+    """Uniform, and for each domain the mixtures that halve it and that drop it to 0.1/K."""
+    K = n_tasks
+    out = [[1.0 / K] * K]
+    for k in range(K):
+        for share in (0.5 / K, 0.1 / K):
+            w = [(1 - share) / (K - 1)] * K
+            w[k] = share
+            out.append([round(x, 4) for x in w])
+    return out
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary of :func:`pretrain_multidomain` as a plain-text table."""
     cols = [c for c in summary.columns if c.startswith("val/")] + ["val_average", "val_worst", "worst_domain",
@@ -311,6 +389,8 @@ def _run(args) -> int:
     if args.task != "multidomain":
         raise ValueError(f"--task {args.task!r} is unknown; allowed: multidomain, synthetic")
     config = {}
+    if args.domains:
+        config["domains"] = args.domains
     if args.steps:
         config["steps"] = args.steps
     if args.size:
@@ -343,6 +423,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--mixers", default="uniform,proportional,pike,balanced-pike",
                    help=f"comma-separated; multidomain: {', '.join(MULTIDOMAIN_MIXERS)}; "
                         f"synthetic: {', '.join(SYNTHETIC_METHODS)}")
+    p.add_argument("--domains", default=None,
+                   help="multidomain: comma-separated domains (prose, code, rot13, arithmetic, noise, duplicated, "
+                        "reversed; default: the first four)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 200; 12 with --fast)")
     p.add_argument("--size", default=None, help="tiny GPT-2 size: 1m, 5m, 25m (default: 1m)")
     p.add_argument("--batch-size", type=int, default=None, help="mixed batch size (default: 16; 8 with --fast)")
@@ -356,5 +439,6 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
-__all__ = ["MULTIDOMAIN_FAST", "MULTIDOMAIN_FULL", "MULTIDOMAIN_MIXERS", "SYNTHETIC_METHODS", "add_cli",
+__all__ = ["DOMAIN_SIZES", "MULTIDOMAIN_FAST", "MULTIDOMAIN_FULL", "MULTIDOMAIN_MIXERS", "SCENARIO_DOMAINS",
+           "fixed_mixture_sweep", "mixture_grid", "SYNTHETIC_METHODS", "add_cli",
            "conflict_sweep", "format_summary", "pretrain_multidomain", "synthetic_conflict", "task_directions"]

@@ -5,6 +5,10 @@ pandas DataFrame and never draws.
 
 * :func:`mean_estimation_curves` — MSE of the three mean estimators (formula and Monte
   Carlo) against the number of public examples and ε.
+* :func:`variance_curves` — MSE against V/R² (data far inside the ball): the worst-case
+  and the public-estimate (``variance="public"``) weights against the two baselines,
+  formula and Monte Carlo; :func:`adaptive_grid` runs it over a grid and reports the ratio
+  to the better baseline.
 * :func:`epsilon_curve` — ε spent against the step count (Opacus's accountants).
 * :func:`privacy_utility_sweep` — semi-DP SGD vs throw-away vs treat-as-private over
   public fractions and ε, on the synthetic linear regression of the paper (d = 2000) or
@@ -86,6 +90,97 @@ def mean_estimation_curves(*, n_priv: int = 1000, n_pubs=(0, 5, 10, 20, 50, 100,
                                  mc_mse=float(errs.mean()) if trials else np.nan,
                                  mc_se=float(errs.std(ddof=1) / math.sqrt(trials)) if trials > 1 else np.nan,
                                  weight_private=n_priv * b))
+    return pd.DataFrame(rows)
+
+
+def _sphere_rows(rng: np.random.Generator, n: int, mu: np.ndarray, spread: float) -> np.ndarray:
+    """``n`` rows μ + spread·u, u uniform on the unit sphere: E‖x − μ‖² = spread² exactly."""
+    u = rng.standard_normal((n, mu.size))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return mu + spread * u
+
+
+#: the estimators :func:`variance_curves` compares: (label, method, variance=)
+VARIANCE_CHOICES = (("semi_dp (worst case)", "semi_dp", None), ("semi_dp (public V̂)", "semi_dp", "public"),
+                    ("throw_away", "throw_away", None), ("treat_as_private", "treat_as_private", None))
+
+
+def variance_curves(*, n_priv: int = 2000, n_pub: int = 200, d: int = 20,
+                    ratios=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), epsilon: float = 0.3,
+                    delta: float = 1e-5, radius: float = 1.0, model: str = "central",
+                    trials: int = 100, seed: int = 0) -> pd.DataFrame:
+    """MSE against V/R²: the worst-case weights, the public estimate's, and the baselines.
+
+    Data: rows ``μ + s·u`` with ``u`` uniform on the unit sphere, ``s = R·√ratio`` and
+    ``‖μ‖ = R − s`` (so ``‖x‖ ≤ R`` and ``V = s²`` exactly; ratio 1 is ``μ = 0``). ``mse`` is
+    :func:`zoedu.privacy.mean_mse` at the true V (for ``"public"``: the weights at the true
+    V, the plug-in value); ``mc_mse`` / ``mc_se`` the Monte Carlo mean and standard error
+    of ``‖μ̂ − μ‖²`` over ``trials`` data sets, every estimator on the same data.
+
+    Columns: ratio (V/R²), variance, estimator, method, mse, mc_mse, mc_se, weight_private
+    (``n_priv·b`` of the last trial), and the configuration.
+    """
+    if trials < 1:
+        raise ValueError(f"trials={trials!r} must be ≥ 1")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ratio in ratios:
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"ratios must lie in [0, 1] (V ≤ R²), got {ratio!r}")
+        spread = radius * math.sqrt(ratio)
+        direction = rng.standard_normal(d)
+        mu = direction / np.linalg.norm(direction) * (radius - spread) * (1 - 1e-9)
+        errs = {label: np.empty(trials) for label, _, _ in VARIANCE_CHOICES}
+        weights = {}
+        for t in range(trials):
+            priv, pub = _sphere_rows(rng, n_priv, mu, spread), _sphere_rows(rng, n_pub, mu, spread)
+            noise_seed = int(rng.integers(2**31))
+            for label, method, variance in VARIANCE_CHOICES:
+                est = mean_estimate(priv, pub, epsilon=epsilon, delta=delta, radius=radius, method=method,
+                                    model=model, variance=variance, seed=noise_seed)
+                errs[label][t] = float(np.sum((est - mu) ** 2))
+        for label, method, variance in VARIANCE_CHOICES:
+            kw = dict(epsilon=epsilon, delta=delta, radius=radius, method=method, model=model)
+            mse = mean_mse(n_priv, n_pub, d, variance=variance, true_variance=spread ** 2, **kw)
+            wv = spread ** 2 if variance == "public" else variance
+            _, b = semi_dp_weights(n_priv, n_pub, d, variance=wv, **kw)
+            e = errs[label]
+            rows.append(dict(ratio=float(ratio), variance=spread ** 2, estimator=label, method=method,
+                             mse=mse, mc_mse=float(e.mean()), mc_se=float(e.std(ddof=1) / math.sqrt(trials)),
+                             weight_private=n_priv * b, n_priv=n_priv, n_pub=n_pub, d=d, epsilon=epsilon,
+                             delta=delta, model=model))
+    return pd.DataFrame(rows)
+
+
+def adaptive_grid(*, ns=(200, 2000), public_shares=(0.05, 0.1), ds=(2, 20, 500),
+                  epsilons=(0.1, 0.3, 1.0, 2.0, 8.0), ratios=(0.001, 0.01, 0.1, 1.0),
+                  delta: float = 1e-5, model: str = "central", trials: int | None = None,
+                  seed: int = 0) -> pd.DataFrame:
+    """:func:`variance_curves` over a grid; one row per setting with each estimator's Monte
+    Carlo MSE divided by the better baseline's (``min(throw_away, treat_as_private)``).
+
+    ``trials``: per setting; default ``max(60, 4000 // d)`` (the MSE of a d-dimensional
+    estimate averages d coordinates, so large d needs fewer trials).
+    """
+    rows = []
+    for n in ns:
+        for share in public_shares:
+            n_pub = max(1, int(round(share * n)))
+            for d in ds:
+                for eps in epsilons:
+                    t = trials or max(60, 4000 // d)
+                    c = variance_curves(n_priv=n - n_pub, n_pub=n_pub, d=d, ratios=ratios, epsilon=eps,
+                                        delta=delta, model=model, trials=t, seed=seed)
+                    for ratio, g in c.groupby("ratio"):
+                        mc = g.set_index("estimator")["mc_mse"]
+                        se = g.set_index("estimator")["mc_se"]
+                        best = min(mc["throw_away"], mc["treat_as_private"])
+                        rows.append(dict(n=n, n_pub=n_pub, d=d, epsilon=eps, ratio=ratio, trials=t,
+                                         throw_away=mc["throw_away"], treat_as_private=mc["treat_as_private"],
+                                         worst_case=mc["semi_dp (worst case)"], public=mc["semi_dp (public V̂)"],
+                                         worst_case_ratio=mc["semi_dp (worst case)"] / best,
+                                         public_ratio=mc["semi_dp (public V̂)"] / best,
+                                         public_ratio_se=se["semi_dp (public V̂)"] / best))
     return pd.DataFrame(rows)
 
 
@@ -241,8 +336,11 @@ def train_private(problem: Problem, method: str, *, epsilon: float, delta: float
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; allowed: {', '.join(METHODS)}")
     if method == "semi_dp" and beta is None:
-        raise ValueError("method='semi_dp' needs beta= in [0, 1]")
+        raise ValueError("method='semi_dp' needs beta= in [0, 1], 'public' or 'worst_case'")
     beta = {"throw_away": 0.0, "treat_as_private": 1.0}.get(method, beta)
+    rule = beta if isinstance(beta, str) else None
+    if rule is not None:
+        beta = 0.5                      # both parts used; SemiDPSGD sets β by rule (5) every step
     if method == "treat_as_private":
         pool_x = torch.cat([problem.x_private, problem.x_public])
         pool_y = torch.cat([problem.y_private, problem.y_public])
@@ -254,9 +352,12 @@ def train_private(problem: Problem, method: str, *, epsilon: float, delta: float
     if beta > 0:
         sigma = noise_for_epsilon(epsilon, q, steps, delta, orders=INTEGER_ORDERS)
     model = problem.model(seed)
-    opt = SemiDPSGD(model, problem.loss_fn, lr=lr, beta=beta, noise_multiplier=sigma,
+    extra = {} if rule is None else dict(n_private=problem.n_private, n_public=problem.n_public,
+                                         epsilon=epsilon, delta=delta)
+    opt = SemiDPSGD(model, problem.loss_fn, lr=lr, beta=rule or beta, noise_multiplier=sigma,
                     max_grad_norm=max_grad_norm, seed=seed, expected_batch_size=batch_size,
-                    per_sample="auto")
+                    per_sample="auto", **extra)
+    betas_used = []
     rng = np.random.default_rng([seed, 11])
     pub_bs = min(batch_size, problem.n_public) if problem.n_public else 0
     for _ in range(steps):
@@ -268,9 +369,10 @@ def train_private(problem: Problem, method: str, *, epsilon: float, delta: float
         if beta < 1:
             idx = torch.from_numpy(rng.choice(problem.n_public, size=pub_bs, replace=False))
             public = {"x": problem.x_public[idx], "y": problem.y_public[idx]}
-        opt.step(private, public)
+        betas_used.append(opt.step(private, public).get("beta", beta))
     spent = (epsilon_spent(sigma, q, steps, delta) if account else math.nan) if beta > 0 else 0.0
-    return model, dict(noise_multiplier=sigma, sample_rate=q, epsilon_spent=spent, beta=beta)
+    return model, dict(noise_multiplier=sigma, sample_rate=q, epsilon_spent=spent,
+                       beta=float(np.mean(betas_used)) if rule else beta)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -291,8 +393,13 @@ def privacy_utility_sweep(dataset: str = "breast_cancer", public_fractions=(0.01
                           epsilons=(0.5, 1.0, 4.0, 8.0), *, fast: bool = True, betas=None,
                           delta: float = 1e-5, max_grad_norm: float = 1.0, seeds=(0,),
                           steps: int | None = None, batch_size: int | None = None,
-                          lrs=None, problem_options: dict | None = None) -> pd.DataFrame:
+                          lrs=None, problem_options: dict | None = None, methods=METHODS,
+                          beta_rules=()) -> pd.DataFrame:
     """Semi-DP SGD against throw-away and treat-as-private over public fractions and ε.
+
+    ``beta_rules`` (``"public"``, ``"worst_case"``) add semi-DP rows with β chosen by rule
+    (5) of :mod:`zoedu.privacy.semi_dp` instead of tuned (method ``semi_dp_<rule>``; ``beta``
+    is then the mean β used); ``methods`` restricts the rest (``semi_dp_best`` needs all three).
 
     For every (public fraction, ε): each method is trained per learning rate in ``lrs``
     (and, for semi-DP, per β in ``betas`` plus the proportional weight
@@ -326,15 +433,24 @@ def privacy_utility_sweep(dataset: str = "breast_cancer", public_fractions=(0.01
     batch_size = int(batch_size or setting["batch_size"])
     lrs = tuple(lrs or setting["lrs"])
     options = {**setting.get("problem", {}), **(problem_options or {})}
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"methods: {m!r} is unknown; allowed: {', '.join(METHODS)}")
+    for r in beta_rules:
+        if r not in ("public", "worst_case"):
+            raise ValueError(f"beta_rules: {r!r} is unknown; allowed: public, worst_case")
+    runs = [(m, m, None) for m in methods] + [(f"semi_dp_{r}", "semi_dp", r) for r in beta_rules]
     rows = []
     with _single_thread():
         for frac in public_fractions:
             problem = load_problem(dataset, public_fraction=frac, seed=0, **options)
             for eps in epsilons:
                 best = {}
-                for method in METHODS:
+                for label, method, rule in runs:
                     proportional = round(problem.n_private / (problem.n_private + problem.n_public), 4)
                     semi_betas = tuple(sorted(set(betas) | {proportional}))
+                    if rule is not None:
+                        semi_betas = (rule,)
                     grid = [(b, lr) for b in (semi_betas if method == "semi_dp" else (None,)) for lr in lrs]
                     results = []
                     for beta, lr in grid:
@@ -353,14 +469,15 @@ def privacy_utility_sweep(dataset: str = "breast_cancer", public_fractions=(0.01
                                             noise_multiplier=info["noise_multiplier"],
                                             epsilon_spent=info["epsilon_spent"]))
                     chosen = min(results, key=lambda r: (not math.isfinite(r["tune_loss"]), r["tune_loss"]))
-                    best[method] = chosen
-                    rows.append(dict(dataset=dataset, public_fraction=frac, epsilon=float(eps), method=method,
+                    best[label] = chosen
+                    rows.append(dict(dataset=dataset, public_fraction=frac, epsilon=float(eps), method=label,
                                      n_private=problem.n_private, n_public=problem.n_public, steps=steps,
                                      batch_size=batch_size, **chosen))
-                ok = best["semi_dp"]["test_loss"] <= min(best["throw_away"]["test_loss"],
-                                                         best["treat_as_private"]["test_loss"])
-                for r in rows[-len(METHODS):]:
-                    r["semi_dp_best"] = bool(ok)
+                if all(m in best for m in METHODS):
+                    ok = best["semi_dp"]["test_loss"] <= min(best["throw_away"]["test_loss"],
+                                                             best["treat_as_private"]["test_loss"])
+                    for r in rows[-len(runs):]:
+                        r["semi_dp_best"] = bool(ok)
     return pd.DataFrame(rows)
 
 
@@ -368,9 +485,15 @@ def sweep_summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, public fraction, ε): the three test losses side by side."""
     wide = df.pivot_table(index=["dataset", "public_fraction", "epsilon"], columns="method",
                           values="test_loss").reset_index()
-    beta = df[df.method == "semi_dp"].set_index(["dataset", "public_fraction", "epsilon"])["beta"]
-    wide = wide.merge(beta.rename("beta").reset_index(), on=["dataset", "public_fraction", "epsilon"])
-    wide["semi_dp_best"] = wide["semi_dp"] <= wide[["throw_away", "treat_as_private"]].min(axis=1)
+    keys = ["dataset", "public_fraction", "epsilon"]
+    for m in sorted(set(df.method)):
+        if m.startswith("semi_dp"):
+            beta = df[df.method == m].set_index(keys)["beta"]
+            wide = wide.merge(beta.rename("beta" + m[len("semi_dp"):]).reset_index(), on=keys)
+    base = [c for c in ("throw_away", "treat_as_private") if c in wide]
+    for m in [c for c in wide.columns if c.startswith("semi_dp") and c in set(df.method)]:
+        if len(base) == 2:
+            wide[m + "_best"] = wide[m] <= wide[base].min(axis=1)
     wide.columns.name = None
     return wide
 

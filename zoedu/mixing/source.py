@@ -31,10 +31,10 @@ import torch
 
 from ..tasks import move_batch
 from .pike import BalancedPiKE, PiKE
-from .samplers import Proportional, RandomTask, RoundRobin, Sampler, Uniform
+from .samplers import Proportional, RandomTask, RoundRobin, Sampler, Static, Uniform
 from .stats import task_gradient_stats
 
-MIXERS = ("uniform", "proportional", "round-robin", "random-task", "pike", "balanced-pike")
+MIXERS = ("uniform", "proportional", "static", "round-robin", "random-task", "pike", "balanced-pike")
 
 
 def make_mixer(name, n_tasks: int, *, sizes=None, batch_size: int = 16, **options):
@@ -49,6 +49,10 @@ def make_mixer(name, n_tasks: int, *, sizes=None, batch_size: int = 16, **option
             if sizes is None:
                 raise ValueError("the proportional mixer needs sizes (examples per task)")
             return Proportional(sizes, **options)
+        if name == "static":
+            if "weights" not in options:
+                raise ValueError("the static mixer needs weights= (one fixed weight per task)")
+            return Static(**options)
         if name == "round-robin":
             return RoundRobin(n_tasks, **options)
         if name == "random-task":

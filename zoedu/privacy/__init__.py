@@ -14,7 +14,8 @@
 
 from .accounting import (ACCOUNTANTS, PrivacyAccountant, epsilon, gaussian_noise_multiplier,
                          noise_for_epsilon)
-from .mean import METHODS, MODELS, mean_estimate, mean_mse, noise_variance, semi_dp_weights
+from .mean import (METHODS, MODELS, PUBLIC_MIN, mean_estimate, mean_mse, noise_variance, public_variance,
+                   semi_dp_weights)
 from .per_sample import (PerSampleGradients, clip_and_sum, clip_per_sample, per_sample_gradients,
                          per_sample_norms)
 from .semi_dp import (SemiDPRunner, SemiDPSGD, make_dp_sgd, make_semi_dp, make_throw_away,
@@ -28,9 +29,9 @@ FIT_METHODS = {
 }
 
 __all__ = [
-    "ACCOUNTANTS", "FIT_METHODS", "METHODS", "MODELS", "PerSampleGradients", "PrivacyAccountant",
+    "ACCOUNTANTS", "FIT_METHODS", "METHODS", "MODELS", "PUBLIC_MIN", "PerSampleGradients", "PrivacyAccountant",
     "SemiDPRunner", "SemiDPSGD", "clip_and_sum", "clip_per_sample", "epsilon",
     "gaussian_noise_multiplier", "make_dp_sgd", "make_semi_dp", "make_throw_away",
     "make_treat_as_private", "mean_estimate", "mean_mse", "noise_for_epsilon", "noise_variance",
-    "per_sample_gradients", "per_sample_norms", "semi_dp_weights", "split_public",
+    "per_sample_gradients", "per_sample_norms", "public_variance", "semi_dp_weights", "split_public",
 ]

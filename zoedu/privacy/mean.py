@@ -38,9 +38,25 @@ Privacy mechanisms (``model=``):
 Minimising (2) over ``b`` with ``a = (1 − n_priv·b)/n_pub`` gives
 ``b* = n_priv·V / (n_pub·N + n·n_priv·V)``; minimising (3) gives
 ``b* = V / (n·V + n_pub·N)``. Both reduce to ``1/n`` without noise and to ``1/n_priv``
-without public data. ``V`` is unknown to the analyst, so ``b*`` uses the worst case
-``V = R²`` unless ``variance=`` is given; :func:`mean_mse` is then the MSE bound, exact for
-distributions with ``‖x‖ = R`` and ``μ = 0`` (e.g. scaled random signs, as in the test).
+without public data. ``V`` is unknown to the analyst. Three choices of the ``V`` in ``b*``
+(``variance=``):
+
+* ``None`` (the default, the paper's): the worst case ``V = R²``, minimax-optimal over all
+  distributions on the ball; :func:`mean_mse` is then the MSE bound, exact for
+  distributions with ``‖x‖ = R`` and ``μ = 0`` (e.g. scaled random signs, as in the test);
+* a number: that ``V``;
+* ``"public"``: the public sample's unbiased estimate
+
+    (4)  V̂ = Σ_pub ‖x_i − x̄_pub‖² / (n_pub − 1),   clipped to [0, R²],
+
+  free of privacy cost (only public rows are read; ``b`` stays independent of the private
+  rows, so the sensitivity is still ``2bR``). Guard: with ``n_pub < PUBLIC_MIN`` = 2 there
+  is no variance estimate and the worst case ``R²`` is used. On data with ``V ≪ R²`` the
+  worst case puts far too much weight on the noisy private sum (the MSE of ``b*(R²)`` can
+  be several times throw-away's); the estimate tracks ``V`` and its MSE stays within a few
+  per cent of the better baseline (benchmarks/README.md). The default stays the worst case:
+  it is the paper's, holds for every distribution without an estimate, and is what the
+  assignments check.
 
 Norm bound: vectors longer than ``radius`` are refused with a ValueError by default
 (``clip=False``); with ``clip=True`` they are scaled back to norm ``radius`` — explicitly,
@@ -62,6 +78,8 @@ import torch
 from .accounting import check_delta, check_epsilon, gaussian_noise_multiplier
 
 METHODS = ("semi_dp", "throw_away", "treat_as_private")
+#: fewest public rows with which ``variance="public"`` estimates V (fewer: the worst case R²)
+PUBLIC_MIN = 2
 MODELS = ("central", "local")
 
 
@@ -90,13 +108,28 @@ def _check_counts(n_priv, n_pub, d) -> tuple[int, int, int]:
     return int(n_priv), int(n_pub), int(d)
 
 
-def _check_variance(variance, radius: float) -> float:
+def _check_variance(variance, radius: float, name: str = "variance") -> float:
     if variance is None:
         return radius ** 2
-    if not isinstance(variance, (int, float, np.floating, np.integer)) or not (0 <= variance <= radius ** 2):
-        raise ValueError(f"variance={variance!r} must be in [0, radius²] = [0, {radius ** 2:g}] "
+    if isinstance(variance, bool) or not isinstance(variance, (int, float, np.floating, np.integer)) \
+            or not (0 <= variance <= radius ** 2):
+        raise ValueError(f"{name}={variance!r} must be None (the worst case R²), 'public' (estimated from "
+                         f"the public rows) or a number in [0, radius²] = [0, {radius ** 2:g}] "
                          "(E‖x − μ‖² ≤ R² when ‖x‖ ≤ R)")
     return float(variance)
+
+
+def public_variance(public, radius: float) -> float:
+    """Equation (4): the public rows' unbiased estimate of V = E‖x − μ‖², clipped to [0, R²].
+
+    Fewer than :data:`PUBLIC_MIN` rows: no estimate; the worst case ``R²`` is returned.
+    """
+    pub = _as_matrix(public, "public")
+    if pub is None or pub.shape[0] < PUBLIC_MIN:
+        return float(radius) ** 2
+    dev = pub - pub.mean(0)
+    v = float((dev ** 2).sum() / (pub.shape[0] - 1))
+    return min(max(v, 0.0), float(radius) ** 2)
 
 
 # --------------------------------------------------------------------------- noise and weights
@@ -135,6 +168,9 @@ def semi_dp_weights(n_priv: int, n_pub: int, d: int, *, epsilon: float, delta: f
         return 1.0 / n_pub, 0.0
     if n_pub == 0:
         return 0.0, 1.0 / n_priv
+    if isinstance(variance, str):
+        raise ValueError(f"variance={variance!r}: semi_dp_weights needs a number (or None for R²); "
+                         "mean_estimate resolves 'public' with public_variance(public, radius)")
     V = _check_variance(variance, radius)
     N = noise_variance(d, epsilon=epsilon, delta=delta, radius=radius, accountant=accountant)
     if model == "central":
@@ -147,17 +183,35 @@ def semi_dp_weights(n_priv: int, n_pub: int, d: int, *, epsilon: float, delta: f
 
 def mean_mse(n_priv: int, n_pub: int, d: int, *, epsilon: float, delta: float = 0.0,
              radius: float, method: str = "semi_dp", model: str = "central",
-             variance: float | None = None, accountant: str = "gdp") -> float:
+             variance: float | str | None = None, true_variance: float | None = None,
+             accountant: str = "gdp") -> float:
     """The MSE ``E‖μ̂ − μ‖²`` of :func:`mean_estimate`, equations (2) and (3).
 
-    With ``variance=None`` the worst case ``V = R²`` is used: an upper bound over all
-    distributions on the ball, attained when ``‖x‖ = R`` and ``μ = 0``. With the true
-    ``variance`` it is exact. Throw-away: ``V/n_pub``; treat-as-private: ``V/n + N/n²``
-    (central) or ``(V + N)/n`` (local).
+    ``variance`` is the V the weights assume (as in :func:`mean_estimate`); ``true_variance``
+    the data's V at which the MSE is evaluated (default: ``variance`` when it is a number,
+    else the worst case R²).
+
+    * ``variance=None``, no ``true_variance``: the worst case ``V = R²`` throughout — an
+      upper bound over all distributions on the ball, attained when ``‖x‖ = R`` and ``μ = 0``;
+    * ``variance=V`` (or ``true_variance=V`` with the same weights' V): exact;
+    * ``variance=None, true_variance=V``: the worst-case weights on data of variance V (exact);
+    * ``variance="public", true_variance=V``: the weights at the V the public estimate (4)
+      targets — the plug-in approximation; the estimate's own noise adds a little (within a
+      few per cent for n_pub·d ≳ 20; Monte Carlo in the tests and benchmarks/README.md).
+
+    Throw-away: ``V/n_pub``; treat-as-private: ``V/n + N/n²`` (central) or ``(V + N)/n`` (local).
     """
     epsilon, delta, radius = _check_common(method, model, epsilon, delta, radius)
     n_priv, n_pub, d = _check_counts(n_priv, n_pub, d)
-    V = _check_variance(variance, radius)
+    if isinstance(variance, str):
+        if variance != "public":
+            raise ValueError(f"variance={variance!r} must be None, 'public' or a number in [0, radius²]")
+    if true_variance is None:
+        V = _check_variance(None if isinstance(variance, str) else variance, radius)
+    else:
+        V = _check_variance(true_variance, radius, "true_variance")
+    if variance == "public":
+        variance = V if n_pub >= PUBLIC_MIN else None   # the target of (4); the guard: R²
     n = n_priv + n_pub
     if method == "throw_away" and n_pub == 0:
         raise ValueError("method='throw_away' needs public examples (n_pub = 0)")
@@ -211,7 +265,7 @@ def _noise(rng: np.random.Generator, shape, *, epsilon, delta, radius, d, accoun
 
 def mean_estimate(private, public, *, epsilon: float, delta: float = 0.0, radius: float,
                   method: str = "semi_dp", model: str = "central", seed: int = 0,
-                  clip: bool = False, variance: float | None = None,
+                  clip: bool = False, variance: float | str | None = None,
                   accountant: str = "gdp"):
     """A mean of ``private`` ∪ ``public`` that is (ε, δ)-DP for the private rows; estimator (1).
 
@@ -227,7 +281,9 @@ def mean_estimate(private, public, *, epsilon: float, delta: float = 0.0, radius
             private example privatised on its own; public examples untouched).
         seed: seeds the noise.
         clip: False (default) refuses rows with norm > radius; True scales them back.
-        variance: E‖x − μ‖² assumed when choosing ``b`` (default R², the worst case).
+        variance: E‖x − μ‖² assumed when choosing ``b``: ``None`` (default) the worst case
+            R²; a number; or ``"public"``, the public rows' estimate (4) (worst case when
+            fewer than :data:`PUBLIC_MIN` public rows).
 
     Returns:
         The estimate, a ``(d,)`` array (a float64 tensor when an input was a tensor).
@@ -246,6 +302,10 @@ def mean_estimate(private, public, *, epsilon: float, delta: float = 0.0, radius
     priv, pub = _bounded(priv, radius, clip, "private"), _bounded(pub, radius, clip, "public")
     n_priv, n_pub = priv.shape[0], pub.shape[0]
     rng = np.random.default_rng(seed)
+    if isinstance(variance, str):
+        if variance != "public":
+            raise ValueError(f"variance={variance!r} must be None, 'public' or a number in [0, radius²]")
+        variance = public_variance(pub, radius)
     a, b = semi_dp_weights(n_priv, n_pub, d, epsilon=epsilon, delta=delta, radius=radius,
                            method=method, model=model, variance=variance, accountant=accountant)
     kw = dict(epsilon=epsilon, delta=delta, radius=radius, d=d, accountant=accountant)

@@ -21,6 +21,20 @@ the private data alone, β = 0 is SGD on the public data alone (the throw-away b
 no privacy spent). The baseline "treat as private" is DP-SGD on the union: β = 1 with
 the union as the "private" pool (:func:`make_treat_as_private`).
 
+Choosing β. A step's g estimates the mean gradient from private and public examples, the
+mean-estimation problem of :mod:`zoedu.privacy.mean` over the whole training set: ``n_priv``
+private gradients released under the run's (ε, δ) and ``n_pub`` public ones, all of norm
+≤ C after clipping. The analogous weight is the private share of that module's estimator,
+
+    (5)  β = n_priv·b*(n_priv, n_pub, d, ε, δ, R = C, V),
+
+with d the number of trained parameters. ``beta="worst_case"`` uses ``V = C²`` (the paper's
+minimax choice, a fixed β); ``beta="public"`` re-estimates V every step from the public
+batch's clipped per-sample gradients, ``V̂ = (Σ‖ḡ_j‖² − B_pub‖ḡ‖²)/(B_pub − 1)`` capped at C²
+(worst case with fewer than 2 public examples) — the public data only, so the step is as
+private as with a fixed β. Both need ``n_private``, ``n_public`` and ``epsilon``. A
+number keeps β fixed (tuned on held-out data, as in the paper's experiments).
+
 The public gradient's per-sample clipping (on by default, as in the paper's experiments)
 keeps the two gradients on the same scale; ``clip_public=False`` gives the plain mean.
 
@@ -42,6 +56,10 @@ from ..tasks import move_batch
 from .accounting import (INTEGER_ORDERS, PrivacyAccountant, check_accountant, check_delta, check_epsilon,
                          check_noise_multiplier, noise_for_epsilon)
 from .per_sample import PerSampleGradients, batch_size_of, clip_and_sum, trainable
+from .per_sample import per_sample_norms as per_sample_norms_of
+
+
+BETA_RULES = ("public", "worst_case")
 
 
 def check_beta(beta) -> float:
@@ -69,7 +87,9 @@ class SemiDPSGD(torch.optim.Optimizer):
         model: the model; its trainable parameters are optimised.
         loss_fn: ``loss_fn(model, batch) -> mean loss`` (e.g. ``task.loss``).
         lr: η > 0.
-        beta: β in [0, 1], the weight of the private gradient.
+        beta: β in [0, 1], the weight of the private gradient; or ``"worst_case"`` /
+            ``"public"``, the rule (5) of the module docstring (then give ``n_private``,
+            ``n_public``, ``epsilon`` and ``delta``).
         noise_multiplier: σ ≥ 0 (noise std σ·C on the clipped private sum).
         max_grad_norm: C > 0, the private clipping norm.
         seed: seeds the noise (a ``torch.Generator``; Opacus's ``DPOptimizer`` draws its
@@ -87,7 +107,8 @@ class SemiDPSGD(torch.optim.Optimizer):
                  noise_multiplier: float, max_grad_norm: float, seed: int = 0,
                  clip_public: bool = True, public_max_grad_norm: float | None = None,
                  expected_batch_size: int | None = None, weight_decay: float = 0.0,
-                 per_sample: str = "auto"):
+                 per_sample: str = "auto", n_private: int | None = None, n_public: int | None = None,
+                 epsilon: float | None = None, delta: float = 1e-5):
         if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr={lr!r} must be a positive finite number")
         if expected_batch_size is not None and (not isinstance(expected_batch_size, (int, np.integer))
@@ -96,6 +117,19 @@ class SemiDPSGD(torch.optim.Optimizer):
         if weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay!r} must be ≥ 0")
         self.model, self.loss_fn = model, loss_fn
+        self.beta_rule = None
+        if isinstance(beta, str):
+            if beta not in BETA_RULES:
+                raise ValueError(f"beta={beta!r} must be a number in [0, 1] or one of {', '.join(BETA_RULES)}")
+            missing = [k for k, v in (("n_private", n_private), ("n_public", n_public), ("epsilon", epsilon))
+                       if v is None]
+            if missing:
+                raise ValueError(f"beta={beta!r} needs {', '.join(missing)} (the sizes of the private and public "
+                                 "sets and the run's ε, for rule (5))")
+            self.beta_rule = beta
+            self._rule = dict(n_priv=int(n_private), n_pub=int(n_public), epsilon=float(epsilon),
+                              delta=float(delta))
+            beta = 1.0 if n_public == 0 else 0.5        # replaced at every step
         self.beta = check_beta(beta)
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         self.max_grad_norm = check_max_grad_norm(max_grad_norm)
@@ -108,6 +142,23 @@ class SemiDPSGD(torch.optim.Optimizer):
         self.per_sample = PerSampleGradients(model, loss_fn, backend=per_sample)
         params = list(trainable(model).values())
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
+        self.n_params = sum(p.numel() for p in params)
+        if self.beta_rule is not None:
+            self.beta = self.rule_beta(self.max_grad_norm ** 2)
+
+    def rule_beta(self, variance: float) -> float:
+        """β of rule (5) for the per-example gradient variance ``variance`` (≤ C²)."""
+        from .mean import semi_dp_weights
+
+        r = self._rule
+        if r["n_pub"] == 0:
+            return 1.0
+        if r["n_priv"] == 0:
+            return 0.0
+        C = self.max_grad_norm
+        _, b = semi_dp_weights(r["n_priv"], r["n_pub"], self.n_params, epsilon=r["epsilon"], delta=r["delta"],
+                               radius=C, variance=min(max(float(variance), 0.0), C * C))
+        return float(min(1.0, max(0.0, r["n_priv"] * b)))
 
     # ------------------------------------------------------------------ pieces
     def _noise_like(self, p: torch.Tensor, std: float) -> torch.Tensor:
@@ -140,10 +191,17 @@ class SemiDPSGD(torch.optim.Optimizer):
     def public_gradient(self, batch: dict) -> tuple[list[torch.Tensor], dict]:
         """Equation (2): the public batch's mean gradient, per-sample clipped if ``clip_public``."""
         n = batch_size_of(batch)
-        if self.clip_public:
+        if self.clip_public or self.beta_rule == "public":
             grads, loss = self.per_sample(batch)
-            sums, _ = clip_and_sum(grads, self.public_max_grad_norm)
-            return [s / n for s in sums], {"loss_public": float(loss)}
+            C = self.public_max_grad_norm if self.clip_public else math.inf
+            sums, norms = clip_and_sum(grads, C) if self.clip_public else ([g.sum(0) for g in grads],
+                                                                          per_sample_norms_of(grads))
+            stats = {"loss_public": float(loss)}
+            if n >= 2:   # V̂ of the (clipped) per-sample gradients, for beta="public"
+                kept = norms.double() * ((C / (norms.double() + 1e-6)).clamp(max=1.0) if self.clip_public else 1.0)
+                mean_sq = sum(float(s.double().pow(2).sum()) for s in sums) / n
+                stats["public_variance"] = max(float(kept.pow(2).sum()) - mean_sq, 0.0) / (n - 1)
+            return [s / n for s in sums], stats
         params = self.param_groups[0]["params"]
         with torch.enable_grad():
             loss = self.loss_fn(self.model, batch)
@@ -168,18 +226,28 @@ class SemiDPSGD(torch.optim.Optimizer):
         if callable(private_batch) or callable(public_batch):
             raise ValueError("SemiDPSGD.step takes (private_batch, public_batch), not a closure: it computes "
                              "per-sample gradients itself; in fit use method='semi_dp' (not an instance)")
-        beta = self.beta
         stats: dict = {}
         g_priv = g_pub = None
+        if self.beta_rule is not None and self._rule["n_pub"] > 0:
+            if public_batch is None or batch_size_of(public_batch) == 0:
+                raise ValueError(f"beta={self.beta_rule!r} needs a non-empty public_batch")
+            g_pub, s = self.public_gradient(public_batch)
+            stats.update(s)
+            if self.beta_rule == "public":  # rule (5) at this step's public estimate (worst case: C²)
+                self.beta = self.rule_beta(s.get("public_variance", self.max_grad_norm ** 2))
+        beta = self.beta
         if beta > 0:
             g_priv, s = self.private_gradient(private_batch)
             stats.update(s)
-        if beta < 1:
+        if beta < 1 and g_pub is None:
             if public_batch is None or batch_size_of(public_batch) == 0:
                 raise ValueError(f"beta={beta} < 1 needs a non-empty public_batch "
                                  "(use beta=1 for DP-SGD on private data only)")
             g_pub, s = self.public_gradient(public_batch)
             stats.update(s)
+        if beta == 1:
+            g_pub = None
+        stats["beta"] = beta
         for key in ("loss_private", "loss_public"):
             if key in stats and not math.isfinite(stats[key]):
                 raise FloatingPointError(f"{key} is {stats[key]}; training diverged (weights left "
@@ -244,6 +312,14 @@ class SemiDPRunner:
         else:
             pool = self.private_idx
         self.pool = pool
+        self.rule = beta if isinstance(beta, str) else None
+        if self.rule is not None:
+            if self.rule not in BETA_RULES:
+                raise ValueError(f"beta={beta!r} must be a number in [0, 1] or one of {', '.join(BETA_RULES)}")
+            if target_epsilon is None:
+                raise ValueError(f"beta={beta!r} needs target_epsilon= (rule (5) weighs the private data by "
+                                 "the run's ε)")
+            beta = 0.5                                   # both parts are used; the optimizer sets β
         self.beta = check_beta(beta)
         if self.beta < 1 and self.public_idx.size == 0:
             raise ValueError(f"method {mode!r} with beta={beta} needs public examples: public_fraction "
@@ -275,10 +351,14 @@ class SemiDPRunner:
         self.public_batch_size = int(public_batch_size or min(self.batch_size, max(self.public_idx.size, 1)))
         if self.public_batch_size < 1:
             raise ValueError(f"public_batch_size={public_batch_size!r} must be ≥ 1")
+        rule = {} if self.rule is None else dict(n_private=int(self.private_idx.size),
+                                                 n_public=int(self.public_idx.size),
+                                                 epsilon=float(target_epsilon), delta=self.delta)
         self.optimizer = SemiDPSGD(
-            ctx.model, ctx.task.loss, lr=ctx.lr, beta=self.beta, noise_multiplier=self.noise_multiplier,
-            max_grad_norm=max_grad_norm, seed=ctx.seed, clip_public=clip_public,
-            expected_batch_size=self.batch_size, per_sample=per_sample, weight_decay=weight_decay)
+            ctx.model, ctx.task.loss, lr=ctx.lr, beta=self.rule or self.beta,
+            noise_multiplier=self.noise_multiplier, max_grad_norm=max_grad_norm, seed=ctx.seed,
+            clip_public=clip_public, expected_batch_size=self.batch_size, per_sample=per_sample,
+            weight_decay=weight_decay, **rule)
 
     def _private_batch(self) -> dict | None:
         rng = self.ctx.rng
@@ -298,7 +378,7 @@ class SemiDPRunner:
             self.accountant.step(self.noise_multiplier, self.sample_rate)
         passes = int(private is not None) + int(public is not None)
         stats.update(forward_passes=passes, backward_passes=passes,
-                     epsilon=self.accountant.epsilon(self.delta), beta=self.beta,
+                     epsilon=self.accountant.epsilon(self.delta), beta=stats.get("beta", self.beta),
                      noise_multiplier=self.noise_multiplier)
         return stats
 
@@ -312,7 +392,8 @@ def _factory(mode: str):
              weight_decay: float = 0.0):
         if mode == "semi_dp":
             if beta is None:
-                raise ValueError("method 'semi_dp' needs beta= in [0, 1] (the private gradient's weight)")
+                raise ValueError("method 'semi_dp' needs beta= in [0, 1] (the private gradient's weight) "
+                                 f"or one of {', '.join(BETA_RULES)}")
         elif beta is not None:
             raise ValueError(f"method {mode!r} fixes beta; use method 'semi_dp' to choose it")
         else:

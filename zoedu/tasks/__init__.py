@@ -5,7 +5,7 @@ name           kind            what it is
 =============  ==============  ===========================================================
 sentiment      classification  generated reviews: negation, intensifiers, long-tailed lengths
 sst2           classification  GLUE SST-2 through ``datasets`` (online only)
-multidomain    lm              prose, Python code, ROT13 prose, arithmetic — one task each
+multidomain    lm              prose, code, ROT13, arithmetic (+ noise, duplicated, reversed) — one task each
 tabular        tabular         scikit-learn breast cancer or digits, as tensors
 =============  ==============  ===========================================================
 """

@@ -7,7 +7,19 @@ Built offline from text that every Python installation carries:
 * ``code``: Python source code of the standard library;
 * ``rot13``: English prose (a disjoint part of the documentation) enciphered with ROT13 —
   same statistics of word lengths, entirely different tokens;
-* ``arithmetic``: generated sums and products such as ``37 + 48 = 85``.
+* ``arithmetic``: generated sums and products such as ``37 + 48 = 85``;
+* ``noise``: *low-value* — words drawn uniformly at random from the documentation's
+  vocabulary: a high irreducible loss and nothing to learn beyond which words occur;
+* ``duplicated``: *saturating* — the same ``DUPLICATED_PASSAGES`` = 8 passages of English
+  prose (from the part of the documentation ``rot13`` enciphers), repeated; training and
+  validation examples are draws from those 8, so it is learned fast and then has nothing
+  left to teach;
+* ``reversed``: *hard* — English prose (the same part) with every word spelled backwards:
+  fully regular, but in word pieces the tokenizer rarely uses, so it is learned slowly.
+
+The first four are the original mixture; the last three make a mixture whose best fixed
+weights are far from uniform (benchmarks/README.md). Everything is deterministic given
+``seed`` and needs no network.
 
 Each domain is one task for multi-task mixing (PiKE). Examples are chunks of about
 ``chunk_words`` words, truncated to ``max_length`` tokens.
@@ -22,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-DOMAINS = ("prose", "code", "rot13", "arithmetic")
+DOMAINS = ("prose", "code", "rot13", "arithmetic", "noise", "duplicated", "reversed")
+#: the original four-domain mixture (the default of :func:`build`)
+DEFAULT_DOMAINS = ("prose", "code", "rot13", "arithmetic")
+DUPLICATED_PASSAGES = 8
 
 
 def _doc_text() -> str:
@@ -63,16 +78,34 @@ def _chunks(text: str, chunk_words: int) -> list[str]:
     return [" ".join(words[i:i + chunk_words]) for i in range(0, len(words) - chunk_words + 1, chunk_words)]
 
 
+def _noise_chunks(rng: np.random.Generator, n: int, chunk_words: int) -> list[str]:
+    vocab = sorted(set(re.findall(r"\S+", _doc_text().lower())))
+    return [" ".join(vocab[i] for i in rng.integers(0, len(vocab), size=chunk_words)) for _ in range(n)]
+
+
 def domain_chunks(domain: str, n: int, *, chunk_words: int, rng: np.random.Generator) -> list[str]:
-    """``n`` chunks of ``domain`` (chosen at random without replacement, reproducibly)."""
+    """``n`` chunks of ``domain`` (chosen at random without replacement, reproducibly;
+    ``duplicated`` draws with replacement from its few passages, ``noise`` generates them)."""
+    if domain not in DOMAINS:
+        raise ValueError(f"domain={domain!r} is unknown; allowed: {', '.join(DOMAINS)}")
     if domain == "arithmetic":
         return _chunks(_arithmetic_text(rng, n * chunk_words // 5 + 10), chunk_words)[:n]
+    if domain == "noise":
+        return _noise_chunks(rng, n, chunk_words)
     if domain == "code":
         chunks = _chunks(_code_text(), chunk_words)
     else:
         prose = _chunks(_doc_text(), chunk_words)
-        half = len(prose) // 2  # prose and rot13 come from disjoint halves of the docs
-        chunks = prose[:half] if domain == "prose" else [codecs.encode(c, "rot13") for c in prose[half:]]
+        half = len(prose) // 2  # prose comes from one half of the docs; rot13, duplicated, reversed the other
+        if domain == "prose":
+            chunks = prose[:half]
+        elif domain == "rot13":
+            chunks = [codecs.encode(c, "rot13") for c in prose[half:]]
+        elif domain == "reversed":
+            chunks = [" ".join(w[::-1] for w in c.split()) for c in prose[half:]]
+        else:  # duplicated: a few passages, drawn again and again
+            passages = [prose[half + i] for i in rng.choice(len(prose) - half, DUPLICATED_PASSAGES, replace=False)]
+            return [passages[i] for i in rng.integers(0, DUPLICATED_PASSAGES, size=n)]
     if len(chunks) < n:
         raise ValueError(f"domain {domain!r} has only {len(chunks)} chunks of {chunk_words} words; "
                          f"asked for {n}")
@@ -80,16 +113,39 @@ def domain_chunks(domain: str, n: int, *, chunk_words: int, rng: np.random.Gener
     return [chunks[i] for i in pick]
 
 
-def build(tokenizer, *, seed: int = 0, domains=DOMAINS, n_train: int | dict = 400,
-          n_validation: int = 100, chunk_words: int = 48, max_length: int = 64):
-    """The corpus; ``n_train`` is per domain, an int or a ``{domain: count}`` dict."""
+def build(tokenizer, *, seed: int = 0, domains=DEFAULT_DOMAINS, n_train: int | dict = 400,
+          n_validation: int = 100, chunk_words: int = 48, max_length: int = 64, sizes=None):
+    """The corpus of ``domains`` (any of :data:`DOMAINS`; default the original four).
+
+    ``n_train`` (or its alias ``sizes``) is the number of training examples per domain: an
+    int, a ``{domain: count}`` dict, or a sequence with one count per domain.
+    """
     from .base import Task
 
+    if isinstance(domains, str):
+        domains = [d.strip() for d in domains.split(",") if d.strip()]
     domains = tuple(domains)
     unknown = [d for d in domains if d not in DOMAINS]
-    if unknown or len(domains) < 1:
-        raise ValueError(f"domains={domains!r}: allowed domains are {', '.join(DOMAINS)}")
-    counts = n_train if isinstance(n_train, dict) else {d: n_train for d in domains}
+    if unknown or len(domains) < 1 or len(set(domains)) != len(domains):
+        raise ValueError(f"domains={domains!r}: allowed domains are {', '.join(DOMAINS)} (each at most once)")
+    if sizes is not None:
+        if n_train != 400:
+            raise ValueError("give the training sizes once: sizes= or n_train=, not both")
+        n_train = sizes
+    if isinstance(n_train, dict):
+        extra = sorted(set(n_train) - set(domains))
+        if extra:
+            raise ValueError(f"sizes/n_train name domains {extra} that are not in domains={list(domains)}")
+        counts = n_train
+    elif isinstance(n_train, (list, tuple, np.ndarray)):
+        if len(n_train) != len(domains):
+            raise ValueError(f"sizes/n_train={list(n_train)!r} must have one count per domain ({len(domains)})")
+        counts = dict(zip(domains, n_train))
+    else:
+        counts = {d: n_train for d in domains}
+    if any(isinstance(counts.get(d, 0), bool) or not isinstance(counts.get(d, 0), (int, np.integer))
+           for d in domains):
+        raise ValueError(f"sizes/n_train={n_train!r} must be integers")
     if any(counts.get(d, 0) < 1 for d in domains) or n_validation < 1:
         raise ValueError(f"n_train={n_train!r} and n_validation={n_validation} must give every domain ≥ 1 example")
     rng = np.random.default_rng(seed)
@@ -104,4 +160,4 @@ def build(tokenizer, *, seed: int = 0, domains=DOMAINS, n_train: int | dict = 40
         s["label"] = s["domain"]  # per-example bookkeeping; the LM target is the text itself
     return Task("multidomain", "lm", splits, tokenizer=tokenizer, max_length=max_length,
                 domains=domains,
-                description="prose, Python code, ROT13 prose and arithmetic: one LM task per domain")
+                description=f"{', '.join(domains)}: one LM task per domain")
