@@ -195,6 +195,11 @@ DOMAIN_SIZES = {"prose": 600, "code": 600, "rot13": 300, "arithmetic": 150, "noi
                 "duplicated": 300, "reversed": 300}
 #: the benchmark's scenario with a non-uniform best fixed mixture (benchmarks/README.md)
 SCENARIO_DOMAINS = ("prose", "code", "noise", "duplicated", "reversed")
+#: PiKE's settings in these experiments unless ``mixer_options`` says otherwise (the same for
+#: every mixture; benchmarks/README.md): the noise-aware step, statistics averaged across
+#: statistics steps, and Balanced-PiKE's tilt from the free training-batch losses.
+PIKE_DEFAULTS = {"pike": dict(shrink=True, smoothing=0.5),
+                 "balanced-pike": dict(shrink=True, smoothing=0.5, tilt_losses="train")}
 
 
 def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pike", "balanced-pike"), *,
@@ -210,7 +215,9 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
             ``n_train`` (alias ``sizes``), ``n_validation``, ``stats_every``, ``domains``).
         seed: model initialisation and batch order.
         task: a prebuilt multidomain task (skips building it; must match ``max_length``).
-        mixer_options: per mixer name, options for it, e.g. ``{"pike": {"zeta1": 2.0}}``;
+        mixer_options: per mixer name, options for it (over :data:`PIKE_DEFAULTS`), e.g.
+            ``{"pike": {"zeta1": 2.0}}``; ``{"pike": {"shrink": False, "smoothing": 0.0}}`` is
+            Algorithm 1 as published;
             ``"static"`` needs ``{"static": {"weights": [...]}}``.
         domains (in config): the domains (names from ``zoedu.tasks.multidomain.DOMAINS``);
             sizes of domains ``n_train`` does not list come from :data:`DOMAIN_SIZES`.
@@ -248,7 +255,7 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
     initial, _ = load_model("tiny-gpt2", size=cfg["size"], seed=seed)
     for name in mixers:
         model = copy.deepcopy(initial)                      # the same initialisation for every mixer
-        opts = dict(mixer_options.get(name, {}))
+        opts = {**PIKE_DEFAULTS.get(name, {}), **mixer_options.get(name, {})}
         if name in ("pike", "balanced-pike"):
             opts.setdefault("update_every", cfg["stats_every"])
         source = MixedBatchSource(name, stats_every=cfg["stats_every"], **opts)
@@ -363,6 +370,64 @@ def mixture_grid(n_tasks: int) -> list[list[float]]:
     return out
 
 
+def statistics_noise(*, domains=SCENARIO_DOMAINS, warm_steps: int = 100, repeats: int = 8,
+                     draws=(1, 2, 4), seed: int = 0, device: str = "cpu", fast: bool = False,
+                     **config) -> pd.DataFrame:
+    """How noisy is PiKE's score from each estimator? Repeated draws at one frozen model.
+
+    A tiny GPT-2 is trained ``warm_steps`` steps with uniform mixing (the configuration of
+    :func:`pretrain_multidomain`); then, with the parameters frozen, ``repeats`` times per
+    estimator, the statistics are drawn as ``MixedBatchSource`` draws them (``n`` = max(4, b/K)
+    fresh examples per task, grouped estimator) and PiKE's normalised score
+    s_k = (ĝ_k − σ̂_k²/2b)/mean_j ĝ_j is computed from the average of ``draws`` such draws —
+    1 is the published estimator; ``m`` draws is what an exponential average across steps
+    reaches when the parameters move little (``smoothing`` = (m − 1)/(m + 1) has
+    ``n_eff`` = m·n) at m times the statistics' cost.
+
+    Returns one row per (draws, domain): ``score_mean``, ``score_sd``, ``relative_sd``
+    (s.d./|mean|), ``weight_mean`` and ``weight_sd`` (the weights one PiKE update from
+    uniform gives, with the default ζ₁ = ζ₂ = 1 and ``max_log_step`` = 2), and ``backward_passes``
+    (statistics' passes per estimate).
+    """
+    from ..mixing import task_gradient_stats
+    from ..models import load_model
+    from ..train import fit
+
+    cfg = _config(fast, dict(config, domains=domains))
+    task = _task(cfg, seed)
+    model, _ = load_model("tiny-gpt2", size=cfg["size"], seed=seed)
+    if warm_steps:
+        fit(model, task, "adam", steps=warm_steps, lr=cfg["lr"], batch_size=cfg["batch_size"], seed=seed,
+            device=device, eval_every=0, mixer="uniform", track_memory=False, quiet=True)
+    model.eval()
+    K, b = task.n_domains, cfg["batch_size"]
+    n = max(4, b // K)
+    pools = [task.domain_indices("train", k) for k in range(K)]
+    rng = np.random.default_rng([seed, 99])
+    rows = []
+    for m in draws:
+        scores, weights, passes = [], [], 0
+        for _ in range(repeats):
+            sq = np.zeros(K)
+            var = np.zeros(K)
+            for _ in range(m):
+                batches = [task.sample("train", n, rng, indices=p) for p in pools]
+                st = task_gradient_stats(model, task.loss, batches)
+                sq += st.unbiased_sq_norms / m
+                var += st.variances / m
+                passes += st.backward_passes
+            pike = PiKE(K, batch_size=b)
+            scores.append((sq - var / (2 * b)) / max(sq.mean(), 1e-30))
+            weights.append(pike.update(sq, var))
+        scores, weights = np.array(scores), np.array(weights)
+        for k, dom in enumerate(task.domains):
+            mean, sd = float(scores[:, k].mean()), float(scores[:, k].std(ddof=1))
+            rows.append(dict(draws=m, examples=m * n, domain=dom, score_mean=mean, score_sd=sd,
+                             relative_sd=sd / max(abs(mean), 1e-12), weight_mean=float(weights[:, k].mean()),
+                             weight_sd=float(weights[:, k].std(ddof=1)), backward_passes=passes / repeats))
+    return pd.DataFrame(rows)
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary of :func:`pretrain_multidomain` as a plain-text table."""
     cols = [c for c in summary.columns if c.startswith("val/")] + ["val_average", "val_worst", "worst_domain",
@@ -439,6 +504,6 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
-__all__ = ["DOMAIN_SIZES", "MULTIDOMAIN_FAST", "MULTIDOMAIN_FULL", "MULTIDOMAIN_MIXERS", "SCENARIO_DOMAINS",
-           "fixed_mixture_sweep", "mixture_grid", "SYNTHETIC_METHODS", "add_cli",
+__all__ = ["DOMAIN_SIZES", "PIKE_DEFAULTS", "MULTIDOMAIN_FAST", "MULTIDOMAIN_FULL", "MULTIDOMAIN_MIXERS", "SCENARIO_DOMAINS",
+           "fixed_mixture_sweep", "mixture_grid", "statistics_noise", "SYNTHETIC_METHODS", "add_cli",
            "conflict_sweep", "format_summary", "pretrain_multidomain", "synthetic_conflict", "task_directions"]

@@ -140,10 +140,10 @@ def _check_stat(name: str, values, n_tasks: int) -> np.ndarray:
 
 def _check_counts(values, n_tasks: int) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (n_tasks,) or not np.all(np.isfinite(arr)) or np.any(arr < 2) \
-            or np.any(arr != np.round(arr)):
-        raise ValueError(f"n_examples={np.asarray(values).tolist()!r} must be one integer ≥ 2 per task "
-                         f"({n_tasks}): the examples behind each task's statistics")
+    if arr.shape != (n_tasks,) or not np.all(np.isfinite(arr)) or np.any(arr < 2):
+        raise ValueError(f"n_examples={np.asarray(values).tolist()!r} must be one number ≥ 2 per task "
+                         f"({n_tasks}): the examples (or effective examples of an average) behind each "
+                         "task's statistics")
     return arr
 
 

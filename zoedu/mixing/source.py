@@ -8,10 +8,23 @@ timed step) and ``after_step(ctx, step, out)`` (after it). The source
 2. records each domain's mean training loss *of that batch* without an extra forward pass:
    it wraps ``ctx.loss`` so the per-example losses the method computes anyway are split by
    ``batch["domain"]``;
-3. every ``stats_every`` steps draws a fresh batch per task, runs
-   :func:`~zoedu.mixing.task_gradient_stats` and — for PiKE — updates the weights
-   (Algorithm 1's "every T₀ steps") from the unbiased ‖∇L_k‖² estimate ‖ḡ_k‖² − σ̂_k²/n
-   (``TaskGradientStats.unbiased_sq_norms``) and σ̂_k².
+3. every ``stats_every`` steps draws a fresh batch per task and runs
+   :func:`~zoedu.mixing.task_gradient_stats`; PiKE updates its weights every
+   ``update_every`` steps (Algorithm 1's "every T₀ steps") from the unbiased ‖∇L_k‖²
+   estimate ‖ḡ_k‖² − σ̂_k²/n (``TaskGradientStats.unbiased_sq_norms``) and σ̂_k².
+
+Better statistics at no or little cost (``smoothing``, ``tilt_losses``):
+
+* ``smoothing=α`` keeps exponential averages of ĝ_k and σ̂_k² across statistics steps,
+  ``m ← α m + (1 − α) x`` with Adam's bias correction (divide by 1 − α^t), so an update
+  uses every statistics draw since the start, the recent ones most. The average of t
+  draws has the variance of one draw of ``n_eff = n·(Σ w)²/Σ w²`` examples (w the EMA's
+  weights), which is what the noise-aware step is told. ``α = 0`` (the default) is the
+  published one-draw-per-update estimator.
+* ``tilt_losses="train"``: Balanced-PiKE's tilt softmax(τ L) reads an exponential average
+  (factor ``loss_smoothing``) of each domain's loss *on the training batches* — recorded
+  every step from the per-example losses the training step computes anyway, so free —
+  instead of the mean loss of the statistics' few examples (``"stats"``, the default).
 
 Columns added to the History (one per domain ``d``): ``loss/d`` (training loss of the
 step's batch, NaN if the domain was absent), ``count/d`` (its examples in the batch),
@@ -34,6 +47,7 @@ from .pike import BalancedPiKE, PiKE
 from .samplers import Proportional, RandomTask, RoundRobin, Sampler, Static, Uniform
 from .stats import task_gradient_stats
 
+TILT_LOSSES = ("stats", "train")
 MIXERS = ("uniform", "proportional", "static", "round-robin", "random-task", "pike", "balanced-pike")
 
 
@@ -76,17 +90,28 @@ class MixedBatchSource:
         variance: σ² estimator, ``"groups"`` or ``"per-sample"`` (see ``task_gradient_stats``).
         n_groups: groups for the ``"groups"`` estimator.
         require_all: every task in every batch (needs b ≥ K).
+        smoothing: α in [0, 1), exponential averaging of the statistics across statistics
+            steps (module docstring); 0 uses each draw alone.
+        tilt_losses: ``"stats"`` or ``"train"``, the losses behind Balanced-PiKE's tilt.
+        loss_smoothing: averaging factor in [0, 1) of the training-batch losses.
         **mixer_options: passed to the mixer when it is given by name (e.g. ``zeta1``, ``tau``).
     """
 
     def __init__(self, mixer="uniform", *, stats_every: int | None = None,
                  stats_batch_size: int | None = None, variance: str = "groups", n_groups: int = 4,
-                 require_all: bool = False, **mixer_options):
+                 require_all: bool = False, smoothing: float = 0.0, tilt_losses: str = "stats",
+                 loss_smoothing: float = 0.9, **mixer_options):
         if stats_every is not None and (isinstance(stats_every, bool) or not isinstance(stats_every, int)
                                         or stats_every < 1):
             raise ValueError(f"stats_every={stats_every!r} must be None or a positive integer")
         if stats_batch_size is not None and (not isinstance(stats_batch_size, int) or stats_batch_size < 2):
             raise ValueError(f"stats_batch_size={stats_batch_size!r} must be an integer ≥ 2")
+        for name, v in (("smoothing", smoothing), ("loss_smoothing", loss_smoothing)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"{name}={v!r} must be a number in [0, 1) (the weight of the past)")
+        if tilt_losses not in TILT_LOSSES:
+            raise ValueError(f"tilt_losses={tilt_losses!r} is unknown; allowed: {', '.join(TILT_LOSSES)}")
+        self.smoothing, self.tilt_losses, self.loss_smoothing = float(smoothing), tilt_losses, float(loss_smoothing)
         if mixer_options and not isinstance(mixer, str):
             raise ValueError(f"mixer options {sorted(mixer_options)} only apply to a mixer given by name")
         if not isinstance(mixer, (str, Sampler, PiKE)):
@@ -127,6 +152,8 @@ class MixedBatchSource:
         self._task_losses: dict[int, float] = {}
         self._counts = np.zeros(K, dtype=np.int64)
         self._weights = self.mixer.weights
+        self._avg = None                      # EMA state of (ĝ, σ̂², losses), its weight sums
+        self._train_loss = np.full(K, np.nan)  # EMA of the training-batch losses per domain
 
         def loss(batch, _task=task, _ctx=ctx):           # ctx.loss, recording per-domain losses
             losses = _task.example_losses(_ctx.model, batch)
@@ -165,8 +192,28 @@ class MixedBatchSource:
         return [move_batch(self.task.sample("train", n, ctx.rng, indices=pool), ctx.device)
                 for pool in self.pools]
 
+    def _average(self, stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ĝ, σ̂², losses, n_eff): this draw's statistics, or their bias-corrected EMAs."""
+        x = np.stack([stats.unbiased_sq_norms, stats.variances, stats.losses])
+        n = stats.n_examples.astype(np.float64)
+        a = self.smoothing
+        if a == 0:
+            return x[0], x[1], x[2], n
+        if self._avg is None:
+            self._avg = [np.zeros_like(x), 0.0, 0.0]
+        m, s1, s2 = self._avg
+        m = a * m + (1 - a) * x
+        s1, s2 = a * s1 + (1 - a), a * a * s2 + (1 - a) ** 2
+        self._avg = [m, s1, s2]
+        est = m / s1
+        return est[0], est[1], est[2], n * s1 * s1 / s2
+
     def after_step(self, ctx, step: int, out: dict) -> None:
         """Add the per-domain columns; every ``stats_every`` steps the statistics (and PiKE's update)."""
+        b = self.loss_smoothing
+        for k, v in self._task_losses.items():
+            old = self._train_loss[k]
+            self._train_loss[k] = v if not np.isfinite(old) else b * old + (1 - b) * v
         for k, name in enumerate(self.names):
             out[f"loss/{name}"] = self._task_losses.get(k, float("nan"))
             out[f"count/{name}"] = int(self._counts[k])
@@ -181,11 +228,15 @@ class MixedBatchSource:
             # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks.
             # the example counts only where the noise-aware step uses them, so a subclass that
             # overrides update(sq_norms, variances[, losses]) keeps working
-            extra = {"n_examples": stats.n_examples} if getattr(self.mixer, "shrink", False) else {}
-            if isinstance(self.mixer, BalancedPiKE):
-                self.mixer.update(stats.unbiased_sq_norms, stats.variances, stats.losses, **extra)
-            elif isinstance(self.mixer, PiKE):
-                self.mixer.update(stats.unbiased_sq_norms, stats.variances, **extra)
+            sq, var, losses, n_eff = self._average(stats)
+            if self.tilt_losses == "train" and np.all(np.isfinite(self._train_loss)):
+                losses = self._train_loss.copy()
+            extra = {"n_examples": n_eff} if getattr(self.mixer, "shrink", False) else {}
+            if isinstance(self.mixer, PiKE) and step % self.mixer.update_every == 0:
+                if isinstance(self.mixer, BalancedPiKE):
+                    self.mixer.update(sq, var, losses, **extra)
+                else:
+                    self.mixer.update(sq, var, **extra)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - t0
