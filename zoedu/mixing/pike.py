@@ -1,113 +1,64 @@
 r"""PiKE and Balanced-PiKE: adaptive mixing weights from per-task gradient norms and variances.
 
 Li, Deng, Zhong, Razaviyayn, Mirrokni, "PiKE: Adaptive Data Mixing for Large-Scale
-Multi-Task Learning Under Low Gradient Conflicts", NeurIPS 2025 (Sec. 3, Algorithm 1 for
-PiKE; Sec. 4 for the fair, tilted variant).
+Multi-Task Learning Under Low Gradient Conflicts", NeurIPS 2025 (Sec. 3 and Algorithm 1
+for PiKE; Sec. 4 for Balanced-PiKE). Measurements: benchmarks/README.md, "PiKE and data mixing".
 
-The derivation — the lesson
----------------------------
-Train on the average loss L = (1/K) Σ_k L_k with SGD on a mixed batch: b_k examples of
-task k (Σ_k b_k = b, weights w_k = b_k/b), step x⁺ = x − η g with
-g = (1/b) Σ_k Σ_{i∈B_k} ∇ℓ_{k,i}, so E[g] = Σ_k w_k ∇L_k and the noise of g has trace
-Σ_k b_k σ_k² / b². For an ℓ-smooth L the one-step descent bound is
+Setting. K tasks with losses L_k; one SGD step on a mixed batch of b examples, b_k = w_k·b
+of task k (w ∈ Δ_K), x⁺ = x − η g, E[g] = Σ_k w_k ∇L_k. For an ℓ-smooth L = (1/K)Σ_k L_k
+and *low gradient conflict* (⟨∇L_j, ∇L_k⟩ ≥ 0 for j ≠ k, dropped from the bound) the
+guaranteed one-step decrease is, up to a factor and a term quadratic in w,
 
-    E[L(x⁺)] ≤ L(x) − η ⟨∇L, E g⟩ + (ℓη²/2) E‖g‖².
+    Σ_k w_k [ ‖∇L_k‖² − (ℓη / 2b) σ_k² ],      σ_k² = E‖∇ℓ_{k,i} − ∇L_k‖².
 
-*Low gradient conflict* — the paper's observation that task gradients in large-scale
-mixing have cosines ≥ 0 and mostly near 0 — lets the cross terms ⟨∇L_j, ∇L_k⟩ (j ≠ k)
-be dropped (they only help when ≥ 0), so the guaranteed decrease is, per unit of K,
+Algorithm 1 maximises it online by mirror ascent with a KL proximal term; every
+T₀ = ``update_every`` steps, from fresh statistics,
 
-    Σ_k w_k [ ‖∇L_k‖²  −  (ℓη/2b) σ_k² ]  −  (ℓη/2) Σ_k w_k² ‖∇L_k‖².
+    (1)  w_k ← w_k · exp( ζ₁ ‖∇L_k‖² − (ζ₂ / 2b) σ_k² ),   then normalise,
 
-The conceptual problem is to choose w on the simplex Δ_K that maximises this decrease.
-Its linear part rewards tasks with a large gradient (much to learn) and penalises tasks
-with noisy per-example gradients (each example tells little). PiKE solves it online by
-mirror ascent with a KL proximal term,
+with ζ₁ = ζ and ζ₂ = ζℓη. Balanced-PiKE replaces L by the tilted loss
+L_τ = (1/τ) log Σ_k exp(τ L_k), whose gradient is Σ_k p_k ∇L_k with p = softmax(τ L), so
 
-    w⁺ = argmax_{w∈Δ} Σ_k w_k c_k − (1/ζ) KL(w ‖ w_old),   c_k = ‖∇L_k‖² − (ℓη/2b) σ_k²,
+    (2)  w_k ← w_k · exp( ζ₁ K p_k ‖∇L_k‖² − (ζ₂ / 2b) σ_k² ):
 
-whose KKT conditions c_k − (1/ζ)(log(w_k/w_old,k) + 1) − λ = 0 give the closed form
+PiKE as τ → 0, the worst task's term dominating as τ grows.
 
-    w_k ← w_k · exp(ζ₁ ‖∇L_k‖² − (ζ₂ / 2b) σ_k²),   then normalise,     (ζ₁ = ζ, ζ₂ = ζℓη)
+What this implementation adds to (1)–(2), each a documented option:
 
-applied every T₀ = ``update_every`` steps with fresh per-task statistics
-(:func:`zoedu.mixing.task_gradient_stats`). ‖∇L_k‖² must be estimated without bias: the
-plug-in ‖ḡ_k‖² of n examples is inflated by σ_k²/n — for small n far more than the σ_k²/2b
-penalty — and would push weight toward the *noisiest* task; ``fit``'s batch source passes
-``TaskGradientStats.unbiased_sq_norms`` = ‖ḡ_k‖² − σ̂_k²/n. The proximal term keeps the weights from
-jumping to a vertex on one noisy estimate; ``min_weight`` keeps every task sampled.
+* Unbiased input. ‖∇L_k‖² must be estimated without bias: the plug-in ‖ḡ_k‖² from n
+  examples is inflated by σ_k²/n. Callers pass ‖ḡ_k‖² − σ̂_k²/n
+  (``TaskGradientStats.unbiased_sq_norms``); the batch source in ``fit`` does.
+* Scale (``normalize=True``). Both statistics are divided by m = (1/K)Σ_j ‖∇L_j‖² (the same
+  as ζ/m), so ζ₁ = ζ₂ = 1 need no tuning across models and training phases.
+* Bounded steps (``max_log_step``, default 2). The exponent is centred on its weighted mean
+  and clipped to ±``max_log_step`` per update; ``None`` is (1) exactly.
+* Floor (``min_weight``, default 0.1/K) after every update, so every task stays sampled.
+* Noise-aware steps (``shrink=True``; off by default). With s_k the score in (1) after
+  scaling, a_k = ζ₁·gain_k, c = ζ₂/2b, n = n_k examples, Gaussian per-example noise:
 
-Scale. ‖∇L_k‖² changes by orders of magnitude between models and over training, so a
-fixed ζ would be either inert or explosive. With ``normalize=True`` (the default) both
-statistics are divided by the mean of the squared norms, m = (1/K) Σ_j ‖∇L_j‖², before the
-update — the same as using ζ/m; it leaves the argmax and the ranking of tasks unchanged and
-makes the defaults ζ₁ = ζ₂ = 1 work without tuning on the notebooks' problems.
+      (3)  SE_k² = [ a_k² (4 ĝ_k σ̂_k² + 2 σ̂_k⁴/n)/n + (a_k/n + c)² · 2 σ̂_k⁴/(n − 1) ] / m²,
 
-Bounded steps. The exponent is centred on its weighted mean (which the normalisation ignores
-anyway) and each log-weight moves by at most ``max_log_step`` = 2 per update (a factor e² ≈ 7.4),
-so one noisy estimate — a task's ‖ḡ_k‖² from four examples can jump several-fold between two
-draws — cannot send the mixture to a vertex in one update. It changes the synthetic sweep's
-table little (benchmarks/README.md); a bound of 1 binds there and makes PiKE lose to uniform
-mixing at orthogonal conflict.
+  an upper bound (equality for noise along one direction). After t updates a task's
+  log-weight has moved by A_k = Σ_t step_{k,t} relative to the tasks' mean, with noise
+  variance V_k = Σ_t Var(step_{k,t}), Var(s_k − mean_j s_j) = SE_k²(1 − 2/K) + Σ_j SE_j²/K²
+  (capped at (2·``max_log_step``·(K − 1)/K)² for clipped steps). The weights used shrink
+  Algorithm 1's accumulated displacement D_k = log w_k^raw − log w⁰_k (centred) by its
+  evidence, positive-part James–Stein style,
 
-Noise-aware steps (``shrink=True``; off by default, which is the published Algorithm 1). Each score
-s_k = (a_k ‖∇L_k‖² − c σ_k²)/m (a_k = ζ₁·gain_k, c = ζ₂/2b) is an *estimate*, and from a few
-examples per task a noisy one. Its standard error follows from the same statistics. With
-n = n_k examples, ḡ = ∇L_k + ε, Cov ε = Σ/n, tr Σ = σ_k², and Gaussian per-example noise,
+      (4)  log w_k = log w⁰_k + max(0, 1 − V_k / A_k²) · D_k,   then normalise and floor.
 
-    ‖ḡ‖² = ‖∇L‖² + 2⟨∇L, ε⟩ + ‖ε‖²  ⇒  Var ‖ḡ‖² = 4 ∇Lᵀ Σ ∇L / n + 2 tr(Σ²) / n²
-                                                ≤ (4 ‖∇L‖² σ² + 2 σ⁴ / n) / n,
+  ``raw_weights`` runs (1) unchanged; with noise-free statistics (σ̂ = 0, or no
+  ``n_examples``) the weights are (1)'s. When the statistics are averages over several
+  draws (``MixedBatchSource(smoothing=…)``) ``n_examples`` is their effective count;
+  successive averages overlap, so V_k then counts their noise as independent and shrinks
+  less than an exact accounting would.
 
-(equality when the noise lies along one direction, as in the synthetic problem), and the
-variance estimate (n − 1 degrees of freedom; the grouped estimator with G = n groups is the same)
-has Var σ̂² = 2 tr(Σ²)/(n − 1) ≤ 2σ⁴/(n − 1), independent of ḡ for Gaussian noise. The score
-uses ‖∇L‖² ≈ ‖ḡ‖² − σ̂²/n, so s = a‖ḡ‖² − (a/n + c)σ̂² (over m) and
-
-    SE_k² = [ a_k² (4 ĝ_k σ̂_k² + 2 σ̂_k⁴/n_k)/n_k  +  (a_k/n_k + c)² · 2 σ̂_k⁴/(n_k − 1) ] / m²
-
-with the plug-ins ĝ_k (unbiased ‖∇L_k‖²) and σ̂_k². The bound is conservative for noise spread
-over many directions.
-
-PiKE's multiplicative updates average the scores over updates: after t updates a task's
-log-weight has moved by A_k = Σ_t step_{k,t} (the clipped steps, relative to the tasks' mean,
-before the floor), whose noise variance is V_k = Σ_t Var(step_{k,t}), with
-Var(s_k − (1/K)Σ_j s_j) = SE_k²(1 − 2/K) + Σ_j SE_j²/K² (at most (2·``max_log_step``·(K − 1)/K)²:
-a step clipped to ±``max_log_step`` lies within ±2·``max_log_step``·(K − 1)/K of the tasks' mean), while a real, lasting difference grows like t.
-So the weights PiKE *uses* shrink Algorithm 1's accumulated displacement D_k = log w_k^raw − log w⁰_k
-(centred on its mean over tasks) toward the initial weights by the evidence for it,
-positive-part James–Stein style,
-
-    log w_k = log w⁰_k + max(0, 1 − V_k / A_k²) · D_k,     then normalise and floor.
-
-A move no larger than its noise (|A_k| ≤ √V_k) is undone; a clear one (|A_k| ≫ √V_k) is kept
-almost entirely. The unshrunk iterate (``raw_weights``) runs exactly as before, so with
-noise-free statistics (σ̂ = 0, or ``n_examples`` not given — then the noise is unknown and
-nothing is shrunk) the weights are exactly Algorithm 1's. A test on a single update would be
-too strict: one update's SE is often as large as the score difference, but a real difference
-accumulates over updates while noise only grows like √t.
-
-Measured (benchmarks/README.md): on the synthetic sweep the statistics from 8 examples per
-task are *not* clear either — the raw weights swing between the floor and the top from one
-update to the next — so the shrunk PiKE stays at the initial (uniform) weights and ends level
-with uniform mixing instead of slightly ahead of it.
-
-Caveat: the bound is for SGD. Under Adam, which rescales every coordinate, an example's value
-is not ∝ ‖∇L_k‖²: on ``multidomain`` (tiny GPT-2, 200 Adam steps) arithmetic has the largest,
-cleanest gradient, Algorithm 1 (``shrink=False``) feeds it, and the average loss is worse than
-uniform mixing's on every seed measured, and uniform is the best or nearly the best fixed
-mixture there (benchmarks/README.md, "Why PiKE loses to uniform here"). Its statistics from a few
-examples per task are also noisy enough to starve a domain after a few updates. With the
-noise-aware step (``shrink=True``) no move there exceeds its noise: PiKE keeps the uniform weights
-and ties uniform mixing on every seed (4.911 mean average loss for both, seeds 0–2).
-
-Balanced-PiKE. To protect the worst task the objective becomes the tilted loss
-L_τ = (1/τ) log Σ_k exp(τ L_k): the average (plus a constant) as τ → 0, the maximum as
-τ → ∞. Its gradient is Σ_k p_k ∇L_k with p = softmax(τ L), so the same bound weights each
-task's decrease by K·p_k:
-
-    w_k ← w_k · exp(ζ₁ K p_k ‖∇L_k‖² − (ζ₂ / 2b) σ_k²).
-
-At τ → 0, K p_k = 1 and this is PiKE; at large τ the worst task's term dominates.
+Contract. ``update(sq_norms, variances[, losses][, n_examples])`` takes one non-negative,
+finite entry per task (a ValueError otherwise) and returns the new weights; ``weights`` is
+always on the simplex with every entry ≥ ``min_weight``; ``counts(b)`` / ``batch_sizes(b)``
+turn them into integers summing to b (:func:`zoedu.mixing.apportion`). The bound behind
+(1) is for SGD; under Adam, which rescales coordinates, a large ‖∇L_k‖² need not buy a
+proportional decrease.
 """
 
 from __future__ import annotations

@@ -121,6 +121,7 @@ class MixedBatchSource:
         self.variance, self.n_groups, self.require_all = variance, n_groups, require_all
         self.mixer = None
         self.task = None
+        self._avg = None
 
     # ------------------------------------------------------------------ binding
     def bind(self, ctx) -> MixedBatchSource:

@@ -1,0 +1,108 @@
+"""PiKE's better statistics: averages across statistics steps, the training-loss tilt, the noise experiment."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from zoedu.mixing import BalancedPiKE, MixedBatchSource, PiKE
+
+
+class Recording(BalancedPiKE):
+    """Balanced-PiKE that records what it is given."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen = []
+
+    def update(self, sq_norms, variances, losses=None, n_examples=None):
+        self.seen.append((np.array(sq_norms), np.array(variances), np.array(losses),
+                          None if n_examples is None else np.array(n_examples)))
+        return super().update(sq_norms, variances, losses, n_examples)
+
+
+@pytest.fixture(scope="module")
+def corpus(tokenizer):
+    from zoedu.tasks import load_task
+
+    return load_task("multidomain", tokenizer=tokenizer, domains=("prose", "noise", "duplicated"),
+                     sizes=[10, 10, 10], n_validation=2, max_length=16)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    from zoedu.models import load_model
+
+    return load_model("tiny-gpt2", size="1m", seed=0)[0]
+
+
+def run(gpt2, corpus, source, steps=6):
+    from zoedu.train import fit
+
+    return fit(copy.deepcopy(gpt2), corpus, "adam", steps=steps, lr=3e-3, batch_size=6, quiet=True,
+               track_memory=False, device="cpu", eval_every=0, mixer=source)
+
+
+def test_smoothing_is_the_bias_corrected_average_of_the_draws(gpt2, corpus):
+    plain = Recording(3, update_every=1, shrink=True)
+    run(gpt2, corpus, MixedBatchSource(plain, stats_every=1, n_groups=2), steps=3)
+    avg = Recording(3, update_every=1, shrink=True)
+    run(gpt2, corpus, MixedBatchSource(avg, stats_every=1, n_groups=2, smoothing=0.5), steps=1)
+    # the first update: the average of one draw is the draw itself, n_eff = n
+    np.testing.assert_allclose(avg.seen[0][0], plain.seen[0][0])
+    np.testing.assert_allclose(avg.seen[0][3], plain.seen[0][3])
+    # by hand: two draws x1, x2 → (0.25 x1 + 0.5 x2)/0.75, n_eff = n·0.75²/(0.0625 + 0.25)
+    src = MixedBatchSource("uniform", smoothing=0.5)
+
+    class S:
+        def __init__(self, g, v, l):
+            self.unbiased_sq_norms, self.variances, self.losses = np.array(g), np.array(v), np.array(l)
+            self.n_examples = np.array([4, 4])
+
+    src._average(S([1.0, 2.0], [4.0, 4.0], [3.0, 1.0]))
+    g, v, l, n = src._average(S([3.0, 0.0], [0.0, 8.0], [1.0, 1.0]))
+    np.testing.assert_allclose(g, [(0.25 * 1 + 0.5 * 3) / 0.75, (0.25 * 2) / 0.75])
+    np.testing.assert_allclose(v, [(0.25 * 4) / 0.75, (0.25 * 4 + 0.5 * 8) / 0.75])
+    np.testing.assert_allclose(n, 4 * 0.75 ** 2 / (0.0625 + 0.25))
+
+
+def test_updates_every_update_every_and_tilt_from_training_losses(gpt2, corpus):
+    pike = Recording(3, update_every=4, tau=1.0)
+    h = run(gpt2, corpus, MixedBatchSource(pike, stats_every=2, n_groups=2, tilt_losses="train",
+                                           loss_smoothing=0.5), steps=8)
+    assert len(pike.seen) == 2                               # statistics at 2, 4, 6, 8; updates at 4, 8
+    assert (h["mixer_backward_passes"] > 0).sum() == 4
+    # the tilt's losses are the averaged training-batch losses, not the statistics' batch losses
+    train = h[[f"loss/{d}" for d in corpus.domains]].to_numpy()
+    ema = np.full(3, np.nan)
+    for row in train[:4]:
+        for k, x in enumerate(row):
+            if np.isfinite(x):
+                ema[k] = x if not np.isfinite(ema[k]) else 0.5 * ema[k] + 0.5 * x
+    np.testing.assert_allclose(pike.seen[0][2], ema)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(smoothing=1.0), "smoothing"), (dict(smoothing=-0.1), "smoothing"),
+    (dict(loss_smoothing=2), "loss_smoothing"), (dict(tilt_losses="eval"), "tilt_losses.*allowed"),
+])
+def test_bad_estimator_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MixedBatchSource("pike", **kwargs)
+
+
+def test_effective_counts_may_be_fractional_but_not_below_two():
+    p = PiKE(2, shrink=True)
+    p.update([1.0, 2.0], [1.0, 1.0], n_examples=[7.2, 7.2])
+    with pytest.raises(ValueError, match="n_examples"):
+        p.update([1.0, 2.0], [1.0, 1.0], n_examples=[1.5, 7.2])
+
+
+def test_averaging_draws_makes_the_score_less_noisy():
+    from zoedu.experiments.mixing import statistics_noise
+
+    df = statistics_noise(fast=True, domains=("prose", "noise", "duplicated"), warm_steps=2, repeats=4,
+                          draws=(1, 4), sizes=[12, 12, 12], n_validation=2)
+    sd = df.pivot(index="domain", columns="draws", values="score_sd")
+    assert (sd[4] < sd[1]).mean() >= 2 / 3                     # 4 draws: about half the s.d.
+    assert set(df.columns) >= {"relative_sd", "weight_mean", "weight_sd", "backward_passes"}
