@@ -123,7 +123,7 @@ def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None
     b = _batch(batch, seq, device)
     closure = lambda: _loss(model, b)  # noqa: E731
     threads = sorted({1, torch.get_num_threads()})
-    mezo = {w: MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=w) for w in threads}  # default: exact in fp32
+    mezo = {w: MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=w, exact_restore=True) for w in threads}
     inexact = MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=threads[-1], exact_restore=False)
     ref = ReferenceMeZO(model.parameters(), lr=1e-7)
     rows = embedding_rows(model, b)  # the input-embedding rows this batch reads (fit's default)
@@ -160,6 +160,40 @@ def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None
                   f"speed-up over the paper's loop {med['reference'] / v:.2f}×")
     print(f"  reference (paper's loop): {med['reference'] * 1e3:.0f} ms = {med['reference'] / med['forward']:.2f} × forward")
     return med
+
+
+def bench_directions(size="25m", batch=8, seq=128, rounds=5, steps=3):
+    """Plain MeZO (the default path) with gaussian vs Rademacher directions: steps per CPU-second
+    on tiny-opt ``size`` and on the bundled MiniLM, in interleaved rounds of ``steps`` steps."""
+    rows = {}
+    for name in (f"tiny-opt {size}", "minilm"):
+        if name == "minilm":
+            model, _ = load_model("minilm", num_labels=2, seed=0)
+            model.eval()
+        else:
+            model = _opt_model(size)
+        b = _batch(batch, seq)
+        closure = lambda: _loss(model, b)  # noqa: E731
+        opts = {kind: MeZO(model.parameters(), lr=1e-7, eps=1e-3, directions=kind)
+                for kind in ("gaussian", "rademacher")}
+        cpu = {kind: [] for kind in opts}
+        with torch.no_grad():
+            for opt in opts.values():
+                opt.step(closure)  # warm-up
+            for _ in range(rounds):
+                for kind, opt in opts.items():
+                    t0 = time.process_time()
+                    for _ in range(steps):
+                        opt.step(closure)
+                    cpu[kind].append((time.process_time() - t0) / steps)
+        med = {kind: statistics.median(v) for kind, v in cpu.items()}
+        rows[name] = med
+        print(f"\n[directions] {name}, batch {batch}×{seq}, median of {rounds} interleaved rounds of {steps} steps; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        for kind, v in med.items():
+            print(f"  {kind:10s}: {1 / v:.2f} steps per CPU-second ({v * 1e3:.0f} ms CPU per step)")
+        print(f"  rademacher / gaussian: {med['gaussian'] / med['rademacher']:.2f}× the steps per CPU-second")
+    return rows
 
 
 def bench_passes(size="25m", batch=8, seq=128, rounds=5):
@@ -412,7 +446,8 @@ def bench_minilm_step_times(rounds=3, steps=10, max_length=64, n_train=1000, see
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", nargs="*", default=["all"],
-                        choices=["speed", "passes", "memory", "drift", "minilm", "minilm-steps", "all"])
+                        choices=["speed", "passes", "directions", "memory", "drift", "minilm", "minilm-steps",
+                                 "all"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--size", default="25m")
@@ -434,6 +469,8 @@ def main(argv=None):
         bench_speed(args.size, args.batch, args.seq, device=args.device, dtype=args.dtype)
     if "passes" in what:
         bench_passes(args.size, args.batch, args.seq)
+    if "directions" in what:
+        bench_directions(args.size, args.batch, args.seq)
     if "memory" in what:
         bench_memory(args.size, args.batch, args.seq, device=args.device, dtype=args.dtype)
     if "drift" in what:

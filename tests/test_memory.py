@@ -415,3 +415,10 @@ def test_estimate_counts_mezo_exact_restoration_when_asked():
     half = dict(kw, dtype="bfloat16")
     assert estimate("tiny-opt", "mezo", **half).total == estimate("tiny-opt", "mezo", exact_restore=False, **half).total
     assert estimate("tiny-opt", "mezo", exact_restore=True, **half).total > estimate("tiny-opt", "mezo", **half).total
+
+
+def test_memory_chunk_is_the_optimizers_chunk():
+    from zoedu.memory import ZO_CHUNK
+    from zoedu.optim import CHUNK
+
+    assert ZO_CHUNK == CHUNK

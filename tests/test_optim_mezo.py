@@ -144,6 +144,55 @@ def test_directions_do_not_depend_on_thread_count():
     assert abs(float(torch.cat([t.flatten() for t in a]).std()) - 1) < 0.05
 
 
+def rademacher_and_gaussian_samples(n=2000):
+    """g z over n seeds for each kind of direction, and the true gradient."""
+    out = {}
+    for kind in ("gaussian", "rademacher"):
+        q = Quadratic()
+        opt = MeZO(q.parameters(), lr=0.0, eps=1e-4, chunk=4, directions=kind)
+        samples = []
+        for t in range(n):
+            opt.step(q)
+            z = direction([q.theta], direction_seed(0, t), chunk=4, directions=kind)[0]
+            samples.append(opt.last_projected_grad * z)
+        out[kind] = torch.stack(samples)
+    q = Quadratic()
+    q().backward()
+    return out, q.theta.grad.detach()
+
+
+def test_rademacher_directions_are_unbiased_with_a_smaller_variance():
+    """E[g z] = ∇L (autograd) for ±1 directions too; per coordinate Var = ‖a‖² − aᵢ² against the
+    gaussian's ‖a‖² + aᵢ², so the total variance ratio is (d − 1)/(d + 1) (5/7 here)."""
+    samples, grad = rademacher_and_gaussian_samples()
+    n = samples["rademacher"].shape[0]
+    z = direction([torch.zeros(6, dtype=torch.float64)], 3, chunk=4, directions="rademacher")[0]
+    assert set(z.tolist()) <= {-1.0, 1.0}
+    for kind, s in samples.items():
+        mean, sem = s.mean(0), s.std(0) / math.sqrt(n)
+        assert ((mean - grad).abs() < 4 * sem).all(), (kind, mean, grad)
+    var = {kind: float(s.var(0).sum()) for kind, s in samples.items()}
+    a2 = float(grad.square().sum())
+    assert var["rademacher"] / var["gaussian"] == pytest.approx(5 / 7, abs=0.12)
+    assert var["rademacher"] == pytest.approx(5 * a2, rel=0.15) and var["gaussian"] == pytest.approx(7 * a2, rel=0.15)
+
+
+def test_rademacher_run_replays_bit_for_bit():
+    x, y = mlp_data()
+    model = mlp()
+    base = snapshot(model)
+    opt = MeZO(model.parameters(), lr=1e-2, weight_decay=0.1, directions="rademacher", seed=7)
+    for _ in range(6):
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+    log = opt.trajectory()
+    assert log["directions"] == "rademacher"
+    rebuilt = [b.clone() for b in base]
+    replay(rebuilt, log)
+    assert same(rebuilt, snapshot(model))
+    with pytest.raises(ValueError, match="directions.*gaussian, rademacher"):
+        MeZO(model.parameters(), lr=1e-3, directions="uniform")
+
+
 # --------------------------------------------------------------------------- the plain path
 def test_the_default_step_is_mezo_step_bit_for_bit():
     """MeZO's plain configuration runs Algorithm 1 as :func:`mezo_step` prints it."""

@@ -107,6 +107,8 @@ def test_fused_is_refused_with_a_reason_and_auto_stays_on_torch_on_cpu():
         MeZO(model.parameters(), lr=1e-3, estimator="adam", exact_restore=False, fused=True).step(loss)
     with pytest.raises(ValueError, match="fused="):
         MeZO(model.parameters(), lr=1e-3, fused="yes")
+    with pytest.raises(ValueError, match="directions='rademacher'"):  # the kernels draw gaussian z
+        MeZO(model.parameters(), lr=1e-3, directions="rademacher", fused=True).step(loss)
     auto = MeZO(model.parameters(), lr=1e-3, exact_restore=False)  # CPU tensors: the torch path
     auto.step(loss)
     assert auto.trajectory()["fused"].tolist() == [False]

@@ -41,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_figure(args) -> None:
+    """A subcommand that leaves ``args.figure = (kind, data, title)`` gets it drawn (zoedu.viz)
+    and written to ``args.html``: experiments return data, only the top layer draws."""
+    figure = getattr(args, "figure", None)
+    if figure is None or not getattr(args, "html", None):
+        return
+    kind, data, title = figure
+    if kind != "convergence":
+        raise ValueError(f"figure kind {kind!r} is unknown; allowed: convergence")
+    from .viz.optim import convergence_figure
+
+    convergence_figure(data, title=title).write_html(args.html, include_plotlyjs=True)
+    print(f"wrote {args.html}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        write_figure(args)
+        return code
     except (ValueError, FileNotFoundError) as err:
         print(f"zoedu {args.command}: error: {err}", file=sys.stderr)
         return 2

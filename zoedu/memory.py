@@ -455,13 +455,9 @@ METHODS = ("inference", "adam", "sgd", "ipsgd", "mezo", "addax")
 EXACT_RESTORE_BYTES = 0.3
 
 
-def _zo_chunk() -> int:
-    """Elements per random stream of ``zoedu.optim``'s CPU perturbation passes (MeZO, Addax)."""
-    try:
-        from .optim._perturb import CHUNK
-    except ImportError:  # pragma: no cover - the optimizers are part of the package
-        return 1 << 15
-    return int(CHUNK)
+#: Elements per random stream of the zeroth-order CPU passes, ``zoedu.optim.CHUNK`` (the
+#: optimizers import memory, not the other way; a test checks that the two agree).
+ZO_CHUNK = 1 << 15
 
 #: Architecture numbers of the models :func:`estimate` knows offline:
 #: (family, hidden, layers, heads, kv_heads, ffn, vocab, max_positions).
@@ -684,7 +680,7 @@ def _activation_bytes(a: _Arch, batch: int, seq: int, e: int, *, training: bool)
 def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, num_labels: int | None = None,
              size: str = "5m", device: str = "cuda", mixed_precision: bool = False, k0: int | None = None,
              k1: int | None = None, length_threshold: int | None = None,
-             exact_restore: bool = False, sparse_embedding: bool = True) -> Footprint:
+             exact_restore: bool = False, sparse_embedding: bool = True, chunk: int = ZO_CHUNK) -> Footprint:
     """The peak memory of one training step of ``method``, on paper (a :class:`Footprint`).
 
     Args:
@@ -710,6 +706,7 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
             works in place) run in ``dtype``.
         exact_restore: MeZO's bit-exact restoration (``zoedu.optim.MeZO``'s argument, off by
             default): adds :data:`EXACT_RESTORE_BYTES` per perturbed weight.
+        chunk: elements per random stream of the CPU passes (the optimizers' ``chunk``).
         sparse_embedding: MeZO in ``fit`` perturbs only the input-embedding rows a batch
             reads when the embedding is not tied to an LM head (``fit``'s default): at most
             ``batch_size × seq_len`` rows of it count as perturbed.
@@ -746,7 +743,7 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     * ``mezo`` (MeZO Algorithm 1): inference memory; the random direction ``z`` is
       regenerated from its seed, never stored: ``zoedu.optim`` draws it into two scratch
       slots per stream (on CUDA a stream is a parameter, on CPU a chunk of
-      ``zoedu.optim.CHUNK`` elements per worker thread); the peak is the larger of the
+      ``chunk`` elements per worker thread); the peak is the larger of the
       forward pass and those slots. With exact restoration (``exact_restore=True``) the
       lists of the weights whose round trip misses live through the forwards:
       :data:`EXACT_RESTORE_BYTES` per weight (data-dependent; see ``zoedu.optim.exact``).
@@ -805,8 +802,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
                           other=f.other + int(EXACT_RESTORE_BYTES * perturbed))
         if device == "cuda":  # one stream per parameter, two scratch slots
             z = 2 * a.largest * w
-        else:  # streams of _ZO_CHUNK elements, two slots per worker thread
-            z = 2 * min(a.largest, _zo_chunk()) * w * torch.get_num_threads()
+        else:  # streams of `chunk` elements, two slots per worker thread
+            z = 2 * min(a.largest, int(chunk)) * w * torch.get_num_threads()
         if z > f.activations:
             return Footprint(params=f.params, other=f.other + z)
         return f

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,110 +35,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .loop import FirstOrderRunner, FitContext, ZerothOrderRunner, check_loss  # noqa: F401 (re-exported)
 from .models import resolve_device
-from .tasks import Task, move_batch
+from .tasks import Task
 
 History = pd.DataFrame
 """A History is a pandas DataFrame, one row per step (see :func:`fit`)."""
 
 MethodFactory = Callable[..., Any]
 _USER_METHODS: dict[str, MethodFactory] = {}
-
-
-# --------------------------------------------------------------------------- context
-@dataclass
-class FitContext:
-    """What a method needs from the loop: the model, the task, the batches and the loss."""
-
-    model: nn.Module
-    task: Task
-    lr: float
-    batch_size: int
-    seed: int
-    device: torch.device
-    rng: np.random.Generator = field(repr=False)
-    batch_source: Any = field(default=None, repr=False)
-    steps: int | None = None
-    parallel: Any = field(default=None, repr=False)  # a zoedu.distributed.Parallel, or None
-
-    def params(self) -> list[nn.Parameter]:
-        """The trainable parameters, in registration order (tied weights once)."""
-        seen, out = set(), []
-        for p in self.model.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-        return out
-
-    def sample(self, batch_size: int | None = None, *, split: str = "train",
-               indices: np.ndarray | None = None) -> dict:
-        """A batch on the device: from the batch source, or from ``indices`` if given."""
-        if indices is None and batch_size is None and self.batch_source is not None:
-            batch = self.batch_source.next_batch(self)
-        else:
-            batch = self.task.sample(split, batch_size or self.batch_size, self.rng, indices=indices)
-        return move_batch(batch, self.device)
-
-    def loss(self, batch: dict) -> torch.Tensor:
-        """The training objective on ``batch`` (mean per-example loss); under
-        ``parallel="data"`` this rank's shard, all-reduced to the whole batch's mean."""
-        if self.parallel is not None:
-            return self.parallel.loss(self, batch)
-        return self.task.loss(self.model, batch)
-
-
-def check_loss(loss: torch.Tensor | float, where: str = "the loss") -> float:
-    """The loss as a float; a clear error when it is NaN or infinite."""
-    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"{where} is {value}; training diverged. Lower the learning rate (lr) or check the data."
-        )
-    return value
-
-
-# --------------------------------------------------------------------------- runners
-class FirstOrderRunner:
-    """Drive a first-order ``torch.optim.Optimizer``: sample, forward, backward, step."""
-
-    def __init__(self, ctx: FitContext, optimizer: torch.optim.Optimizer):
-        self.ctx, self.optimizer = ctx, optimizer
-
-    def step(self, step: int) -> dict:
-        batch = self.ctx.sample()
-
-        def closure():
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.ctx.loss(batch)
-            check_loss(loss, f"the loss at step {step}")
-            loss.backward()
-            return loss
-
-        loss = self.optimizer.step(closure)
-        return {"loss": float(loss.detach()), "forward_passes": 1, "backward_passes": 1}
-
-
-class ZerothOrderRunner:
-    """Drive an optimizer that declares ``zeroth_order = True`` with a forward-only closure."""
-
-    def __init__(self, ctx: FitContext, optimizer: torch.optim.Optimizer):
-        self.ctx, self.optimizer = ctx, optimizer
-
-    def step(self, step: int) -> dict:
-        batch = self.ctx.sample()
-        was_training = self.ctx.model.training
-        self.ctx.model.eval()  # the ± forwards must see the same function: no dropout masks
-
-        @torch.no_grad()
-        def closure():
-            return self.ctx.loss(batch)
-
-        try:
-            loss = self.optimizer.step(closure)
-        finally:
-            self.ctx.model.train(was_training)
-        fwd = int(getattr(self.optimizer, "forwards_per_step", 2))
-        return {"loss": float(loss), "forward_passes": fwd, "backward_passes": 0}
 
 
 def _make_adam(ctx: FitContext, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):

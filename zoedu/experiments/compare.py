@@ -144,12 +144,8 @@ def _compare_and_report(args) -> int:
     if not is_main():  # every rank holds the same table; rank 0 prints and writes
         return 0
     print(format_table(table))
-    if args.html:
-        from ..viz.optim import convergence_figure
-
-        fig = convergence_figure(histories, title=f"{args.model} on {args.task}: loss against step and seconds")
-        fig.write_html(args.html, include_plotlyjs=True)
-        print(f"wrote {args.html}")
+    if args.html:  # experiments return data; the cli draws it (zoedu.cli.write_figure)
+        args.figure = ("convergence", histories, f"{args.model} on {args.task}: loss against step and seconds")
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0

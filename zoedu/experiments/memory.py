@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -115,7 +114,8 @@ def measure_step(model: torch.nn.Module, task, method: str, *, batch_size: int =
     Returns the :class:`~zoedu.memory.Footprint` and the ``(batch, seq_len)`` shape of
     every batch the step drew (Addax draws a zeroth-order and a first-order batch).
     """
-    from ..train import FitContext, methods as fit_methods
+    from ..loop import FitContext
+    from ..train import methods as fit_methods
 
     table = fit_methods()
     if method not in table:
@@ -293,9 +293,3 @@ def add_cli(subparsers) -> None:
 
 __all__ = ["DEFAULT_GPUS", "LLAMA_2", "OPT_FAMILY", "add_cli", "estimate_table", "fits_on", "format_gb_table",
            "measure_step", "measure_table"]
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["memory", *sys.argv[1:]]))

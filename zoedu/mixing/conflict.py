@@ -87,7 +87,7 @@ class ConflictAverseRunner:
             raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: adam, sgd")
 
     def step(self, step: int) -> dict:
-        from ..train import check_loss
+        from ..loop import check_loss
 
         batch = self.ctx.sample()
         domains = batch["domain"]

@@ -1,4 +1,7 @@
-"""Seeded random directions ``z ~ N(0, I)`` that are regenerated, never stored.
+"""Seeded random directions ``z`` that are regenerated, never stored.
+
+``z ~ N(0, I)`` (MeZO's choice, ``directions="gaussian"``) or symmetric ±1 entries
+(``"rademacher"``): both have E[z zᵀ] = I, so ``(∇L·z) z`` is unbiased for ∇L either way.
 
 MeZO (Malladi et al., NeurIPS 2023, Algorithm 1) keeps memory at inference level by
 never materialising the direction ``z``: it re-draws ``z`` from the step's seed every
@@ -40,6 +43,8 @@ import torch
 #: pass runs on the worker thread that issued it (no nested OpenMP teams, which spin and
 #: oversubscribe a busy machine) and a stream's z (128 KiB in fp32) stays in L2 cache.
 CHUNK = 1 << 15
+#: The distributions a direction's entries may be drawn from.
+DIRECTIONS = ("gaussian", "rademacher")
 _MASK64 = (1 << 64) - 1
 
 
@@ -200,9 +205,14 @@ class Perturber:
             parameter in this list is part of its streams' seeds).
         chunk: elements per stream on CPU; on CUDA each parameter is one stream.
         workers: CPU threads for the passes (default :func:`default_workers`).
+        directions: ``"gaussian"`` (N(0, 1) entries) or ``"rademacher"`` (±1 with probability ½).
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], *, chunk: int = CHUNK, workers: int | None = None):
+    def __init__(self, params: Sequence[torch.Tensor], *, chunk: int = CHUNK, workers: int | None = None,
+                 directions: str = "gaussian"):
+        if directions not in DIRECTIONS:
+            raise ValueError(f"directions={directions!r} is unknown; allowed: {', '.join(DIRECTIONS)}")
+        self.directions = directions
         self.params = list(params)
         self.chunk = int(chunk)
         on_cuda = any(p.is_cuda for p in self.params)
@@ -222,13 +232,19 @@ class Perturber:
                  for (dt, dev), n in need.items() for slot in range(slots)}
                 for _ in range(self.workers)]
 
-    @staticmethod
-    def _draw(stream: Stream, buffers: dict, seed: int, slot: int) -> torch.Tensor:
+    def _draw(self, stream: Stream, buffers: dict, seed: int, slot: int) -> torch.Tensor:
         p = stream.param
         buf = buffers[(p.dtype, p.device, slot)][: stream.numel]
         gen = torch.Generator(device=p.device)
         gen.manual_seed(stream_seed(seed, stream.param_index, stream.chunk_index))
-        torch.randn(stream.numel, generator=gen, dtype=p.dtype, device=p.device, out=buf)
+        if self.directions == "gaussian":
+            torch.randn(stream.numel, generator=gen, dtype=p.dtype, device=p.device, out=buf)
+        else:  # ±1, each with probability ½: the low 32 bits of random int64 words, one per entry
+            words = torch.empty((stream.numel + 31) // 32, 1, dtype=torch.int64, device=p.device)
+            words.random_(generator=gen)
+            shifts = torch.arange(32, device=p.device)
+            bits = words.bitwise_right_shift(shifts).bitwise_and_(1).view(-1)[: stream.numel]
+            buf.copy_(bits).mul_(2).sub_(1)
         return buf if stream.contiguous else buf.view(p.shape)
 
     def run(self, kernel: Callable, *, slots: int = 1, streams: Sequence[Stream] | None = None,
@@ -308,9 +324,10 @@ def _no_grad_call(fn, *args):
         return fn(*args)
 
 
-def direction(params: Sequence[torch.Tensor], seed: int, *, chunk: int = CHUNK) -> list[torch.Tensor]:
+def direction(params: Sequence[torch.Tensor], seed: int, *, chunk: int = CHUNK,
+              directions: str = "gaussian") -> list[torch.Tensor]:
     """The direction ``z(seed)`` as materialised tensors shaped like ``params`` (for tests,
     the forward-gradient reference and teaching; the optimizers never store it)."""
     out = [torch.zeros_like(p) for p in params]
-    Perturber(out, chunk=chunk, workers=1).add(seed, 1.0)
+    Perturber(out, chunk=chunk, workers=1, directions=directions).add(seed, 1.0)
     return out

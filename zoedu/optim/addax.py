@@ -133,8 +133,9 @@ class Addax(torch.optim.Optimizer):
         self.step_count = 0
         self.skipped_steps = 0
         self.last_projected_grad = math.nan
-        self._flat = [p for g in self.param_groups for p in g["params"]]
-        self._group_of = [k for k, g in enumerate(self.param_groups) for _ in g["params"]]
+        # as torch.optim: parameters with requires_grad=False are neither perturbed nor updated
+        self._flat = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        self._group_of = [k for k, g in enumerate(self.param_groups) for p in g["params"] if p.requires_grad]
         self._index = {id(p): k for k, p in enumerate(self._flat)}
         self._perturber: Perturber | None = None
         self._perturber_key: tuple = ()
@@ -314,7 +315,7 @@ class AddaxRunner:
         self.rows = BatchRows(ctx.model, optimizer, self.sparse_embedding)  # the zeroth-order part's rows=
 
     def step(self, step: int) -> dict:
-        from ..train import check_loss
+        from ..loop import check_loss
 
         ctx, opt = self.ctx, self.optimizer
         zo_batch = ctx.sample(self.k0, indices=self.zo_pool) if opt.alpha > 0 else None

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..checks import choice, non_negative, positive, positive_int, scalar
-from ._perturb import CHUNK, Perturber, Stream, direction_seed, row_map
+from ._perturb import CHUNK, DIRECTIONS, Perturber, Stream, direction_seed, row_map
 from .estimators import ESTIMATORS, UpdateRule, decays
 from .exact import ExactKeeper, flip_exact, perturb_keeping, restore_exact
 from .fused import FusedPasses, fused_passes_for
@@ -117,7 +117,8 @@ class MeZO(torch.optim.Optimizer):
 
     Args:
         params: parameters or parameter groups (only these are perturbed and updated, so
-            passing a LoRA adapter's parameters fine-tunes the adapter alone).
+            passing a LoRA adapter's parameters fine-tunes the adapter alone; as in
+            ``torch.optim``, parameters with ``requires_grad=False`` are skipped).
         lr: learning rate η (≥ 0; per group).
         eps: perturbation scale ε (> 0).
         weight_decay: λ (per group); not applied to parameters with fewer than 2 dims.
@@ -127,6 +128,13 @@ class MeZO(torch.optim.Optimizer):
         momentum: heavy-ball coefficient of ``estimator="momentum"``.
         betas, adam_eps: Adam's coefficients for ``estimator="adam"``.
         seed: seeds every direction: step t, direction j uses ``direction_seed(seed, t, j)``.
+        directions: the entries of z: ``"gaussian"`` (N(0, 1), the paper's; default) or
+            ``"rademacher"`` (±1 with probability ½: E[z zᵀ] = I too, so the estimate stays
+            unbiased, with a smaller variance — (d − 1)/(d + 1) of the gaussian's on a
+            quadratic — and a cheaper draw). Reproducible from the seed and replayed like the
+            gaussian ones; the fused Triton passes draw gaussian z only, so with
+            ``"rademacher"`` ``fused=None`` falls back to the torch passes and ``fused=True``
+            is refused.
         exact_restore: restore the weights bit for bit after the ± passes (:mod:`.exact`;
             about a quarter byte per perturbed weight while a step runs). Default ``False``:
             the plain path, :func:`mezo_step` (why: the module docstring).
@@ -143,7 +151,8 @@ class MeZO(torch.optim.Optimizer):
                  n_perturb: int = 1, estimator: str = "sgd", one_sided: bool = False,
                  momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                  seed: int = 0, exact_restore: bool = False, fused: bool | None = None,
-                 workers: int | None = None, chunk: int = CHUNK):
+                 workers: int | None = None, chunk: int = CHUNK, directions: str = "gaussian"):
+        choice("directions", directions, DIRECTIONS)
         _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas, adam_eps)
         if exact_restore is not None and not isinstance(exact_restore, bool):
             raise ValueError(f"exact_restore={exact_restore!r} must be True or False")
@@ -154,6 +163,7 @@ class MeZO(torch.optim.Optimizer):
         self.one_sided = bool(one_sided)
         self.momentum, self.betas, self.adam_eps = float(momentum), tuple(betas), float(adam_eps)
         self.seed = int(seed)
+        self.directions = directions
         self.exact_restore = bool(exact_restore)  # None (the former automatic default) is False
         if fused is not None and not isinstance(fused, bool):
             raise ValueError(f"fused={fused!r} must be None (automatic), True or False")
@@ -184,9 +194,13 @@ class MeZO(torch.optim.Optimizer):
         return self.n_perturb + 1 if self.one_sided else 2 * self.n_perturb
 
     def _flat_params(self) -> tuple[list[torch.Tensor], list[int]]:
+        """The parameters MeZO perturbs (``requires_grad`` ones, as torch.optim skips the
+        others) and the index of each one's group."""
         params, group_of = [], []
         for g_index, group in enumerate(self.param_groups):
             for p in group["params"]:
+                if not p.requires_grad:
+                    continue
                 params.append(p)
                 group_of.append(g_index)
         return params, group_of
@@ -195,9 +209,9 @@ class MeZO(torch.optim.Optimizer):
     def perturber(self) -> Perturber:
         """The stream plan; rebuilt if a parameter moved device, dtype or layout (``model.to``)."""
         params, _ = self._flat_params()
-        key = tuple((p.device, p.dtype, p.is_contiguous()) for p in params)
+        key = tuple((id(p), p.device, p.dtype, p.is_contiguous()) for p in params)
         if self._perturber is None or self._perturber_key != key:
-            self._perturber = Perturber(params, chunk=self.chunk, workers=self.workers)
+            self._perturber = Perturber(params, chunk=self.chunk, workers=self.workers, directions=self.directions)
             self._perturber_key = key
         return self._perturber
 
@@ -246,9 +260,12 @@ class MeZO(torch.optim.Optimizer):
         def loss() -> float:
             return scalar(closure(), "the closure")
 
-        fused = fused_passes_for(self.fused, params, plain_estimator=self.estimator == "sgd" and self.n_perturb == 1,
-                                 why_not_plain=f"estimator={self.estimator!r}, n_perturb={self.n_perturb} "
-                                               "(needs 'sgd', 1)", rows=bool(rows_of), exact=self._exact)
+        plain = self.estimator == "sgd" and self.n_perturb == 1 and self.directions == "gaussian"
+        fused = fused_passes_for(self.fused, params, plain_estimator=plain,
+                                 why_not_plain=f"estimator={self.estimator!r}, n_perturb={self.n_perturb}, "
+                                               f"directions={self.directions!r} (needs 'sgd', 1, 'gaussian': "
+                                               "the Triton kernels draw gaussian z)",
+                                 rows=bool(rows_of), exact=self._exact)
         self._step_fused = fused
         if not fused and not self._exact and not self.one_sided and self.estimator == "sgd" \
                 and self.n_perturb == 1 and self.share is None:  # the plain configuration: Algorithm 1 as printed
@@ -369,6 +386,7 @@ class MeZO(torch.optim.Optimizer):
             "seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
             "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
             "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact,
+            "directions": self.directions,
             "weight_decay": [float(g["weight_decay"]) for g in self.param_groups],
             "group_of": torch.tensor(group_of, dtype=torch.int32),
             **self._trajectory.tensors(self.n_perturb, len(self.param_groups)),

@@ -83,7 +83,7 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
     ``fit(..., sparse_embedding=False)`` keeps the paper's few bytes per step.
 
     Args:
-        params: the base weights, in the same order as the optimizer's parameters.
+        params: the base weights, in the same order as the optimizer's trainable parameters.
         log: the trajectory log.
         lr: use this learning rate for every step instead of the logged ones.
         passes: also replay the ± perturbation passes (no forwards), so the result is bit
@@ -98,7 +98,8 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
         lr = non_negative("lr", lr)
     n, eps, one = int(log["n_perturb"]), float(log["eps"]), bool(log["one_sided"])
     exact = bool(log.get("exact_restore", False)) and passes
-    perturber = Perturber(params, chunk=int(log["chunk"]), workers=workers)
+    perturber = Perturber(params, chunk=int(log["chunk"]), workers=workers,
+                          directions=log.get("directions", "gaussian"))
     rule = UpdateRule(params, group_of, log["estimator"], n, float(log["momentum"]), tuple(log["betas"]),
                        float(log["adam_eps"]), state={})
     rule.prepare()
