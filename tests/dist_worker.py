@@ -22,6 +22,8 @@ RUNS = [
     ("directions", "mezo", dict(lr=1e-3, eps=1e-3, parallel="directions")),
     ("adam", "adam", dict(lr=1e-3, parallel="data")),
     ("ipsgd", "ipsgd", dict(lr=1e-2, parallel="data")),
+    ("semi_dp", "semi_dp", dict(lr=1e-1, beta=0.5, noise_multiplier=1.0, public_fraction=0.1, max_grad_norm=0.5,
+                                parallel="data")),
 ]
 STEPS, BATCH = 4, 8
 

@@ -54,7 +54,7 @@ def single_process(name, task):
 
 
 @pytest.mark.parametrize("name,weight_atol", [("mezo", 1e-5), ("addax", 1e-5), ("directions", 1e-5),
-                                              ("adam", 1e-4), ("ipsgd", 1e-5)])
+                                              ("adam", 1e-4), ("ipsgd", 1e-5), ("semi_dp", 1e-5)])
 def test_two_ranks_equal_one_process(two_ranks, task, name, weight_atol):
     h, weights = single_process(name, task)
     for r, res in enumerate(two_ranks):
@@ -191,8 +191,8 @@ def test_bad_parallel_choices_name_the_allowed_ones(one_rank_group, sentiment):
 
     net, _ = load_model("tiny-opt", size="1m", num_labels=2)
     kw = dict(steps=1, lr=1e-3, batch_size=4, eval_every=0, quiet=True, track_memory=False, device="cpu")
-    with pytest.raises(ValueError, match="method 'semi_dp' has no data-parallel step; parallel='data' supports"):
-        fit(net, sentiment, "semi_dp", parallel="data", beta=0.5, noise_multiplier=1.0, **kw)
+    with pytest.raises(ValueError, match="method 'mezo-accuracy' has no data-parallel step; parallel='data' supports"):
+        fit(net, sentiment, "mezo-accuracy", parallel="data", **kw)
     with pytest.raises(ValueError, match="parallel='directions' supports methods mezo"):
         fit(net, sentiment, "adam", parallel="directions", **kw)
     with pytest.raises(ValueError, match="check_every=0 must be a positive integer"):

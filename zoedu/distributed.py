@@ -13,6 +13,7 @@ The lesson in one table (bytes each rank sends per step, P parameters of e bytes
 ``"data"``, MeZO              ℓ₊ and ℓ₋ of each shard (two scalars)       2 · 8
 ``"data"``, Addax             two ZO scalars, the FO loss, the FO gradient 3 · 8 + P · e
 ``"data"``, Adam/SGD/IP-SGD   the loss and the gradient (as DDP)          8 + P · e
+``"data"``, semi-DP SGD       clipped sums (fp32), loss and clip counts   ≤ 2 · (4 · P + 16)
 ``"directions"``, MeZO        each rank's (g_j, loss_j) (all-gather)      2 · 8
 ============================  ==========================================  ================
 
@@ -32,8 +33,14 @@ in place from the reduced gradient) — what ``DistributedDataParallel`` does, w
 the projected gradients and every rank applies the n-SPSA update with all of them: W ranks
 with ``n_perturb=k`` equal single-process MeZO with ``n_perturb=k·W``.
 
+Semi-DP SGD (``semi_dp``, ``dp_sgd``, ``throw_away``, ``treat_as_private``) under ``"data"``:
+each rank clips the per-sample gradients of its rows, the clipped sums are all-reduced, and
+the Gaussian noise is drawn from the optimizer's one seed on every rank — the same draw, so
+it is added once to the global sum and the accounting is the single-process one
+(:class:`SumShare`).
+
 ``parallel="replicate"``: every rank runs the whole single-process step (no speed-up; for
-methods without a parallel form, e.g. ``semi_dp`` or a ``mixer=``); the checksum still runs.
+methods without a parallel form, e.g. ``mezo-accuracy`` or a ``mixer=``); the checksum still runs.
 
 Every ``check_every`` steps and after the last, the ranks all-gather a float64 checksum of
 the weights and raise :class:`RanksDiverged` naming the step if they differ. A collective
@@ -52,7 +59,8 @@ import torch.distributed as dist
 
 PARALLEL_MODES = ("data", "directions", "replicate")
 #: Methods whose steps run sharded under ``parallel="data"`` (they call ``ctx.loss``).
-DATA_PARALLEL_METHODS = ("adam", "sgd", "ipsgd", "mezo", "addax", "addax-wa")
+DATA_PARALLEL_METHODS = ("adam", "sgd", "ipsgd", "mezo", "addax", "addax-wa",
+                         "semi_dp", "dp_sgd", "throw_away", "treat_as_private")
 #: Methods that run under ``parallel="directions"``.
 DIRECTION_PARALLEL_METHODS = ("mezo",)
 #: Seconds a collective waits for the other ranks before :class:`RankFailure` (env ZOEDU_DIST_TIMEOUT).
@@ -301,6 +309,57 @@ class DirectionShare:
         return every[:, 0, :].reshape(-1).tolist(), every[:, 1, :].reshape(-1).tolist()
 
 
+# --------------------------------------------------------------------------- semi-DP SGD
+def shard_rows(batch: dict | None, r: int, w: int) -> dict | None:
+    """Rank ``r``'s rows of ``batch`` (as :func:`shard`), or None when it has none (a small
+    Poisson batch may leave a rank without examples)."""
+    if batch is None:
+        return None
+    n = batch_rows(batch)
+    lo, hi = shard_bounds(n, r, w)
+    if hi <= lo:
+        return None
+    return {k: (v[lo:hi] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v) for k, v in batch.items()}
+
+
+class SumShare:
+    """:class:`zoedu.privacy.SemiDPSGD`'s hook for ``parallel="data"``: per-sample clipping on
+    this rank's rows, the clipped sums all-reduced. The Gaussian noise is then drawn by every
+    rank from the optimizer's one seed — the same draw everywhere, so it is added *once* to the
+    global sum: each example is on one rank, the sum's sensitivity is still C, and the
+    accounting (σ, sampling rate B/n, steps) is exactly the single-process one."""
+
+    def __init__(self, comm: Collectives):
+        self.comm = comm
+
+    def clipped_sum(self, opt, batch: dict | None, n: int, max_norm: float | None):
+        """``(Σ clipped per-sample gradients over all ranks, (Σ losses, Σ clipped))``;
+        ``max_norm=None``: no clipping (the sum of the rows' gradients)."""
+        from .privacy.per_sample import clip_and_sum
+
+        params = opt.param_groups[0]["params"]
+        part = shard_rows(batch, rank(), world_size()) if n > 0 else None
+        extra = torch.zeros(2, dtype=torch.float64)
+        if part is None:
+            sums = [torch.zeros_like(p) for p in params]
+        else:
+            m = batch_rows(part)
+            if max_norm is None:
+                with torch.enable_grad():
+                    loss = opt.loss_fn(opt.model, part)
+                    loss = loss if loss.dim() == 0 else loss.mean()
+                    sums = [g * m for g in torch.autograd.grad(loss, params)]
+                extra[0] = float(loss.detach()) * m
+            else:
+                grads, loss = opt.per_sample(part)
+                sums, norms = clip_and_sum(grads, max_norm)
+                extra[0], extra[1] = float(loss) * m, float((norms > max_norm).sum())
+        for t in sums:
+            self.comm.all_reduce(t, "all_reduce clipped gradient sums")
+        self.comm.all_reduce(extra, "all_reduce loss and clip counts")
+        return sums, (float(extra[0]), float(extra[1]))
+
+
 # --------------------------------------------------------------------------- the parallel run
 class Parallel:
     """How :func:`zoedu.train.fit` runs on the ranks of a process group (see module docstring).
@@ -350,10 +409,12 @@ class Parallel:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._reduce_grad))
 
     def attach(self, runner) -> None:
-        """After the runner exists: hand MeZO its direction share."""
+        """After the runner exists: hand MeZO its direction share, semi-DP SGD its sum share."""
+        opt = getattr(runner, "optimizer", None)
+        if self.mode == "data" and hasattr(opt, "shard") and hasattr(opt, "per_sample"):
+            opt.shard = SumShare(self.comm)
         if self.mode != "directions":
             return
-        opt = getattr(runner, "optimizer", None)
         if opt is None or not hasattr(opt, "share"):
             raise ValueError("parallel='directions' needs a MeZO optimizer")
         opt.share = DirectionShare(self.comm, opt.n_perturb)
@@ -445,7 +506,7 @@ def main_only(fn: Callable) -> Callable:
 
 __all__ = [
     "DATA_PARALLEL_METHODS", "DEFAULT_CHECK_EVERY", "DEFAULT_TIMEOUT", "DIRECTION_PARALLEL_METHODS",
-    "PARALLEL_MODES", "CommCounter", "Collectives", "DirectionShare", "Parallel", "RankFailure",
+    "PARALLEL_MODES", "CommCounter", "Collectives", "DirectionShare", "Parallel", "RankFailure", "SumShare",
     "RanksDiverged", "batch_rows", "init", "is_initialized", "is_main", "launched", "main_only", "rank",
-    "resolve", "shard", "shard_bounds", "shutdown", "spawn", "world_size",
+    "resolve", "shard", "shard_bounds", "shard_rows", "shutdown", "spawn", "world_size",
 ]

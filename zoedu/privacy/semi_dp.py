@@ -140,6 +140,9 @@ class SemiDPSGD(torch.optim.Optimizer):
         self.seed = int(seed)
         self.generator: torch.Generator | None = None
         self.per_sample = PerSampleGradients(model, loss_fn, backend=per_sample)
+        # parallel="data" (zoedu.distributed.SumShare): this rank's rows of each batch and the
+        # all-reduce of the clipped sums; None computes on the whole batch here
+        self.shard = None
         params = list(trainable(model).values())
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
         self.n_params = sum(p.numel() for p in params)
@@ -175,7 +178,11 @@ class SemiDPSGD(torch.optim.Optimizer):
         params = self.param_groups[0]["params"]
         n = 0 if batch is None else batch_size_of(batch)
         stats: dict = {"private_batch_size": n}
-        if n > 0:
+        if self.shard is not None:  # each rank clips its rows; the sums are all-reduced (noise below, once)
+            sums, (loss_sum, clipped) = self.shard.clipped_sum(self, batch, n, self.max_grad_norm)
+            if n > 0:
+                stats.update(loss_private=loss_sum / n, clip_fraction=clipped / n)
+        elif n > 0:
             grads, loss = self.per_sample(batch)
             sums, norms = clip_and_sum(grads, self.max_grad_norm)
             stats.update(loss_private=float(loss), clip_fraction=float((norms > self.max_grad_norm).float().mean()))
@@ -191,6 +198,10 @@ class SemiDPSGD(torch.optim.Optimizer):
     def public_gradient(self, batch: dict) -> tuple[list[torch.Tensor], dict]:
         """Equation (2): the public batch's mean gradient, per-sample clipped if ``clip_public``."""
         n = batch_size_of(batch)
+        if self.shard is not None and self.beta_rule != "public":  # beta="public" needs V̂: whole batch here
+            sums, (loss_sum, _) = self.shard.clipped_sum(
+                self, batch, n, self.public_max_grad_norm if self.clip_public else None)
+            return [s / n for s in sums], {"loss_public": loss_sum / n}
         if self.clip_public or self.beta_rule == "public":
             grads, loss = self.per_sample(batch)
             C = self.public_max_grad_norm if self.clip_public else math.inf
