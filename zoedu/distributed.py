@@ -332,32 +332,16 @@ class SumShare:
     def __init__(self, comm: Collectives):
         self.comm = comm
 
-    def clipped_sum(self, opt, batch: dict | None, n: int, max_norm: float | None):
-        """``(Σ clipped per-sample gradients over all ranks, (Σ losses, Σ clipped))``;
-        ``max_norm=None``: no clipping (the sum of the rows' gradients)."""
-        from .privacy.per_sample import clip_and_sum
+    def rows(self, batch: dict | None) -> dict | None:
+        """This rank's rows of ``batch`` (None if it has none)."""
+        return shard_rows(batch, rank(), world_size())
 
-        params = opt.param_groups[0]["params"]
-        part = shard_rows(batch, rank(), world_size()) if n > 0 else None
-        extra = torch.zeros(2, dtype=torch.float64)
-        if part is None:
-            sums = [torch.zeros_like(p) for p in params]
-        else:
-            m = batch_rows(part)
-            if max_norm is None:
-                with torch.enable_grad():
-                    loss = opt.loss_fn(opt.model, part)
-                    loss = loss if loss.dim() == 0 else loss.mean()
-                    sums = [g * m for g in torch.autograd.grad(loss, params)]
-                extra[0] = float(loss.detach()) * m
-            else:
-                grads, loss = opt.per_sample(part)
-                sums, norms = clip_and_sum(grads, max_norm)
-                extra[0], extra[1] = float(loss) * m, float((norms > max_norm).sum())
+    def reduce(self, sums: list[torch.Tensor], scalars: list[float]) -> tuple[list[torch.Tensor], list[float]]:
+        """The sums and scalars of every rank added up (all-reduce, in place)."""
         for t in sums:
             self.comm.all_reduce(t, "all_reduce clipped gradient sums")
-        self.comm.all_reduce(extra, "all_reduce loss and clip counts")
-        return sums, (float(extra[0]), float(extra[1]))
+        extra = self.comm.all_reduce(torch.tensor(scalars, dtype=torch.float64), "all_reduce losses and counts")
+        return sums, extra.tolist()
 
 
 # --------------------------------------------------------------------------- the parallel run

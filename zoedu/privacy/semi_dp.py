@@ -173,13 +173,30 @@ class SemiDPSGD(torch.optim.Optimizer):
         return torch.normal(mean=0.0, std=std, size=p.shape, device=p.device, dtype=p.dtype,
                             generator=self.generator)
 
+    def _clipped_sum(self, part: dict | None, max_norm: float | None) -> tuple[list[torch.Tensor], float, float]:
+        """(Σ of the per-sample gradients of ``part`` clipped to ``max_norm`` (None: unclipped),
+        Σ of its losses, how many were clipped); zeros for no rows (parallel="data")."""
+        params = self.param_groups[0]["params"]
+        if part is None:
+            return [torch.zeros_like(p) for p in params], 0.0, 0.0
+        m = batch_size_of(part)
+        if max_norm is None:
+            with torch.enable_grad():
+                loss = self.loss_fn(self.model, part)
+                loss = loss if loss.dim() == 0 else loss.mean()
+                return [g * m for g in torch.autograd.grad(loss, params)], float(loss.detach()) * m, 0.0
+        grads, loss = self.per_sample(part)
+        sums, norms = clip_and_sum(grads, max_norm)
+        return sums, float(loss) * m, float((norms > max_norm).sum())
+
     def private_gradient(self, batch: dict | None) -> tuple[list[torch.Tensor], dict]:
         """Equation (1): clipped per-sample sum plus N(0, σ²C²), over B. ``batch`` may be empty."""
         params = self.param_groups[0]["params"]
         n = 0 if batch is None else batch_size_of(batch)
         stats: dict = {"private_batch_size": n}
         if self.shard is not None:  # each rank clips its rows; the sums are all-reduced (noise below, once)
-            sums, (loss_sum, clipped) = self.shard.clipped_sum(self, batch, n, self.max_grad_norm)
+            sums, loss_sum, clipped = self._clipped_sum(self.shard.rows(batch), self.max_grad_norm)
+            sums, (loss_sum, clipped) = self.shard.reduce(sums, [loss_sum, clipped])
             if n > 0:
                 stats.update(loss_private=loss_sum / n, clip_fraction=clipped / n)
         elif n > 0:
@@ -199,8 +216,9 @@ class SemiDPSGD(torch.optim.Optimizer):
         """Equation (2): the public batch's mean gradient, per-sample clipped if ``clip_public``."""
         n = batch_size_of(batch)
         if self.shard is not None and self.beta_rule != "public":  # beta="public" needs V̂: whole batch here
-            sums, (loss_sum, _) = self.shard.clipped_sum(
-                self, batch, n, self.public_max_grad_norm if self.clip_public else None)
+            sums, loss_sum, _ = self._clipped_sum(self.shard.rows(batch),
+                                                  self.public_max_grad_norm if self.clip_public else None)
+            sums, (loss_sum, _) = self.shard.reduce(sums, [loss_sum, 0.0])
             return [s / n for s in sums], {"loss_public": loss_sum / n}
         if self.clip_public or self.beta_rule == "public":
             grads, loss = self.per_sample(batch)
