@@ -54,7 +54,16 @@ class FitContext:
 
     def loss(self, batch: dict) -> torch.Tensor:
         """The training objective on ``batch`` (mean per-example loss); under
-        ``parallel="data"`` this rank's shard, all-reduced to the whole batch's mean."""
+        ``parallel="data"`` this rank's shard, all-reduced to the whole batch's mean.
+
+        A batch source with a ``record_losses(batch, example_losses)`` hook (the mixer's,
+        :class:`zoedu.mixing.MixedBatchSource`) sees the per-example losses of every batch the
+        method evaluates, so it can keep per-domain losses without an extra forward pass."""
+        record = getattr(self.batch_source, "record_losses", None)
+        if record is not None:
+            losses = self.task.example_losses(self.model, batch)
+            record(batch, losses)
+            return losses.mean()
         if self.parallel is not None:
             return self.parallel.loss(self, batch)
         return self.task.loss(self.model, batch)

@@ -10,8 +10,8 @@ A *method* is a factory ``make(ctx: FitContext, **options) -> Runner``. A runner
 ``optimizer`` attribute (or ``None``) and ``step(step) -> dict`` that performs one
 training step and returns at least ``loss`` (float), ``forward_passes`` and
 ``backward_passes`` (this step's counts); any other keys become History columns.
-Built-in: ``"adam"`` and ``"sgd"`` here, every other algorithm in the explicit table
-:data:`zoedu.methods.FIT_METHODS`; users add their own with :func:`register_method`.
+The built-in methods are the explicit table :data:`zoedu.methods.FIT_METHODS`; users add
+their own with :func:`register_method`.
 A ``torch.optim.Optimizer`` instance is a method too:
 it is driven with a forward–backward closure, or — when it declares
 ``zeroth_order = True`` — with a forward-only closure under ``torch.no_grad``.
@@ -46,19 +46,6 @@ MethodFactory = Callable[..., Any]
 _USER_METHODS: dict[str, MethodFactory] = {}
 
 
-def _make_adam(ctx: FitContext, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-    return FirstOrderRunner(ctx, torch.optim.AdamW(ctx.params(), lr=ctx.lr, betas=betas, eps=eps,
-                                                   weight_decay=weight_decay))
-
-
-def _make_sgd(ctx: FitContext, *, momentum=0.0, weight_decay=0.0):
-    return FirstOrderRunner(ctx, torch.optim.SGD(ctx.params(), lr=ctx.lr, momentum=momentum,
-                                                 weight_decay=weight_decay))
-
-
-_BUILTIN: dict[str, MethodFactory] = {"adam": _make_adam, "sgd": _make_sgd}
-
-
 def register_method(name: str, factory: MethodFactory) -> None:
     """Make ``fit(..., method=name)`` use ``factory(ctx, **options) -> runner``."""
     if not isinstance(name, str) or not name:
@@ -72,7 +59,7 @@ def methods() -> dict[str, MethodFactory]:
     """Every method name that :func:`fit` accepts, with its factory."""
     from .methods import FIT_METHODS
 
-    return {**_BUILTIN, **FIT_METHODS, **_USER_METHODS}
+    return {**FIT_METHODS, **_USER_METHODS}
 
 
 def available_methods() -> list[str]:

@@ -13,15 +13,15 @@ Learning Under Low Gradient Conflicts", NeurIPS 2025.
 * :func:`make_batch_source` — what ``fit(model, task, method, mixer=...)`` uses.
 """
 
-from .conflict import AGGREGATORS, FIT_METHODS, ConflictAverseRunner, aggregate, mgda, pcgrad
+from .conflict import AGGREGATORS, aggregate, mgda, pcgrad
 from .pike import BalancedPiKE, PiKE
 from .samplers import Proportional, RandomTask, RoundRobin, Sampler, Static, Uniform, apportion, check_weights
 from .source import MIXERS, MixedBatchSource, make_batch_source, make_mixer
 from .stats import VARIANCE_ESTIMATORS, TaskGradientStats, task_gradient_stats
 
 __all__ = [
-    "AGGREGATORS", "FIT_METHODS", "MIXERS", "VARIANCE_ESTIMATORS",
-    "BalancedPiKE", "ConflictAverseRunner", "MixedBatchSource", "PiKE", "Proportional", "RandomTask",
+    "AGGREGATORS", "MIXERS", "VARIANCE_ESTIMATORS",
+    "BalancedPiKE", "MixedBatchSource", "PiKE", "Proportional", "RandomTask",
     "RoundRobin", "Sampler", "Static", "TaskGradientStats", "Uniform",
     "aggregate", "apportion", "check_weights", "make_batch_source", "make_mixer", "mgda", "pcgrad",
     "task_gradient_stats",

@@ -4,7 +4,7 @@ PiKE's premise is that task gradients rarely conflict in large-scale mixing; the
 methods built for when they do, kept here for comparison. The aggregators come from
 `torchjd <https://github.com/TorchJD/torchjd>`_ (a maintained library of Jacobian
 descent aggregators); this module only adapts them to a ``(K, d)`` matrix of task
-gradients and to :func:`zoedu.train.fit`:
+gradients (:mod:`zoedu.methods.conflict` makes them :func:`zoedu.train.fit` methods):
 
 * **PCGrad** (Yu et al., NeurIPS 2020, Algorithm 1): for each task gradient g_i, in a
   random order of the others, if ⟨g_i, g_j⟩ < 0 replace g_i by g_i − ⟨g_i, g_j⟩/‖g_j‖²·g_j
@@ -68,63 +68,4 @@ def aggregate(grads, method: str = "mean") -> torch.Tensor:
     return {"pcgrad": pcgrad, "mgda": mgda}[method](grads)
 
 
-class ConflictAverseRunner:
-    """A ``fit`` runner: per-task gradients of the step's batch → aggregate → optimizer step."""
-
-    def __init__(self, ctx, method: str, *, optimizer: str = "adam", betas=(0.9, 0.999), momentum: float = 0.0):
-        if method not in AGGREGATORS:
-            raise ValueError(f"method={method!r} is unknown; allowed: {', '.join(AGGREGATORS)}")
-        if not ctx.task.domains or ctx.task.n_domains < 2:
-            raise ValueError(f"{method} needs a multi-domain task (one task per domain); "
-                             f"task {ctx.task.name!r} has {ctx.task.n_domains} domain(s)")
-        self.ctx, self.method = ctx, method
-        self.params = ctx.params()
-        if optimizer == "adam":
-            self.optimizer = torch.optim.AdamW(self.params, lr=ctx.lr, betas=betas, weight_decay=0.0)
-        elif optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.params, lr=ctx.lr, momentum=momentum)
-        else:
-            raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: adam, sgd")
-
-    def step(self, step: int) -> dict:
-        from ..loop import check_loss
-
-        batch = self.ctx.sample()
-        domains = batch["domain"]
-        rows, losses, sizes = [], [], []
-        for k in torch.unique(domains).tolist():
-            idx = torch.nonzero(domains == k).flatten()
-            sub = {key: (v[idx] if torch.is_tensor(v) and v.dim() > 0 else v) for key, v in batch.items()}
-            loss = self.ctx.loss(sub)
-            check_loss(loss, f"the loss of domain {k} at step {step}")
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                   for g, p in zip(grads, self.params)]))
-            losses.append(float(loss.detach()))
-            sizes.append(len(idx))
-        jac = torch.stack(rows)                                  # (K_present, d): O(K·d) memory
-        direction = jac[0] if len(rows) == 1 else aggregate(jac, self.method)
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = direction[offset:offset + n].view_as(p).to(p.dtype)
-            offset += n
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = float(np.dot(losses, sizes) / sum(sizes))        # the batch's mean example loss
-        return {"loss": loss, "forward_passes": len(rows), "backward_passes": len(rows),
-                "tasks_in_batch": len(rows)}
-
-
-def _factory(method):
-    def make(ctx, **options):
-        return ConflictAverseRunner(ctx, method, **options)
-
-    make.__name__ = f"make_{method}"
-    make.__doc__ = f"fit method {method!r}: {ConflictAverseRunner.__doc__}"
-    return make
-
-
-FIT_METHODS = {name: _factory(name) for name in ("pcgrad", "mgda")}
-
-__all__ = ["AGGREGATORS", "ConflictAverseRunner", "FIT_METHODS", "aggregate", "mgda", "pcgrad"]
+__all__ = ["AGGREGATORS", "aggregate", "mgda", "pcgrad"]

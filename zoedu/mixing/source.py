@@ -6,8 +6,8 @@ timed step) and ``after_step(ctx, step, out)`` (after it). The source
 1. asks its sampler (or PiKE) for per-task counts summing to ``ctx.batch_size``, draws that
    many examples of each domain with ``ctx.rng`` and builds one batch on their union;
 2. records each domain's mean training loss *of that batch* without an extra forward pass:
-   it wraps ``ctx.loss`` so the per-example losses the method computes anyway are split by
-   ``batch["domain"]``;
+   ``ctx.loss`` hands it the per-example losses the method computes anyway
+   (:meth:`MixedBatchSource.record_losses`), split by ``batch["domain"]``;
 3. every ``stats_every`` steps draws a fresh batch per task and runs
    :func:`~zoedu.mixing.task_gradient_stats`; PiKE updates its weights every
    ``update_every`` steps (Algorithm 1's "every T₀ steps") from the unbiased ‖∇L_k‖²
@@ -125,7 +125,8 @@ class MixedBatchSource:
 
     # ------------------------------------------------------------------ binding
     def bind(self, ctx) -> MixedBatchSource:
-        """Attach to a ``FitContext``: resolve the mixer for its task, wrap ``ctx.loss``."""
+        """Attach to a ``FitContext``: resolve the mixer for its task (``ctx.loss`` then calls
+        :meth:`record_losses`)."""
         task = ctx.task
         if not task.domains or task.n_domains < 2:
             raise ValueError(f"mixer= needs a multi-domain task (at least 2 domains, e.g. load_task('multidomain')); "
@@ -155,22 +156,21 @@ class MixedBatchSource:
         self._weights = self.mixer.weights
         self._avg = None                      # EMA state of (ĝ, σ̂², losses), its weight sums
         self._train_loss = np.full(K, np.nan)  # EMA of the training-batch losses per domain
-
-        def loss(batch, _task=task, _ctx=ctx):           # ctx.loss, recording per-domain losses
-            losses = _task.example_losses(_ctx.model, batch)
-            dom = batch.get("domain")
-            if dom is not None:
-                with torch.no_grad():
-                    d = dom.to(losses.device)
-                    sums = torch.zeros(K, dtype=torch.float64, device=losses.device).index_add_(
-                        0, d, losses.detach().double())
-                    cnt = torch.bincount(d, minlength=K)
-                    for k in torch.nonzero(cnt).flatten().tolist():
-                        self._task_losses[k] = float(sums[k] / cnt[k])
-            return losses.mean()
-
-        ctx.loss = loss
         return self
+
+    def record_losses(self, batch: dict, losses: torch.Tensor) -> None:
+        """``FitContext.loss``'s hook: keep each domain's mean loss on this batch."""
+        dom = batch.get("domain")
+        if dom is None:
+            return
+        K = len(self.names)
+        with torch.no_grad():
+            d = dom.to(losses.device)
+            sums = torch.zeros(K, dtype=torch.float64, device=losses.device).index_add_(
+                0, d, losses.detach().double())
+            cnt = torch.bincount(d, minlength=K)
+            for k in torch.nonzero(cnt).flatten().tolist():
+                self._task_losses[k] = float(sums[k] / cnt[k])
 
     # ------------------------------------------------------------------ batches
     def next_batch(self, ctx) -> dict:

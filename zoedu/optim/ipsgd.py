@@ -227,10 +227,3 @@ class IPSGD(torch.optim.Optimizer):
 
 
 # --------------------------------------------------------------------------- fit plug-in
-def make_ipsgd(ctx, *, weight_decay: float = 0.0, sparse_embedding_grads: bool = False):
-    """``fit(..., "ipsgd")``: in-place SGD on the trainable parameters, driven like any
-    first-order optimizer (one forward, one backward per step; the hooks free each gradient)."""
-    from ..loop import FirstOrderRunner
-
-    return FirstOrderRunner(ctx, IPSGD(ctx.params(), lr=ctx.lr, weight_decay=weight_decay,
-                                       sparse_embedding_grads=sparse_embedding_grads))

@@ -18,20 +18,11 @@ from .mean import (METHODS, MODELS, PUBLIC_MIN, mean_estimate, mean_mse, noise_v
                    semi_dp_weights)
 from .per_sample import (PerSampleGradients, clip_and_sum, clip_per_sample, per_sample_gradients,
                          per_sample_norms)
-from .semi_dp import (SemiDPRunner, SemiDPSGD, make_dp_sgd, make_semi_dp, make_throw_away,
-                      make_treat_as_private, split_public)
-
-FIT_METHODS = {
-    "semi_dp": make_semi_dp,
-    "throw_away": make_throw_away,
-    "treat_as_private": make_treat_as_private,
-    "dp_sgd": make_dp_sgd,
-}
+from .semi_dp import SemiDPSGD, split_public
 
 __all__ = [
-    "ACCOUNTANTS", "FIT_METHODS", "METHODS", "MODELS", "PUBLIC_MIN", "PerSampleGradients", "PrivacyAccountant",
-    "SemiDPRunner", "SemiDPSGD", "clip_and_sum", "clip_per_sample", "epsilon",
-    "gaussian_noise_multiplier", "make_dp_sgd", "make_semi_dp", "make_throw_away",
-    "make_treat_as_private", "mean_estimate", "mean_mse", "noise_for_epsilon", "noise_variance",
+    "ACCOUNTANTS", "METHODS", "MODELS", "PUBLIC_MIN", "PerSampleGradients", "PrivacyAccountant",
+    "SemiDPSGD", "clip_and_sum", "clip_per_sample", "epsilon",
+    "gaussian_noise_multiplier", "mean_estimate", "mean_mse", "noise_for_epsilon", "noise_variance",
     "per_sample_gradients", "per_sample_norms", "public_variance", "semi_dp_weights", "split_public",
 ]

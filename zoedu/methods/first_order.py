@@ -1,0 +1,32 @@
+"""First-order methods of :func:`zoedu.train.fit`: ``"adam"``, ``"sgd"`` (torch.optim) and
+``"ipsgd"`` (:class:`zoedu.optim.IPSGD`), each driven by :class:`zoedu.loop.FirstOrderRunner`
+(sample, forward, backward, step)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..loop import FirstOrderRunner
+from ..optim.ipsgd import IPSGD
+
+
+def make_adam(ctx, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) -> FirstOrderRunner:
+    """``fit(..., "adam")``: ``torch.optim.AdamW`` (decoupled weight decay, default 0)."""
+    return FirstOrderRunner(ctx, torch.optim.AdamW(ctx.params(), lr=ctx.lr, betas=betas, eps=eps,
+                                                   weight_decay=weight_decay))
+
+
+def make_sgd(ctx, *, momentum=0.0, weight_decay=0.0) -> FirstOrderRunner:
+    """``fit(..., "sgd")``: ``torch.optim.SGD``."""
+    return FirstOrderRunner(ctx, torch.optim.SGD(ctx.params(), lr=ctx.lr, momentum=momentum,
+                                                 weight_decay=weight_decay))
+
+
+def make_ipsgd(ctx, *, weight_decay: float = 0.0, sparse_embedding_grads: bool = False) -> FirstOrderRunner:
+    """``fit(..., "ipsgd")``: in-place SGD on the trainable parameters, driven like any
+    first-order optimizer (one forward, one backward per step; the hooks free each gradient)."""
+    return FirstOrderRunner(ctx, IPSGD(ctx.params(), lr=ctx.lr, weight_decay=weight_decay,
+                                       sparse_embedding_grads=sparse_embedding_grads))
+
+
+__all__ = ["make_adam", "make_ipsgd", "make_sgd"]
