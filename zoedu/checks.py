@@ -32,7 +32,11 @@ def number(name: str, value, *, low: float | None = None, high: float | None = N
 
 def positive(name: str, value, what: str = "") -> float:
     """A finite number > 0 (learning rates of ``fit``, ε, Adam's ε, privacy budgets)."""
-    return number(name, value, low=0.0, low_open=True, what=what)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)) \
+        and float(value) > 0
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a positive finite number{f' ({what})' if what else ''}")
+    return float(value)
 
 
 def non_negative(name: str, value, what: str = "") -> float:

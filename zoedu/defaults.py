@@ -26,6 +26,10 @@ METHOD_DEFAULTS: dict[str, dict] = {
 #: ``{fit method: learning rate}`` (from :data:`METHOD_DEFAULTS`).
 DEFAULT_LR: dict[str, float] = {m: o["lr"] for m, o in METHOD_DEFAULTS.items()}
 
+#: The GPUs notebook 02, ``zoedu memory`` and the memory figures compare against, by their
+#: memory in GB (10⁹ bytes, as vendors count).
+GPU_MEMORY_GB: dict[str, float] = {"24 GB (RTX 4090 / A10)": 24, "40 GB (A100-40G)": 40, "80 GB (A100/H100-80G)": 80}
+
 #: The learning rate of a method the table does not list.
 FALLBACK_LR = 1e-3
 
@@ -40,4 +44,4 @@ def default_options(method: str) -> dict:
     return {k: copy.copy(v) for k, v in METHOD_DEFAULTS.get(method, {}).items() if k != "lr"}
 
 
-__all__ = ["DEFAULT_LR", "FALLBACK_LR", "METHOD_DEFAULTS", "default_lr", "default_options"]
+__all__ = ["DEFAULT_LR", "FALLBACK_LR", "GPU_MEMORY_GB", "METHOD_DEFAULTS", "default_lr", "default_options"]

@@ -25,7 +25,6 @@ columns to ``out``; its ``mixer_forward_passes``/``mixer_backward_passes`` count
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .checks import positive
 from .loop import FirstOrderRunner, FitContext, ZerothOrderRunner, check_loss  # noqa: F401 (re-exported)
 from .models import resolve_device
 from .tasks import Task
@@ -138,8 +138,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     """
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer")
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr={lr!r} must be a positive finite number")
+    positive("lr", lr, "fit's learning rate; an optimizer instance may take 0")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     if eval_every is not None and (not isinstance(eval_every, (int, np.integer)) or eval_every < 0):

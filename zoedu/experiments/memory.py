@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..defaults import GPU_MEMORY_GB
 from ..memory import CATEGORIES, GB, METHODS, Footprint, estimate, measure, parameter_count
 
-DEFAULT_GPUS = (24, 40, 80)
-"""GPU memory sizes in GB (10⁹ bytes): RTX 4090 / A10, A100-40G, A100/H100-80G."""
+DEFAULT_GPUS = tuple(GPU_MEMORY_GB.values())
+"""GPU memory sizes in GB (10⁹ bytes), from the one table :data:`zoedu.defaults.GPU_MEMORY_GB`."""
 
 OPT_FAMILY = ("facebook/opt-125m", "facebook/opt-350m", "facebook/opt-1.3b", "facebook/opt-2.7b",
               "facebook/opt-6.7b", "facebook/opt-13b", "facebook/opt-30b", "facebook/opt-66b")

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..functional import LossModule
+
 VARIANCE_ESTIMATORS = ("groups", "per-sample")
 
 
@@ -111,18 +113,6 @@ def _check_loss(loss: torch.Tensor, k: int) -> torch.Tensor:
     return loss
 
 
-class _LossModule(nn.Module):
-    """``loss_fn(model, batch)`` as a module, so ``torch.func.functional_call`` can swap its parameters."""
-
-    def __init__(self, model: nn.Module, loss_fn: Callable):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.loss_fn(self.model, batch)
-
-
 class _eager_attention:
     """Temporarily use eager attention: the SDPA mask path has data-dependent branches ``vmap`` rejects."""
 
@@ -156,7 +146,7 @@ def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k):
     from torch.func import functional_call, grad_and_value, vmap
 
     names = [n for n, _ in params]
-    module = _LossModule(model, loss_fn)
+    module = LossModule(model, loss_fn)
     detached = {f"model.{n}": p.detach() for n, p in params}
     n = _batch_size(batch)
 

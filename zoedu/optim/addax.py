@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from ..checks import scalar
+from ..checks import non_negative, positive, scalar, unit_interval
 from ._perturb import CHUNK, Perturber, direction_seed, row_map
 from .estimators import UpdateRule, decays
 from .ipsgd import InPlaceUpdates, add_gradient_
@@ -117,14 +117,10 @@ class Addax(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, alpha: float = DEFAULT_ALPHA,
                  weight_decay: float = 0.0, seed: int = 0, workers: int | None = None, chunk: int = CHUNK,
                  sparse_embedding_grads: bool = False):
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
-        if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise ValueError(f"eps={eps!r} must be a finite number > 0 (the perturbation scale ε)")
-        if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the weight of the zeroth-order part)")
-        if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
+        non_negative("lr", lr)
+        positive("eps", eps, "the perturbation scale ε")
+        unit_interval("alpha", alpha, what="the weight of the zeroth-order part")
+        non_negative("weight_decay", weight_decay)
         self._inplace = InPlaceUpdates(self._first_order_update, sparse_embedding_grads=sparse_embedding_grads)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
         self.eps, self.alpha, self.seed = float(eps), float(alpha), int(seed)

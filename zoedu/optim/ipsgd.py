@@ -33,11 +33,12 @@ and :class:`~zoedu.optim.addax.Addax` plug their own per-parameter update rule i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+
+from ..checks import non_negative
 
 #: Rows of an embedding decayed at a time when its gradient is sparse (bounds the temporary).
 DECAY_ROWS = 4096
@@ -198,10 +199,8 @@ class IPSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float, *, weight_decay: float = 0.0, sparse_embedding_grads: bool = False):
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr={lr!r} must be a finite number ≥ 0")
-        if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number ≥ 0")
+        non_negative("lr", lr)
+        non_negative("weight_decay", weight_decay)
         self._inplace = InPlaceUpdates(self._update, sparse_embedding_grads=sparse_embedding_grads)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
 

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from ..functional import LossModule
+
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 BACKENDS = ("auto", "linear", "func", "loop", "opacus")
 
@@ -75,18 +77,6 @@ def _scalar(loss: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(loss):
         raise ValueError(f"loss_fn must return a tensor, got {type(loss).__name__}")
     return loss if loss.dim() == 0 else loss.mean()
-
-
-class _LossModule(nn.Module):
-    """``loss_fn(model, batch)`` as a module, so that ``functional_call`` can swap parameters."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return _scalar(self.loss_fn(self.model, batch))
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear] | None:
@@ -139,7 +129,7 @@ class PerSampleGradients:
         self.model, self.loss_fn, self.backend = model, loss_fn, backend
         self._gsm = None
         if backend == "func":
-            self._wrapped = _LossModule(model, loss_fn)
+            self._wrapped = LossModule(model, lambda m, batch: _scalar(loss_fn(m, batch)))
 
             def example_loss(params, example):
                 one = {k: v.unsqueeze(0) for k, v in example.items()}

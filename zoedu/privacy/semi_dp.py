@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import non_negative, positive, unit_interval
 from .accounting import check_noise_multiplier
 from .per_sample import PerSampleGradients, batch_size_of, clip_and_sum, trainable
 from .per_sample import per_sample_norms as per_sample_norms_of
@@ -61,17 +62,11 @@ BETA_RULES = ("public", "worst_case")
 
 
 def check_beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)) \
-            or not (0.0 <= float(beta) <= 1.0):
-        raise ValueError(f"beta={beta!r} must be in [0, 1] (the weight of the private gradient)")
-    return float(beta)
+    return unit_interval("beta", beta, what="the weight of the private gradient")
 
 
 def check_max_grad_norm(c, name: str = "max_grad_norm") -> float:
-    if isinstance(c, bool) or not isinstance(c, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(c) or c <= 0:
-        raise ValueError(f"{name}={c!r} must be a finite number > 0 (the clipping norm C)")
-    return float(c)
+    return positive(name, c, what="the clipping norm C")
 
 
 class SemiDPSGD(torch.optim.Optimizer):
@@ -107,13 +102,11 @@ class SemiDPSGD(torch.optim.Optimizer):
                  expected_batch_size: int | None = None, weight_decay: float = 0.0,
                  per_sample: str = "auto", n_private: int | None = None, n_public: int | None = None,
                  epsilon: float | None = None, delta: float = 1e-5):
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"lr={lr!r} must be a positive finite number")
+        non_negative("lr", lr)  # an optimizer's rule, as torch.optim (fit's lr must be > 0)
         if expected_batch_size is not None and (not isinstance(expected_batch_size, (int, np.integer))
                                                 or expected_batch_size < 1):
             raise ValueError(f"expected_batch_size={expected_batch_size!r} must be None or an integer ≥ 1")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be ≥ 0")
+        non_negative("weight_decay", weight_decay)
         self.model, self.loss_fn = model, loss_fn
         self.beta_rule = None
         if isinstance(beta, str):

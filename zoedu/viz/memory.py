@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..defaults import GPU_MEMORY_GB  # the one GPU list, shared with zoedu.experiments.memory
 from .common import (
     MEMORY_CATEGORIES,
     MEMORY_COLORS,
@@ -36,9 +37,6 @@ from .common import (
     method_label,
     require_columns,
 )
-
-GPU_MEMORY_GB: dict[str, float] = {"24 GB (RTX 4090 / A10)": 24, "40 GB (A100-40G)": 40, "80 GB (A100/H100-80G)": 80}
-"""The GPUs of notebook 02, by their memory in GB (10⁹ bytes, as vendors count)."""
 
 _UNITS = {"B": 1, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30, "GB": 1e9}
 _CATEGORY_LABELS = {"params": "parameters", "grads": "gradients", "optimizer": "optimizer state",
