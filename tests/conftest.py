@@ -34,3 +34,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- shared helpers
+# (plain functions: the test modules import them with `from conftest import ...`)
+def snapshot(module):
+    """Copies of a module's parameters, to compare with later."""
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(a, b):
+    """Bitwise equality of two lists of tensors."""
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def tiny_opt_task(n_train: int, n_validation: int, max_length: int):
+    """``sentiment`` tokenized for tiny-opt, and a maker of the 1m tiny-OPT classifier (seed 0)."""
+    from zoedu.models import load_model, load_tokenizer
+    from zoedu.tasks import load_task
+
+    task = load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=n_train,
+                     n_validation=n_validation, max_length=max_length)
+    return task, lambda: load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0]

@@ -6,18 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_opt_task
 from zoedu.optim import IPSGD, Addax, MeZO, direction, direction_seed, split_by_length
 from zoedu.optim import addax as addax_module
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from zoedu.models import load_model, load_tokenizer
-    from zoedu.tasks import load_task
-
-    task = load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=200, n_validation=30,
-                     max_length=64)
-    return task, lambda: load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0]
+    return tiny_opt_task(n_train=200, n_validation=30, max_length=64)
 
 
 def batches(task, n, k, seed):

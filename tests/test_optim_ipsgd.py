@@ -5,17 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_opt_task
 from zoedu.optim import IPSGD
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from zoedu.models import load_model, load_tokenizer
-    from zoedu.tasks import load_task
-
-    task = load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=120, n_validation=30,
-                     max_length=48)
-    return task, lambda: load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0]
+    return tiny_opt_task(n_train=120, n_validation=30, max_length=48)
 
 
 def run(model, opt, batches, task):

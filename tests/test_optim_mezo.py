@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import same, snapshot
 from zoedu.optim import MeZO, direction, direction_seed, forward_gradient, replay
 
 
@@ -39,14 +40,6 @@ def mlp(dtype=torch.float32, seed=0):
 def mlp_data(dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
     return torch.randn(32, 12, generator=g).to(dtype), torch.randn(32, 1, generator=g).to(dtype)
-
-
-def snapshot(module):
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from torch import nn
 
 pytest.importorskip("triton")
 
+from conftest import snapshot  # noqa: E402
 from zoedu.optim import MeZO, direction_seed, replay, stream_seed  # noqa: E402
 from zoedu.optim import _triton as T  # noqa: E402
 
@@ -28,10 +29,6 @@ def model_and_data(dtype=torch.float32):
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 1)).to(dtype)
     g = torch.Generator().manual_seed(1)
     return model, torch.randn(16, 6, generator=g).to(dtype), torch.randn(16, 1, generator=g).to(dtype)
-
-
-def snapshot(model):
-    return [p.detach().clone() for p in model.parameters()]
 
 
 def test_fused_step_is_mezo_with_the_triton_direction():

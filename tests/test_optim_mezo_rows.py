@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import snapshot
 from zoedu.optim import MeZO, embedding_rows, replay
 
 
@@ -25,10 +26,6 @@ class Bag(nn.Module):
 def data(seed=0, vocab=50, batch=8, seq=5):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab // 2, (batch, seq), generator=g), torch.randn(batch, generator=g)
-
-
-def snapshot(module):
-    return [p.detach().clone() for p in module.parameters()]
 
 
 def test_only_the_given_rows_move_and_the_rest_stay_bitwise():

@@ -66,10 +66,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
     * **params** ``P·e``; **grads** ``P·e`` when a full gradient is stored (``adam``,
       ``sgd``); **optimizer** ``2P·e`` for Adam's moments — with Adam's update
       temporary, 5× the weights on CUDA, against MeZO's ≈ 1× (the MeZO paper's
-      "up to 12× memory reduction", Fig. 3 and Table 22, also counts activations).
-      Worked example, OPT-13B, fp16, batch 1, 400 tokens (the paper's MultiRC setting):
-      MeZO ≈ 26.7 GB (one A100-80GB, paper ≈ 26–30 GB); Adam with ``mixed_precision``
-      ≈ 257 GB, four A100-80GB (paper ≈ 316 GB, measured with allocator overhead).
+      "up to 12× memory reduction", Fig. 3 and Table 22, also counts activations; the
+      OPT-13B figures against the paper's are in benchmarks/README.md).
     * **activations**, training: per layer
       ``N·(c_h·h + c_kv·kv + c_f·ffn + c_a·heads·seq_len)·e`` with the coefficients of
       :data:`_FAMILIES`, counted from the tensors autograd saves

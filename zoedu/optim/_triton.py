@@ -60,8 +60,9 @@ draws the same ``z`` as the whole buffer):
   ``(seed, count, start_index=0)`` gives the keys ``mix_seed(seed, i, 0)``, the seed of
   parameter ``i``'s one stream in :mod:`._perturb`.
 
-Wiring (for the CUDA path of :class:`zoedu.optim._perturb.Perturber`): one ``Foreach`` per
-(dtype, device) group of contiguous parameters, keys ``tensor_keys(seed, ...)`` per
+Wiring (:class:`zoedu.optim.fused.FusedPasses`, which MeZO uses on CUDA for its plain
+configuration; the torch path, :class:`zoedu.optim._perturb.Perturber`, does not call these
+kernels): one ``Foreach`` per (dtype, device) group of contiguous parameters, keys ``tensor_keys(seed, ...)`` per
 direction; ``θ + εz`` is ``axpz_(keys, 1.0, ε)``, line 7 ``add_twice_(keys, −ε)``, the
 fused restore + update ``axpz_(keys, a, b)`` with the ``a``, ``b`` above per parameter.
 The CUDA z differs from the CPU streams' (another generator): a trajectory replays on the

@@ -12,7 +12,7 @@ Pure figure builders (data in, ``go.Figure`` out):
 - :func:`length_histogram` — the task's token lengths, split by Addax's threshold
   ``L_T`` into the first-order (``≤ L_T``) and zeroth-order (``> L_T``) parts
   (Li et al., ICLR 2025, Algorithm 1);
-- :func:`alpha_figure` — Addax's convergence for several mixing weights ``α`` (Eq. 4);
+- :func:`alpha_figure` — Addax's convergence for several mixing weights ``α`` (Algorithm 1's update);
 - :func:`replay_figure` — a training run's loss next to its replay from the trajectory log.
 
 Dashboards (ipywidgets controls wired to a ``go.FigureWidget``; handlers are plain
@@ -264,8 +264,9 @@ def length_histogram(lengths, threshold: float, *, nbins: int = 60, memory: Mapp
 def alpha_figure(histories_by_alpha: Mapping[float, pd.DataFrame], *, selected: float | None = None,
                  x: str = "step", y: str = "loss", window: int = 1, title: str | None = None,
                  height: int = 400) -> go.Figure:
-    """Addax's ``y`` against ``x`` for several ``α`` (Li et al. 2025, Eq. 4:
-    ``g = α ĝ⁰ + (1 − α) g¹``); the ``selected`` α is drawn bold, the others faint."""
+    """Addax's ``y`` against ``x`` for several ``α`` (Li et al. 2025, Algorithm 1's update
+    ``θ ← θ − η (α g⁰ z + (1 − α) g¹)``, as in :mod:`zoedu.optim.addax`); the ``selected`` α is
+    drawn bold, the others faint."""
     if not histories_by_alpha:
         raise ValueError("histories_by_alpha is empty; pass {alpha: History}")
     alphas = sorted(histories_by_alpha)
