@@ -25,7 +25,11 @@ from torch import nn
 
 TINY_MODELS = ("tiny-opt", "tiny-gpt2")
 BUNDLED_MODELS = ("minilm",)
-OFFLINE_MODELS = TINY_MODELS + BUNDLED_MODELS
+#: Offline masked LMs (their prompt head scores label words at the mask token).
+MASKED_MODELS: tuple[str, ...] = ()
+OFFLINE_MODELS = TINY_MODELS + BUNDLED_MODELS + MASKED_MODELS
+#: Classification heads of :func:`load_model` (``None``: linear with ``num_labels``, else none).
+HEADS = (None, "linear", "prompt")
 
 
 @dataclass(frozen=True)
@@ -160,14 +164,33 @@ def _finish(model: nn.Module, dtype, device) -> nn.Module:
     return model.to(resolve_device(device))
 
 
-def load_model(name: str, *, num_labels: int | None = None, dtype: str | torch.dtype | None = None,
-               device: str | torch.device = "cpu", size: str = "5m", seed: int = 0, device_map=None):
+def load_model(name: str, *, num_labels: int | None = None, head: str | None = None,
+               labels=None, template: str | None = None, peft=None,
+               dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+               size: str = "5m", seed: int = 0, device_map=None):
     """Load a model and its tokenizer: ``(model, tokenizer)``.
 
     Args:
-        name: ``"tiny-opt"``, ``"tiny-gpt2"``, ``"minilm"`` or a Hugging Face hub id.
-        num_labels: with a number, a sequence-classification head with that many classes;
-            without, a causal LM (tiny models, hub causal LMs) or the bare encoder (MiniLM).
+        name: ``"tiny-opt"``, ``"tiny-gpt2"``, ``"minilm"``, ``"review-mlm"`` or a Hugging
+            Face hub id.
+        num_labels: with a number, a classifier with that many classes; without (and
+            ``head=None``), a language model (tiny models, review-mlm, hub causal LMs) or
+            the bare encoder (MiniLM).
+        head: ``"linear"`` (a freshly initialised linear classification head: the MeZO
+            paper's ablation), ``"prompt"`` (the task phrased as the pretraining task, see
+            :mod:`zoedu.prompts`: label words scored by a masked LM at the mask or by a
+            causal LM as the next token; for the MiniLM encoder, cosine similarity to
+            label descriptions), or ``None``: ``"linear"`` when ``num_labels`` is given.
+        labels: for ``head="prompt"``: a task's :class:`zoedu.prompts.Prompt` (e.g.
+            ``load_task("sentiment").prompt``, or :func:`zoedu.tasks.task_prompt`), which
+            supplies the label words or descriptions and the template; or a list with one
+            label word (language models) or description (MiniLM) per class.
+        template: for ``head="prompt"`` with a language model: ``"{text} it was {mask} ."``
+            (overrides the Prompt's). The tokenizer returned puts every text in it.
+        peft: ``"lora"`` (r = 8, α = 16 on the attention's query and value projections),
+            ``"prefix"`` (prefix tuning, 5 virtual tokens; causal LMs), ``"prompt"``
+            (prompt tuning, 5 virtual tokens), or a ``peft`` config: only the adapter (and a
+            classification head's own weights) stay trainable.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         size: the tiny models' size, one of :data:`TINY_SIZES`.
@@ -179,12 +202,26 @@ def load_model(name: str, *, num_labels: int | None = None, dtype: str | torch.d
             MeZO paper's multi-GPU recipe (model-parallel forwards; MeZO perturbs each
             parameter on its own device). See :func:`_dispatch`.
     """
-    if device_map is not None:
-        return _with_device_map(name, device_map, num_labels=num_labels, dtype=dtype, size=size, seed=seed)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r} must be a non-empty model name; offline choices: {', '.join(OFFLINE_MODELS)}")
-    if num_labels is not None and (not isinstance(num_labels, int) or num_labels < 2):
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
         raise ValueError(f"num_labels={num_labels!r} must be an integer ≥ 2 (or None for a language model)")
+    if head not in HEADS:
+        raise ValueError(f"head={head!r} is not a head; allowed: {', '.join(repr(h) for h in HEADS)}")
+    if head == "linear" and num_labels is None:
+        raise ValueError("head='linear' needs num_labels (the number of classes)")
+    if head != "prompt" and (labels is not None or template is not None):
+        raise ValueError("labels= and template= go with head='prompt'")
+    if head == "prompt" or peft is not None:
+        if device_map is not None:
+            raise ValueError("device_map= cannot be combined with head='prompt' or peft= yet; "
+                             "load the model with device_map alone")
+        from .adapters import load_adapted
+
+        return load_adapted(name, num_labels=num_labels, head=head, labels=labels, template=template,
+                            peft=peft, dtype=dtype, device=device, size=size, seed=seed)
+    if device_map is not None:
+        return _with_device_map(name, device_map, num_labels=num_labels, dtype=dtype, size=size, seed=seed)
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -257,8 +294,36 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _load_hub_model(name, *, num_labels, dtype, device, device_map=None):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+def hub_lm_kind(name: str) -> str:
+    """``"masked"`` or ``"causal"``: which kind of language model hub id ``name`` is."""
+    if _offline():
+        raise ValueError(f"model {name!r} is not an offline model and HF_HUB_OFFLINE is set; "
+                         f"offline choices: {', '.join(OFFLINE_MODELS)}")
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"the config of {name!r} could not be loaded ({err}); "
+                         f"offline choices: {', '.join(OFFLINE_MODELS)}") from err
+    archs = " ".join(getattr(cfg, "architectures", None) or [])
+    return "masked" if "MaskedLM" in archs or cfg.model_type in MASKED_LM_TYPES else "causal"
+
+
+#: Hub model types that are masked LMs (their prompt head scores label words at the mask).
+MASKED_LM_TYPES = ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                   "xlm-roberta", "camembert", "mpnet", "modernbert")
+
+
+def _load_hub_model(name, *, num_labels, dtype, device, device_map=None, lm: str = "causal"):
+    """A hub model: a classifier with ``num_labels``, else the ``lm`` kind ("causal", "masked", "base")."""
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     hint = (f"model {name!r} is not an offline model ({', '.join(OFFLINE_MODELS)}) and could not be "
             "loaded from the Hugging Face hub")
@@ -272,7 +337,8 @@ def _load_hub_model(name, *, num_labels, dtype, device, device_map=None):
         if num_labels:
             model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+            auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "base": AutoModel}[lm]
+            model = auto.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(f"{hint} ({type(err).__name__}: {err}). Offline choices: "
                          f"{', '.join(OFFLINE_MODELS)}") from err

@@ -43,4 +43,15 @@ def load_task(name: str, *, tokenizer=None, seed: int = 0, **options) -> Task:
         raise
 
 
-__all__ = ["SPLITS", "TASKS", "Task", "load_task", "move_batch"]
+def task_prompt(name: str):
+    """The :class:`zoedu.prompts.Prompt` of task ``name`` (before a tokenizer exists), or ``None``.
+
+    ``load_model(model, head="prompt", labels=task_prompt("sentiment"))`` builds the
+    model that the task's prompt turns into a zero-shot classifier.
+    """
+    if name not in TASKS:
+        raise ValueError(f"task name={name!r} is unknown; allowed: {', '.join(TASKS)}")
+    return getattr(import_module(f".{name}", __name__), "PROMPT", None)
+
+
+__all__ = ["SPLITS", "TASKS", "Task", "load_task", "move_batch", "task_prompt"]

@@ -50,12 +50,14 @@ class Task:
         max_length: examples are truncated to this many tokens.
         domains: names of the domains of a multi-task corpus, or ``None``.
         label_names: names of the classes, for display.
+        prompt: the task phrased for a language model (:class:`zoedu.prompts.Prompt`: a
+            template, label words and label descriptions), for ``load_model(head="prompt")``.
     """
 
     def __init__(self, name: str, kind: str, splits: dict[str, dict], *, tokenizer=None,
                  num_labels: int | None = None, max_length: int = 512,
                  domains: Sequence[str] | None = None, label_names: Sequence[str] | None = None,
-                 description: str = ""):
+                 description: str = "", prompt=None):
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not a task kind; allowed: {', '.join(KINDS)}")
         for split in SPLITS:
@@ -75,6 +77,7 @@ class Task:
         self.domains = list(domains) if domains is not None else None
         self.label_names = list(label_names) if label_names is not None else None
         self.description = description
+        self.prompt = prompt
         self._encoded: dict[str, list[list[int]]] = {}
 
     # ------------------------------------------------------------------ sizes
@@ -87,6 +90,16 @@ class Task:
         doms = f", domains={self.domains}" if self.domains else ""
         return (f"Task({self.name!r}, kind={self.kind!r}, train={self.size('train')}, "
                 f"validation={self.size('validation')}{doms})")
+
+    @property
+    def label_words(self) -> list[str] | None:
+        """One label word per class (the prompt's), or ``None`` without a prompt."""
+        return list(self.prompt.label_words) if self.prompt is not None else None
+
+    @property
+    def template(self) -> str | None:
+        """The prompt's template (``"{text} it was {mask} ."``), or ``None`` without a prompt."""
+        return self.prompt.template if self.prompt is not None else None
 
     @property
     def n_domains(self) -> int:

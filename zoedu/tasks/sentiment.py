@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..prompts import Prompt
+
 ASPECTS = [
     "the plot", "the acting", "the soundtrack", "the dialogue", "the cinematography",
     "the ending", "the lead actor", "the script", "the pacing", "the special effects",
@@ -57,6 +59,13 @@ NARRATION = [
     "we talked about it for a while on the way home .",
     "the trailer gives away more than it should .",
 ]
+
+
+#: The prompt: the MeZO paper's SST-2 template and label words (Table 5 / their code's
+#: ``*cls**sent_0*_It_was*mask*.*sep+*`` with {terrible, great}), and for sentence
+#: encoders the label descriptions whose cosine similarity classifies zero-shot.
+PROMPT = Prompt(template="{text} it was {mask} .", label_words=("terrible", "great"),
+                label_descriptions=("A negative review", "A positive review"))
 
 
 def _clause(rng: np.random.Generator, polarity: int) -> str:
@@ -129,6 +138,6 @@ def build(tokenizer, *, seed: int = 0, n_train: int = 2000, n_validation: int = 
         "sentiment", "classification",
         {"train": {"text": tr_text, "label": tr_y}, "validation": {"text": va_text, "label": va_y}},
         tokenizer=tokenizer, num_labels=2, max_length=max_length,
-        label_names=["negative", "positive"],
+        label_names=["negative", "positive"], prompt=PROMPT,
         description="generated movie reviews with negation, intensifiers and a long tail of lengths",
     )

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from .sentiment import PROMPT
+
 
 def build(tokenizer, *, seed: int = 0, n_train: int | None = None, max_length: int = 128):
     from .base import Task
@@ -35,5 +37,5 @@ def build(tokenizer, *, seed: int = 0, n_train: int | None = None, max_length: i
               "validation": {"text": list(ds["validation"]["sentence"]),
                              "label": np.asarray(ds["validation"]["label"])}}
     return Task("sst2", "classification", splits, tokenizer=tokenizer, num_labels=2,
-                max_length=max_length, label_names=["negative", "positive"],
+                max_length=max_length, label_names=["negative", "positive"], prompt=PROMPT,
                 description="GLUE SST-2 movie-review sentences")
