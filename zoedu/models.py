@@ -17,17 +17,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from torch import nn
 
+from .prompts import (
+    EmbeddingSimilarityClassifier,
+    LabelWordClassifier,
+    Prompt,
+    PromptTokenizer,
+    describe,
+    label_word_ids,
+)
+
 TINY_MODELS = ("tiny-opt", "tiny-gpt2")
 BUNDLED_MODELS = ("minilm",)
-#: Offline masked LMs (their prompt head scores label words at the mask token).
-MASKED_MODELS: tuple[str, ...] = ()
-OFFLINE_MODELS = TINY_MODELS + BUNDLED_MODELS + MASKED_MODELS
+OFFLINE_MODELS = TINY_MODELS + BUNDLED_MODELS
 #: Classification heads of :func:`load_model` (``None``: linear with ``num_labels``, else none).
 HEADS = (None, "linear", "prompt")
 
@@ -171,10 +179,9 @@ def load_model(name: str, *, num_labels: int | None = None, head: str | None = N
     """Load a model and its tokenizer: ``(model, tokenizer)``.
 
     Args:
-        name: ``"tiny-opt"``, ``"tiny-gpt2"``, ``"minilm"``, ``"review-mlm"`` or a Hugging
-            Face hub id.
+        name: ``"tiny-opt"``, ``"tiny-gpt2"``, ``"minilm"`` or a Hugging Face hub id.
         num_labels: with a number, a classifier with that many classes; without (and
-            ``head=None``), a language model (tiny models, review-mlm, hub causal LMs) or
+            ``head=None``), a language model (tiny models, hub causal LMs) or
             the bare encoder (MiniLM).
         head: ``"linear"`` (a freshly initialised linear classification head: the MeZO
             paper's ablation), ``"prompt"`` (the task phrased as the pretraining task, see
@@ -216,9 +223,7 @@ def load_model(name: str, *, num_labels: int | None = None, head: str | None = N
         if device_map is not None:
             raise ValueError("device_map= cannot be combined with head='prompt' or peft= yet; "
                              "load the model with device_map alone")
-        from .adapters import load_adapted
-
-        return load_adapted(name, num_labels=num_labels, head=head, labels=labels, template=template,
+        return _load_adapted(name, num_labels=num_labels, head=head, labels=labels, template=template,
                             peft=peft, dtype=dtype, device=device, size=size, seed=seed)
     if device_map is not None:
         return _with_device_map(name, device_map, num_labels=num_labels, dtype=dtype, size=size, seed=seed)
@@ -347,6 +352,127 @@ def _load_hub_model(name, *, num_labels, dtype, device, device_map=None, lm: str
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     return (model if device_map is not None else _finish(model, None, device)), tok
+
+
+# --------------------------------------------------------------------- prompt heads, peft
+# ``load_model(name, head="prompt", labels=..., peft=...)`` lands here: the base language
+# model (or encoder) is loaded, a peft adapter is attached when asked, and a prompt head of
+# :mod:`zoedu.prompts` wraps it. The MeZO paper's Table 18 compares exactly these: MeZO on
+# the full model, MeZO(LoRA) and MeZO(prefix), all with the prompt.
+
+PEFT_METHODS = ("lora", "prefix", "prompt")
+
+#: LoRA's default targets: the attention's query and value projections (Hu et al., 2021),
+#: by the names each architecture gives them.
+LORA_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("q_lin", "v_lin"))
+
+DEFAULT_TEMPLATE = {"masked": "{text} it was {mask} .", "causal": "{text} It was {mask}"}
+
+
+def lm_kind(name: str) -> str:
+    """``"encoder"`` (MiniLM), ``"masked"`` or ``"causal"``: how a prompt reads the model."""
+    if name == "minilm":
+        return "encoder"
+    if name in TINY_MODELS:
+        return "causal"
+    return hub_lm_kind(name)
+
+
+def _base_model(name: str, kind: str, *, dtype, device, size: str, seed: int):
+    """The language model (or encoder) under a prompt head, and its tokenizer."""
+    if kind == "encoder" or name in OFFLINE_MODELS:
+        return load_model(name, dtype=dtype, device=device, size=size, seed=seed)
+    return _load_hub_model(name, num_labels=None, dtype=dtype, device=device, lm=kind)
+
+
+def _prompt_parts(labels, template: str | None, kind: str) -> tuple[list[str], str | None]:
+    if isinstance(labels, Prompt):
+        words = labels.label_descriptions if kind == "encoder" else labels.label_words
+        return list(words), template if template is not None else labels.template
+    if labels is None:
+        raise ValueError("head='prompt' needs labels=: a task's Prompt (e.g. "
+                         "zoedu.tasks.task_prompt('sentiment')) or one label word/description per class")
+    if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) < 2:
+        raise ValueError(f"labels={labels!r} must be a Prompt or a list of ≥ 2 label words "
+                         "(language models) or descriptions (MiniLM), one per class")
+    return [str(x) for x in labels], template
+
+
+def _load_adapted(name: str, *, num_labels, head, labels, template, peft, dtype, device, size, seed):
+    """``load_model`` with ``head="prompt"`` and/or ``peft=`` (see its docstring)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if head != "prompt":
+            model, tok = load_model(name, num_labels=num_labels, head=head, dtype=dtype,
+                                      device=device, size=size, seed=seed)
+            return apply_peft(model, peft, keep=_head_modules(model)), tok
+        kind = lm_kind(name)
+        words, template = _prompt_parts(labels, template, kind)
+        if num_labels is not None and num_labels != len(words):
+            raise ValueError(f"num_labels={num_labels} but labels has {len(words)} entries; give one per class")
+        base, tok = _base_model(name, kind, dtype=dtype, device=device, size=size, seed=seed)
+        if kind == "encoder":
+            if template is not None and not isinstance(labels, Prompt):
+                raise ValueError(f"template= is for language models; {name!r} is a sentence encoder "
+                                 "scored by similarity to the label descriptions")
+            label_emb = describe(base, tok, words)
+            model = EmbeddingSimilarityClassifier(apply_peft(base, peft), label_emb)
+            return model, tok
+        causal = kind == "causal"
+        template = template if template is not None else DEFAULT_TEMPLATE[kind]
+        ptok = PromptTokenizer(tok, template, causal=causal)
+        ids = label_word_ids(tok, words, causal=causal)
+        model = LabelWordClassifier(apply_peft(base, peft), ids, causal=causal,
+                                    mask_token_id=tok.mask_token_id)
+        return model, ptok
+
+
+def _head_modules(model: nn.Module) -> list[str]:
+    """Names of a sequence-classification model's own head (trained beside an adapter)."""
+    return [n for n in ("classifier", "score") if isinstance(getattr(model, n, None), nn.Module)]
+
+
+def _lora_targets(model: nn.Module) -> list[str]:
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if len(list(m.children())) == 0}
+    for targets in LORA_TARGETS:
+        if all(t in names for t in targets):
+            return list(targets)
+    raise ValueError("peft='lora' found no attention projections it knows "
+                     f"({', '.join('/'.join(t) for t in LORA_TARGETS)}); pass a peft.LoraConfig "
+                     "with target_modules")
+
+
+def peft_config(method: str, model: nn.Module, *, keep: Sequence[str] = ()):
+    """The ``peft`` config for ``method`` (``"lora"``, ``"prefix"``, ``"prompt"``) on ``model``."""
+    import peft
+
+    is_causal = "CausalLM" in type(model).__name__
+    task = peft.TaskType.CAUSAL_LM if is_causal else peft.TaskType.FEATURE_EXTRACTION
+    keep = list(keep) or None
+    if method == "lora":
+        # Table 15 of the MeZO paper: r = 8, α = 16
+        return peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=_lora_targets(model),
+                               modules_to_save=keep)
+    if method == "prefix":
+        if not is_causal:
+            raise ValueError("peft='prefix' (prefix tuning) is supported for causal LMs here; for "
+                             "encoders and masked LMs use peft='prompt' (prompt tuning) or 'lora'")
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=5)
+    if method == "prompt":
+        return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=5)
+    raise ValueError(f"peft={method!r} is not a method; allowed: {', '.join(PEFT_METHODS)} or a peft config")
+
+
+def apply_peft(model: nn.Module, method, *, keep: Sequence[str] = ()) -> nn.Module:
+    """``model`` with a ``peft`` adapter (only the adapter, and ``keep`` modules, trainable)."""
+    if method is None:
+        return model
+    import peft
+
+    config = method if isinstance(method, peft.PeftConfig) else peft_config(method, model, keep=keep)
+    return peft.get_peft_model(model, config)
+
+
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
