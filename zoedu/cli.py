@@ -59,6 +59,7 @@ def write_figure(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. compare --nproc re-launches itself
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -120,8 +120,8 @@ def _run(args) -> int:
     from .. import distributed
 
     if args.nproc > 1 and not distributed.launched():
-        return _spawn(args, _without_nproc(sys.argv[sys.argv.index("compare") + 1:]
-                                           if "compare" in sys.argv else []))
+        argv = list(getattr(args, "argv", None) or sys.argv[1:])
+        return _spawn(args, _without_nproc(argv[argv.index("compare") + 1:]))
     if distributed.launched():
         distributed.init()
     try:
