@@ -3,6 +3,7 @@
     python benchmarks/bench_distributed.py              # all three tables, as Markdown
     python benchmarks/bench_distributed.py --part bytes # measured bytes per step, tiny-opt 25m
     python benchmarks/bench_distributed.py --part wall  # seconds per step, 1 vs 2 processes
+    python benchmarks/bench_distributed.py --part directions  # n_perturb=2 on 1 process vs 2 ranks
     python benchmarks/bench_distributed.py --part paper # OPT-1.3B/13B/66B from the formulas
 
 1. Bytes each rank handed to collectives per step (the ``comm_bytes`` History column,
@@ -55,16 +56,23 @@ def bytes_table(size: str = "25m", steps: int = 3) -> None:
     print(f"\nparameters: {params}")
 
 
-def wall_table(size: str = "5m", steps: int = 20) -> None:
+WALL_RUNS = {  # name: [(label, nproc, method, lr, parallel, method options)]
+    "data": [("mezo", 1, "mezo", 1e-5, "data", {}), ("mezo", 2, "mezo", 1e-5, "data", {}),
+             ("adam", 1, "adam", 5e-5, "data", {}), ("adam", 2, "adam", 5e-5, "data", {})],
+    "directions": [("mezo n_perturb=2", 1, "mezo", 1e-5, "data", {"n_perturb": 2}),
+                   ("mezo parallel='directions'", 2, "mezo", 1e-5, "directions", {})],
+}
+
+
+def wall_table(size: str = "5m", steps: int = 20, which: str = "data") -> None:
     print("| method | processes | s/step (median, steps 2…) | total s | final loss |\n|---|---:|---:|---:|---:|")
-    for method, lr in (("mezo", 1e-5), ("adam", 5e-5)):
-        for nproc in (1, 2):
-            t0 = time.perf_counter()
-            h = launch_fit(nproc, method=method, model="tiny-opt", size=size, steps=steps, lr=lr,
-                           batch_size=16, task_options=TASK, timeout=600)
-            per = np.median(np.diff(h["seconds"].to_numpy()))
-            print(f"| {method} | {nproc} | {per:.3f} | {time.perf_counter() - t0:.1f} | "
-                  f"{h['loss'].iloc[-1]:.4f} |", flush=True)
+    for label, nproc, method, lr, parallel, opts in WALL_RUNS[which]:
+        t0 = time.perf_counter()
+        h = launch_fit(nproc, method=method, model="tiny-opt", size=size, steps=steps, lr=lr, batch_size=16,
+                       parallel=parallel, task_options=TASK, method_options=opts, timeout=600)
+        per = np.median(np.diff(h["seconds"].to_numpy()))
+        print(f"| {label} | {nproc} | {per:.3f} | {time.perf_counter() - t0:.1f} | "
+              f"{h['loss'].iloc[-1]:.4f} |", flush=True)
 
 
 def paper_table() -> None:
@@ -78,7 +86,7 @@ def paper_table() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=("bytes", "wall", "paper", "all"), default="all")
+    p.add_argument("--part", choices=("bytes", "wall", "directions", "paper", "all"), default="all")
     p.add_argument("--size", default=None, help="tiny-opt size (bytes: 25m, wall: 5m)")
     p.add_argument("--steps", type=int, default=None)
     a = p.parse_args()
@@ -90,6 +98,9 @@ def main() -> None:
         print()
     if a.part in ("wall", "all"):
         wall_table(a.size or "5m", a.steps or 20)
+        print()
+    if a.part in ("directions", "all"):
+        wall_table(a.size or "5m", a.steps or 20, "directions")
 
 
 if __name__ == "__main__":
