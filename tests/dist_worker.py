@@ -22,6 +22,7 @@ RUNS = [
     ("directions", "mezo", dict(lr=1e-3, eps=1e-3, parallel="directions")),
     ("adam", "adam", dict(lr=1e-3, parallel="data")),
     ("ipsgd", "ipsgd", dict(lr=1e-2, parallel="data")),
+    ("pike", "sgd", dict(lr=3e-2, mixer="pike", parallel="data")),
     ("semi_dp", "semi_dp", dict(lr=1e-1, beta=0.5, noise_multiplier=1.0, public_fraction=0.1, max_grad_norm=0.5,
                                 parallel="data")),
 ]
@@ -33,13 +34,34 @@ def setup():
     return task
 
 
-def model():
+def corpus():
+    return load_task("multidomain", n_train={"prose": 12, "code": 12, "rot13": 8, "arithmetic": 6}, n_validation=2,
+                     max_length=16)
+
+
+def model(name="tiny-opt"):
+    if name == "pike":
+        net, _ = load_model("tiny-gpt2", size="1m", seed=0)
+        return net
     net, _ = load_model("tiny-opt", size="1m", num_labels=2, seed=0)
     return net
 
 
+def fresh(name, options):
+    """The run's options, with a new PiKE (updating every 2 steps) for the mixer run."""
+    options = dict(options)
+    if name == "pike":
+        from zoedu.mixing import PiKE
+
+        options["mixer"] = PiKE(4, update_every=2)
+    return options
+
+
 def run(name, method, options, task):
-    net = model()
+    options = fresh(name, options)
+    if name == "pike":
+        task = corpus()
+    net = model(name)
     h = fit(net, task, method, steps=STEPS, batch_size=BATCH, seed=0, device="cpu", eval_every=0,
             track_memory=False, quiet=True, **options)
     return {"history": h, "attrs": dict(h.attrs), "weights": {k: v.clone() for k, v in net.state_dict().items()}}

@@ -44,17 +44,20 @@ def task():
 
 
 def single_process(name, task):
-    method, options = next((m, dict(o)) for n, m, o in worker.RUNS if n == name)
+    method, options = next((m, worker.fresh(n, o)) for n, m, o in worker.RUNS if n == name)
     if options.pop("parallel") == "directions":
         options["n_perturb"] = 2  # W ranks, one direction each == one process with W directions
-    net = worker.model()
+    net = worker.model(name)
+    if name == "pike":
+        task = worker.corpus()
     h = fit(net, task, method, steps=worker.STEPS, batch_size=worker.BATCH, seed=0, device="cpu",
             eval_every=0, track_memory=False, quiet=True, **options)
     return h, net.state_dict()
 
 
 @pytest.mark.parametrize("name,weight_atol", [("mezo", 1e-5), ("addax", 1e-5), ("directions", 1e-5),
-                                              ("adam", 1e-4), ("ipsgd", 1e-5), ("semi_dp", 1e-5)])
+                                              ("adam", 1e-4), ("ipsgd", 1e-5), ("semi_dp", 1e-5),
+                                              ("pike", 1e-5)])
 def test_two_ranks_equal_one_process(two_ranks, task, name, weight_atol):
     h, weights = single_process(name, task)
     for r, res in enumerate(two_ranks):
@@ -66,7 +69,13 @@ def test_two_ranks_equal_one_process(two_ranks, task, name, weight_atol):
                                        msg=lambda m, k=k: f"{name}, rank {r}, {k}: {m}")
         assert got["attrs"]["world_size"] == 2
         assert got["attrs"]["parallel"] == ("directions" if name == "directions" else "data")
-        assert not torch.equal(got["weights"]["score.weight"], worker.model().state_dict()["score.weight"])
+        first = next(iter(weights))
+        assert not torch.equal(got["weights"][first], worker.model(name).state_dict()[first])
+        if name == "pike":  # the same mixing weights and per-domain losses as one process
+            cols = [c for c in h.columns if c.startswith(("weight/", "loss/", "count/"))]
+            assert h["weight/prose"].nunique() > 1  # PiKE moved the weights
+            assert cols and np.allclose(got["history"][cols].to_numpy(float), h[cols].to_numpy(float),
+                                        rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize("name", [n for n, _, _ in worker.RUNS])

@@ -39,8 +39,14 @@ the Gaussian noise is drawn from the optimizer's one seed on every rank — the 
 it is added once to the global sum and the accounting is the single-process one
 (:class:`SumShare`).
 
+With a data mixer (``mixer=``, e.g. PiKE) the training step is sharded as above and the
+mixer records per-domain losses of the whole batch (the per-example losses are all-gathered);
+PiKE's gradient statistics run on the same per-task batches on every rank (the same
+sampling seed), so every rank computes the same statistics and the same mixing weights
+without communicating — replicated, not sharded.
+
 ``parallel="replicate"``: every rank runs the whole single-process step (no speed-up; for
-methods without a parallel form, e.g. ``mezo-accuracy`` or a ``mixer=``); the checksum still runs.
+methods without a parallel form, e.g. ``mezo-accuracy``); the checksum still runs.
 
 Every ``check_every`` steps and after the last, the ranks all-gather a float64 checksum of
 the weights and raise :class:`RanksDiverged` naming the step if they differ. A collective
@@ -378,9 +384,6 @@ class Parallel:
                 raise ValueError(f"method {name!r} has no data-parallel step; parallel='data' supports "
                                  f"{', '.join(DATA_PARALLEL_METHODS)} (and optimizer instances); use "
                                  "parallel='replicate' to run it on every rank")
-            if ctx.batch_source is not None:
-                raise ValueError("mixer= is not sharded: the mixer's loss replaces the sharded one; use "
-                                 "parallel='replicate' (every rank the whole batch, identical statistics)")
         if self.mode == "directions" and name not in DIRECTION_PARALLEL_METHODS:
             raise ValueError(f"parallel='directions' supports methods {', '.join(DIRECTION_PARALLEL_METHODS)}; "
                              f"got method={method!r}")
@@ -405,18 +408,39 @@ class Parallel:
         opt.n_perturb = opt.n_perturb * self.world
 
     # -------------------------------------------------------------- per step
-    def loss(self, ctx, batch: dict) -> torch.Tensor:
-        """``ctx.loss`` under this run: the shard's loss, all-reduced to the global mean."""
+    def loss(self, ctx, batch: dict, record: Callable | None = None) -> torch.Tensor:
+        """``ctx.loss`` under this run: the shard's loss, all-reduced to the global mean.
+        ``record(batch, example_losses)`` (a mixer's per-domain losses) gets the whole batch's
+        per-example losses (all-gathered: 8 bytes per example)."""
         if self.mode != "data":
-            return ctx.task.loss(ctx.model, batch)
+            if record is None:
+                return ctx.task.loss(ctx.model, batch)
+            losses = ctx.task.example_losses(ctx.model, batch)
+            record(batch, losses)
+            return losses.mean()
         part, weight = shard(batch, self.rank, self.world)
-        local = ctx.task.loss(ctx.model, part)
+        if record is None:
+            local = ctx.task.loss(ctx.model, part)
+        else:
+            losses = ctx.task.example_losses(ctx.model, part)
+            record(batch, self._gather_rows(losses.detach(), batch_rows(batch)))
+            local = losses.mean()
         total = local.detach().to(torch.float64).reshape(1) * weight
         self.comm.all_reduce(total, "all_reduce loss")
         if torch.is_grad_enabled() and local.requires_grad:
             self._armed = True
             return _ShardMean.apply(local, total[0], weight)
         return total[0].to(local.dtype)
+
+    def _gather_rows(self, values: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's per-example ``values`` of its shard, back in batch order."""
+        width = -(-n // self.world)
+        mine = torch.full((width,), float("nan"), dtype=torch.float64)
+        mine[:values.numel()] = values.to("cpu", torch.float64)
+        every = self.comm.all_gather(mine, "all_gather per-example losses")
+        rows = [every[r, :hi - lo] for r, (lo, hi) in enumerate(shard_bounds(n, r, self.world)
+                                                                for r in range(self.world))]
+        return torch.cat(rows).to(values.device)
 
     def _reduce_grad(self, p: torch.Tensor) -> None:
         if not self._armed or p.grad is None:

@@ -60,12 +60,12 @@ class FitContext:
         :class:`zoedu.mixing.MixedBatchSource`) sees the per-example losses of every batch the
         method evaluates, so it can keep per-domain losses without an extra forward pass."""
         record = getattr(self.batch_source, "record_losses", None)
+        if self.parallel is not None:
+            return self.parallel.loss(self, batch, record)
         if record is not None:
             losses = self.task.example_losses(self.model, batch)
             record(batch, losses)
             return losses.mean()
-        if self.parallel is not None:
-            return self.parallel.loss(self, batch)
         return self.task.loss(self.model, batch)
 
 
