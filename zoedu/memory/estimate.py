@@ -85,8 +85,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
       the forward peak and one parameter's gradient (the embedding's, which arrives last,
       when the activations are gone).
     * ``mezo`` (MeZO Algorithm 1): inference memory; the random direction ``z`` is
-      regenerated from its seed, never stored: ``zoedu.optim`` draws it into two scratch
-      slots per stream (on CUDA a stream is a parameter, on CPU a chunk of
+      regenerated from its seed, never stored: ``zoedu.optim`` draws it into scratch slots
+      per stream (on CPU one, two with exact restoration; counted as two on CUDA) (on CUDA a stream is a parameter, on CPU a chunk of
       ``chunk`` elements per worker thread); the peak is the larger of the
       forward pass and those slots. With exact restoration (``exact_restore=True``) the
       lists of the weights whose round trip misses live through the forwards:
@@ -144,10 +144,11 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
                 perturbed -= (a.vocab - min(a.vocab, b * s)) * a.embed_dim
             f = Footprint(params=f.params, activations=f.activations,
                           other=f.other + int(EXACT_RESTORE_BYTES * perturbed))
-        if device == "cuda":  # one stream per parameter, two scratch slots
+        if device == "cuda":  # one stream per parameter, two scratch slots (not re-measured on a GPU)
             z = 2 * a.largest * w
-        else:  # streams of `chunk` elements, two slots per worker thread
-            z = 2 * min(a.largest, int(chunk)) * w * torch.get_num_threads()
+        else:  # streams of `chunk` elements per worker thread; the plain path's passes use one
+            slots = 2 if keeper and exact else 1  # slot each, the exact mode's update pass two
+            z = slots * min(a.largest, int(chunk)) * w * torch.get_num_threads()
         if z > f.activations:
             return Footprint(params=f.params, other=f.other + z)
         return f
