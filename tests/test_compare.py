@@ -9,7 +9,7 @@ from zoedu.experiments.compare import compare, parse_lr
 def test_compare_trains_each_method_from_the_same_start(tmp_path, capsys):
     table, histories = compare(["adam", "sgd"], model="tiny-opt", model_options={"size": "1m"},
                                task_options={"n_train": 60, "n_validation": 20, "max_length": 32},
-                               steps=3, batch_size=4, eval_examples=20)
+                               steps=3, batch_size=4, eval_examples=20, head="linear", zero_shot=False)
     assert list(table["method"]) == ["adam", "sgd"]
     assert set(histories) == {"adam", "sgd"}
     # the same seed: both methods see the same first batch from the same weights
@@ -29,6 +29,36 @@ def test_compare_command_prints_a_table_and_writes_html(tmp_path, capsys):
         assert column in out
     assert "sgd" in out and "adam" in out
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
+
+
+def test_compare_starts_with_the_zero_shot_prompt_model():
+    kw = dict(model="tiny-opt", model_options={"size": "1m"}, batch_size=4, eval_examples=20,
+              task_options={"n_train": 60, "n_validation": 20, "max_length": 32})
+    table, histories = compare(["adam", "mezo"], steps=2, **kw)
+    assert list(table["method"]) == ["zero-shot", "adam", "mezo"] and set(histories) == {"adam", "mezo"}
+    zs = table.iloc[0]
+    assert zs["steps"] == 0 and zs["seconds"] == 0 and zs["forward_passes"] == 0
+    # inference memory: below Adam's training step (weights + gradients + moments)
+    assert 0 < zs["peak_memory_mb"] < table.set_index("method").loc["adam", "peak_memory_mb"]
+    # the zero-shot row is the untrained prompt model: both methods start from it
+    from zoedu.experiments.optim import zero_shot
+
+    again = zero_shot("tiny-opt", "sentiment", eval_examples=20, model_options={"size": "1m"},
+                      task_options={"n_train": 60, "n_validation": 20, "max_length": 32}, track_memory=False)
+    assert again["eval_accuracy"] == zs["eval_accuracy"] and again["eval_loss"] == pytest.approx(zs["eval_loss"])
+    linear, _ = compare(["sgd"], steps=1, head="linear", **kw)
+    assert list(linear["method"]) == ["untrained", "sgd"]
+
+
+def test_compare_command_writes_the_zero_shot_row_to_csv(tmp_path):
+    import pandas as pd
+
+    csv = tmp_path / "t.csv"
+    code = main(["compare", "--model", "tiny-opt", "--size", "1m", "--methods", "mezo", "--steps", "2",
+                 "--batch-size", "2", "--max-length", "24", "--eval-examples", "8", "--quiet", "--peft", "lora",
+                 "--html", "", "--csv", str(csv)])
+    assert code == 0
+    assert list(pd.read_csv(csv)["method"]) == ["zero-shot", "mezo"]
 
 
 def test_parse_lr():

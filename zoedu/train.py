@@ -246,7 +246,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     from .models import count_parameters
 
     history.attrs.update(method=name, lr=float(lr), seed=seed, batch_size=int(batch_size),
-                         device=str(dev), task=task.name, parameters=count_parameters(model))
+                         device=str(dev), task=task.name, parameters=count_parameters(model),
+                         trainable_parameters=count_parameters(model, trainable_only=True))
     if par is not None:
         history.attrs.update(parallel=par.mode, world_size=par.world)
     return history

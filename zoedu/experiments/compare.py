@@ -62,6 +62,7 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
             lr=None, batch_size: int = 16, seed: int = 0, device="auto", eval_every: int | None = None,
             eval_examples: int | None = 200, task_options: dict | None = None,
             model_options: dict | None = None, method_options: dict | None = None,
+            head: str | None = "prompt", zero_shot: bool = True,
             quiet: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Train a fresh copy of ``model`` on ``task`` with each method; return (table, histories).
 
@@ -70,8 +71,20 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     all methods, a ``{method: lr}`` dict, or a string as in :func:`parse_lr`; missing methods
     use :data:`zoedu.defaults.DEFAULT_LR`. ``method_options`` maps a method name to keyword
     options for it (on top of :data:`zoedu.defaults.METHOD_DEFAULTS`).
+
+    ``head="prompt"`` (the default for tasks with a prompt) fine-tunes the task's prompt
+    classifier, which is the zero-shot classifier before training (the MeZO paper's
+    setting); ``head="linear"`` a freshly initialised linear head (their ablation). With
+    ``zero_shot`` the table's first row is the untrained model (steps 0; ``"zero-shot"``
+    with the prompt head, ``"untrained"`` otherwise), whose peak memory is that of a forward
+    pass: inference memory.
     """
+    from ..tasks import task_prompt
     from .optim import run_methods
+    from .optim import zero_shot as zero_shot_row
+
+    if head == "prompt" and isinstance(task, str) and task_prompt(task) is None:
+        head = None  # e.g. multidomain (language modelling) or tabular: no prompt to use
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -80,8 +93,15 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     specs = {m: dict((method_options or {}).get(m, {}), lr=lrs.get(m, default_lr(m))) for m in methods}
     histories = run_methods(model, task, specs, steps, batch_size=batch_size, seed=seed, device=device,
                             eval_every=eval_every, eval_examples=eval_examples, model_options=model_options,
-                            task_options=task_options, quiet=quiet)
-    return summarize(histories), histories
+                            task_options=task_options, head=head, quiet=quiet)
+    table = summarize(histories)
+    if zero_shot:
+        row = zero_shot_row(model, task, head=head, seed=seed, batch_size=batch_size, eval_examples=eval_examples,
+                            device=device, model_options=model_options, task_options=task_options)
+        if head != "prompt":
+            row["method"] = "untrained"  # a fresh linear head: chance, not zero-shot
+        table = pd.concat([pd.DataFrame([row]), table], ignore_index=True)
+    return table, histories
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -138,7 +158,7 @@ def _compare_and_report(args) -> int:
         batch_size=args.batch_size, seed=args.seed, device=args.device, eval_every=args.eval_every,
         eval_examples=args.eval_examples,
         task_options={"max_length": args.max_length} if args.task in ("sentiment", "sst2", "multidomain") else None,
-        model_options={"size": args.size} if args.model.startswith("tiny-") else None,
+        model_options=_model_options(args), head=args.head, zero_shot=args.zero_shot,
         quiet=args.quiet,
     )
     if not is_main():  # every rank holds the same table; rank 0 prints and writes
@@ -149,6 +169,13 @@ def _compare_and_report(args) -> int:
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0
+
+
+def _model_options(args) -> dict | None:
+    options = {"size": args.size} if args.model.startswith("tiny-") else {}
+    if args.peft:
+        options["peft"] = args.peft
+    return options or None
 
 
 def _positive_int(text: str) -> int:
@@ -177,6 +204,13 @@ def add_cli(subparsers) -> None:
     p.add_argument("--eval-examples", type=int, default=200, help="validation examples per evaluation (default: 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--head", choices=("prompt", "linear"), default="prompt",
+                   help="prompt: the task's prompt classifier, zero-shot before training (the MeZO paper's "
+                        "setting); linear: a fresh linear head (their ablation). Default: prompt")
+    p.add_argument("--peft", choices=("lora", "prefix", "prompt"), default=None,
+                   help="train only a peft adapter: lora, prefix (causal LMs) or prompt tuning")
+    p.add_argument("--no-zero-shot", dest="zero_shot", action="store_false",
+                   help="skip the first row (the untrained model's accuracy and inference memory)")
     p.add_argument("--html", default="zoedu-compare.html", help="where to write the loss plot ('' for none)")
     p.add_argument("--csv", default=None, help="also write the table as CSV here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -36,7 +36,7 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
                 lr: float | dict | None = None, batch_size: int = 16, seed: int = 0, device="auto",
                 eval_every: int | None = None, eval_examples: int | None = 200,
                 model_options: dict | None = None, task_options: dict | None = None,
-                quiet: bool = True) -> dict[str, pd.DataFrame]:
+                head: str | None = None, quiet: bool = True) -> dict[str, pd.DataFrame]:
     """Train ``model_name`` on ``task`` with every method; return ``{label: History}``.
 
     Args:
@@ -48,9 +48,9 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
         lr: one learning rate, ``{label: lr}``, or ``None`` for :data:`zoedu.defaults.DEFAULT_LR`.
             An entry's options are added to the method's :data:`zoedu.defaults.METHOD_DEFAULTS`.
         eval_every, eval_examples: passed to :func:`zoedu.train.fit`.
+        head: ``None``/``"linear"`` (a fresh linear classifier) or ``"prompt"`` (the task's
+            prompt: the untrained model is the zero-shot classifier; see :func:`load_models`).
     """
-    from ..models import load_model, load_tokenizer
-    from ..tasks import Task, load_task
     from ..train import available_methods, fit
 
     specs = _normalise(methods)
@@ -59,11 +59,8 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
         name = spec.get("method", label)
         if name not in known:
             raise ValueError(f"method {name!r} (for {label!r}) is unknown; allowed: {', '.join(known)}")
-    if isinstance(task, Task):
-        the_task = task
-    else:
-        the_task = load_task(task, tokenizer=load_tokenizer(model_name), seed=seed, **(task_options or {}))
-    num_labels = the_task.num_labels if the_task.kind == "classification" else None
+    load, the_task = load_models(model_name, task, head=head, seed=seed, model_options=model_options,
+                                 task_options=task_options)
     histories = {}
     for label, spec in specs.items():
         spec = dict(spec)
@@ -75,13 +72,88 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
         if method_lr is None:
             method_lr = default_lr(name)
         n_steps = int(spec.pop("steps", steps))
-        model, _ = load_model(model_name, num_labels=num_labels, seed=seed, **(model_options or {}))
+        model = load()
         h = fit(model, the_task, name, steps=n_steps, lr=float(method_lr), batch_size=batch_size, seed=seed,
                 device=device, eval_every=eval_every, eval_examples=eval_examples, quiet=quiet,
                 progress_desc=label, **spec)
         h.attrs["label"] = label
         histories[label] = h
     return histories
+
+
+def load_models(model_name: str, task, *, head: str | None = None, seed: int = 0,
+                model_options: dict | None = None, task_options: dict | None = None):
+    """``(load, task)``: a function returning a fresh copy of the model, and the task.
+
+    With ``head="prompt"`` the model is the task's prompt classifier
+    (``load_model(..., head="prompt", labels=task_prompt(task))``) and the task is tokenized
+    through the model's tokenizer, so that it holds the template; otherwise a classification
+    task gets a fresh linear head (``num_labels``) and a language-modelling task none.
+    """
+    from ..models import load_model, load_tokenizer
+    from ..tasks import Task, load_task, task_prompt
+
+    options = dict(model_options or {})
+    if head == "prompt":
+        name = task.name if isinstance(task, Task) else task
+        prompt = task.prompt if isinstance(task, Task) else task_prompt(name)
+        if prompt is None:
+            raise ValueError(f"head='prompt': task {name!r} has no prompt; use head='linear'")
+        options.update(head="prompt", labels=prompt)
+        _, tokenizer = load_model(model_name, seed=seed, **options)
+    else:
+        tokenizer = load_tokenizer(model_name)
+    if isinstance(task, Task):
+        the_task = task
+    else:
+        the_task = load_task(task, tokenizer=tokenizer, seed=seed, **(task_options or {}))
+    if head != "prompt" and the_task.kind == "classification":
+        options["num_labels"] = the_task.num_labels
+        if head is not None:
+            options["head"] = head
+
+    def load():
+        return load_model(model_name, seed=seed, **options)[0]
+
+    return load, the_task
+
+
+def zero_shot(model_name: str, task, *, head: str | None = "prompt", seed: int = 0, batch_size: int = 16,
+              eval_examples: int | None = 200, device="auto", model_options: dict | None = None,
+              task_options: dict | None = None, track_memory: bool = True) -> dict:
+    """The untrained model's validation metrics (the zero-shot row of a comparison).
+
+    Also its peak memory for a forward pass on a training batch of ``batch_size`` (what
+    inference needs, the floor a zeroth-order method's memory should sit on).
+    """
+    import torch
+
+    from ..memory import measure
+    from ..models import resolve_device
+    from ..tasks import move_batch
+
+    load, the_task = load_models(model_name, task, head=head, seed=seed, model_options=model_options,
+                                 task_options=task_options)
+    dev = resolve_device(device)
+    model = load().to(dev).eval()
+    metrics = the_task.evaluate(model, "validation", max_examples=eval_examples, device=dev)
+    peak = np.nan
+    if track_memory:
+        batch = move_batch(the_task.sample("train", batch_size, np.random.default_rng(seed)), dev)
+
+        def forward():
+            with torch.no_grad():
+                the_task.loss(model, batch)
+
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            forward()
+            peak = float(torch.cuda.max_memory_allocated(dev))
+        else:
+            peak = float(measure(forward, model=model).total)
+    return {"method": "zero-shot", "steps": 0, "train_loss": np.nan, "eval_loss": metrics["loss"],
+            "eval_accuracy": metrics["accuracy"], "seconds": 0.0,
+            "peak_memory_mb": peak / 2**20, "forward_passes": 0, "backward_passes": 0}
 
 
 def time_to_target(histories: dict[str, pd.DataFrame], accuracy: float) -> pd.DataFrame:
