@@ -61,6 +61,14 @@ def test_compare_command_writes_the_zero_shot_row_to_csv(tmp_path):
     assert list(pd.read_csv(csv)["method"]) == ["zero-shot", "mezo"]
 
 
+def test_prompt_head_has_its_own_mezo_default():
+    from zoedu import defaults
+
+    assert parse_lr(None, ["mezo", "adam"], "prompt") == {"mezo": defaults.PROMPT_LR["mezo"],
+                                                          "adam": defaults.DEFAULT_LR["adam"]}
+    assert parse_lr(None, ["mezo"])["mezo"] == defaults.DEFAULT_LR["mezo"] != defaults.PROMPT_LR["mezo"]
+
+
 def test_parse_lr():
     assert parse_lr("1e-3", ["adam", "sgd"]) == {"adam": 1e-3, "sgd": 1e-3}
     assert parse_lr("adam=2e-4", ["adam", "sgd"])["adam"] == 2e-4

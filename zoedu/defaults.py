@@ -23,6 +23,12 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "addax-wa": {"lr": 5e-2, "alpha": 1e-3, "eps": 1e-3, "k0": 4, "k1": 4, "sparse_embedding_grads": True},
 }
 
+#: Learning rates that replace :data:`METHOD_DEFAULTS`' with the prompt head
+#: (``load_model(..., head="prompt")``): it starts at the zero-shot classifier, where MeZO's
+#: lr 1e-3 (tuned for a fresh linear head) wrecks it within a hundred steps; at ≤ 3e-5 MeZO
+#: stays near zero-shot (benchmarks/README.md, "MeZO with a prompt").
+PROMPT_LR: dict[str, float] = {"mezo": 1e-5}
+
 #: ``{fit method: learning rate}`` (from :data:`METHOD_DEFAULTS`).
 DEFAULT_LR: dict[str, float] = {m: o["lr"] for m, o in METHOD_DEFAULTS.items()}
 
@@ -34,8 +40,11 @@ GPU_MEMORY_GB: dict[str, float] = {"24 GB (RTX 4090 / A10)": 24, "40 GB (A100-40
 FALLBACK_LR = 1e-3
 
 
-def default_lr(method: str) -> float:
-    """The default learning rate of ``method`` (:data:`FALLBACK_LR` if the table has none)."""
+def default_lr(method: str, head: str | None = None) -> float:
+    """The default learning rate of ``method`` (:data:`FALLBACK_LR` if the table has none);
+    with ``head="prompt"``, :data:`PROMPT_LR`'s where it has one."""
+    if head == "prompt" and method in PROMPT_LR:
+        return PROMPT_LR[method]
     return DEFAULT_LR.get(method, FALLBACK_LR)
 
 
@@ -44,4 +53,4 @@ def default_options(method: str) -> dict:
     return {k: copy.copy(v) for k, v in METHOD_DEFAULTS.get(method, {}).items() if k != "lr"}
 
 
-__all__ = ["DEFAULT_LR", "FALLBACK_LR", "GPU_MEMORY_GB", "METHOD_DEFAULTS", "default_lr", "default_options"]
+__all__ = ["DEFAULT_LR", "FALLBACK_LR", "GPU_MEMORY_GB", "METHOD_DEFAULTS", "PROMPT_LR", "default_lr", "default_options"]

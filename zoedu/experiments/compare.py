@@ -15,9 +15,10 @@ import pandas as pd
 from ..defaults import DEFAULT_LR, default_lr
 
 
-def parse_lr(text: str | float | None, methods: list[str]) -> dict[str, float]:
-    """``"1e-4"`` (all methods) or ``"adam=1e-4,mezo=1e-6"`` → ``{method: lr}``."""
-    lrs = {m: default_lr(m) for m in methods}
+def parse_lr(text: str | float | None, methods: list[str], head: str | None = None) -> dict[str, float]:
+    """``"1e-4"`` (all methods) or ``"adam=1e-4,mezo=1e-6"`` → ``{method: lr}`` (the others:
+    :func:`zoedu.defaults.default_lr` for ``head``)."""
+    lrs = {m: default_lr(m, head) for m in methods}
     if text is None or text == "":
         return lrs
     if isinstance(text, (int, float)):
@@ -83,14 +84,13 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     from .optim import run_methods
     from .optim import zero_shot as zero_shot_row
 
-    if head == "prompt" and isinstance(task, str) and task_prompt(task) is None:
-        head = None  # e.g. multidomain (language modelling) or tabular: no prompt to use
-
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(methods)
-    lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods)
-    specs = {m: dict((method_options or {}).get(m, {}), lr=lrs.get(m, default_lr(m))) for m in methods}
+    if head == "prompt" and isinstance(task, str) and task_prompt(task) is None:
+        head = None  # e.g. multidomain (language modelling) or tabular: no prompt to use
+    lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods, head)
+    specs = {m: dict((method_options or {}).get(m, {}), lr=lrs.get(m, default_lr(m, head))) for m in methods}
     histories = run_methods(model, task, specs, steps, batch_size=batch_size, seed=seed, device=device,
                             eval_every=eval_every, eval_examples=eval_examples, model_options=model_options,
                             task_options=task_options, head=head, quiet=quiet)
