@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..privacy import (SemiDPSGD, epsilon as epsilon_spent, mean_estimate, mean_mse,
-                       noise_for_epsilon, semi_dp_weights, split_public)
+from ..privacy import (SemiDPSGD, epsilon as epsilon_spent, gaussian_noise_multiplier, mean_estimate, mean_mse,
+                       noise_for_epsilon, public_variance, semi_dp_weights, split_public)
 from ..privacy.accounting import ACCOUNTANTS, INTEGER_ORDERS, check_delta, check_epsilon
 
 DATASETS = ("linear_regression", "breast_cancer", "digits")
@@ -108,8 +108,14 @@ VARIANCE_CHOICES = (("semi_dp (worst case)", "semi_dp", None), ("semi_dp (public
 def variance_curves(*, n_priv: int = 2000, n_pub: int = 200, d: int = 20,
                     ratios=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), epsilon: float = 0.3,
                     delta: float = 1e-5, radius: float = 1.0, model: str = "central",
-                    trials: int = 100, seed: int = 0) -> pd.DataFrame:
+                    trials: int = 100, seed: int = 0, private_rows: bool = True) -> pd.DataFrame:
     """MSE against V/R²: the worst-case weights, the public estimate's, and the baselines.
+
+    ``private_rows=False`` (central model only) draws the private rows' *sum* instead of the
+    rows, from a Gaussian with the sum's exact mean and covariance (n_priv·μ, n_priv·s²/d·I):
+    the weights never depend on the private rows, so the MSE depends on them only through
+    those two moments — the same expected MSE at a fraction of the cost for large n_priv·d.
+    The public rows are always drawn (V̂ is computed from them).
 
     Data: rows ``μ + s·u`` with ``u`` uniform on the unit sphere, ``s = R·√ratio`` and
     ``‖μ‖ = R − s`` (so ``‖x‖ ≤ R`` and ``V = s²`` exactly; ratio 1 is ``μ = 0``). ``mse`` is
@@ -133,11 +139,30 @@ def variance_curves(*, n_priv: int = 2000, n_pub: int = 200, d: int = 20,
         errs = {label: np.empty(trials) for label, _, _ in VARIANCE_CHOICES}
         weights = {}
         for t in range(trials):
-            priv, pub = _sphere_rows(rng, n_priv, mu, spread), _sphere_rows(rng, n_pub, mu, spread)
-            noise_seed = int(rng.integers(2**31))
+            pub = _sphere_rows(rng, n_pub, mu, spread)
+            if private_rows:
+                priv = _sphere_rows(rng, n_priv, mu, spread)
+                noise_seed = int(rng.integers(2**31))
+                for label, method, variance in VARIANCE_CHOICES:
+                    est = mean_estimate(priv, pub, epsilon=epsilon, delta=delta, radius=radius, method=method,
+                                        model=model, variance=variance, seed=noise_seed)
+                    errs[label][t] = float(np.sum((est - mu) ** 2))
+                continue
+            if model != "central":
+                raise ValueError("private_rows=False is for the central model only")
+            priv_sum = n_priv * mu + rng.standard_normal(d) * spread * math.sqrt(n_priv / d)
+            z = rng.standard_normal(d) if delta > 0 else rng.laplace(size=d)
+            scale = (2 * radius * gaussian_noise_multiplier(epsilon, delta) if delta > 0
+                     else 2 * radius * math.sqrt(d) / epsilon)
+            v_hat = public_variance(pub, radius)
             for label, method, variance in VARIANCE_CHOICES:
-                est = mean_estimate(priv, pub, epsilon=epsilon, delta=delta, radius=radius, method=method,
-                                    model=model, variance=variance, seed=noise_seed)
+                v = v_hat if variance == "public" else variance
+                if method == "treat_as_private":
+                    a = b = 1.0 / (n_priv + n_pub)
+                else:
+                    a, b = semi_dp_weights(n_priv, n_pub, d, epsilon=epsilon, delta=delta, radius=radius,
+                                           method=method, variance=v)
+                est = a * pub.sum(0) + b * priv_sum + b * scale * z
                 errs[label][t] = float(np.sum((est - mu) ** 2))
         for label, method, variance in VARIANCE_CHOICES:
             kw = dict(epsilon=epsilon, delta=delta, radius=radius, method=method, model=model)
@@ -159,8 +184,9 @@ def adaptive_grid(*, ns=(200, 2000), public_shares=(0.05, 0.1), ds=(2, 20, 500),
     """:func:`variance_curves` over a grid; one row per setting with each estimator's Monte
     Carlo MSE divided by the better baseline's (``min(throw_away, treat_as_private)``).
 
-    ``trials``: per setting; default ``max(60, 4000 // d)`` (the MSE of a d-dimensional
-    estimate averages d coordinates, so large d needs fewer trials).
+    ``trials``: per setting; default ``max(200, 8000 // d)`` (the MSE of a d-dimensional
+    estimate averages d coordinates, so large d needs fewer trials). Central model: the
+    private sums are drawn directly (``variance_curves(private_rows=False)``).
     """
     rows = []
     for n in ns:
@@ -168,9 +194,10 @@ def adaptive_grid(*, ns=(200, 2000), public_shares=(0.05, 0.1), ds=(2, 20, 500),
             n_pub = max(1, int(round(share * n)))
             for d in ds:
                 for eps in epsilons:
-                    t = trials or max(60, 4000 // d)
+                    t = trials or max(200, 8000 // d)
                     c = variance_curves(n_priv=n - n_pub, n_pub=n_pub, d=d, ratios=ratios, epsilon=eps,
-                                        delta=delta, model=model, trials=t, seed=seed)
+                                        delta=delta, model=model, trials=t, seed=seed,
+                                        private_rows=model != "central")
                     for ratio, g in c.groupby("ratio"):
                         mc = g.set_index("estimator")["mc_mse"]
                         se = g.set_index("estimator")["mc_se"]
