@@ -126,3 +126,20 @@ def test_fit_semi_dp_with_a_beta_rule():
     with pytest.raises(ValueError, match="target_epsilon"):
         fit(torch.nn.Linear(30, 2), task, "semi_dp", steps=2, lr=0.5, quiet=True, track_memory=False,
             eval_every=0, public_fraction=0.1, beta="public", noise_multiplier=1.0)
+
+
+def test_variance_experiments_and_figure():
+    from zoedu.experiments.privacy import adaptive_grid, privacy_utility_sweep, sweep_summary, variance_curves
+    from zoedu.viz.privacy import variance_figure
+
+    curves = variance_curves(n_priv=300, n_pub=30, d=5, ratios=(0.01, 1.0), epsilon=1.0, trials=30)
+    assert set(curves.estimator) == {"semi_dp (worst case)", "semi_dp (public V̂)", "throw_away", "treat_as_private"}
+    fig = variance_figure(curves)
+    assert len(fig.data) == 8 and fig.layout.xaxis.title.text == "data variance V / R²"
+    grid = adaptive_grid(ns=(200,), public_shares=(0.1,), ds=(3,), epsilons=(0.5,), ratios=(0.01,), trials=300)
+    assert len(grid) == 1 and grid.public_ratio.iloc[0] <= 1.1 + 3 * grid.public_ratio_se.iloc[0]
+    assert grid.worst_case_ratio.iloc[0] > 2                 # the worst case is far off when V ≪ R²
+    sweep = privacy_utility_sweep("breast_cancer", public_fractions=(0.1,), epsilons=(1.0,), methods=(),
+                                  beta_rules=("worst_case",), steps=5)
+    assert list(sweep.method) == ["semi_dp_worst_case"] and 0 < sweep.beta.iloc[0] < 1
+    assert "beta_worst_case" in sweep_summary(sweep)

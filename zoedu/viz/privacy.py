@@ -91,8 +91,22 @@ def mean_mse_figure(curves: pd.DataFrame, *, x: str = "n_pub", mse: str = "mse",
     return apply_theme(fig, title=title or f"Mean estimation: MSE against {_axis_title(x)}", height=420)
 
 
+def variance_figure(curves: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """MSE against V/R² for the worst-case and public-estimate weights and the baselines.
+
+    ``curves`` is :func:`zoedu.experiments.privacy.variance_curves` output (one row per
+    (ratio, estimator)): lines are ``mean_mse`` at the true V, open markers Monte Carlo.
+    """
+    require_columns(curves, ["estimator", "ratio", "mse", "mc_mse"], "curves")
+    df = curves.assign(method=curves["estimator"])
+    first = df.iloc[0]
+    return mean_mse_figure(df, x="ratio", title=title or (
+        f"MSE against V/R² (n_priv = {int(first['n_priv'])}, n_pub = {int(first['n_pub'])}, "
+        f"d = {int(first['d'])}, ε = {first['epsilon']:g})"))
+
+
 def _axis_title(column: str) -> str:
-    return {"n_pub": "public examples n_pub", "epsilon": "privacy budget ε",
+    return {"ratio": "data variance V / R²", "n_pub": "public examples n_pub", "epsilon": "privacy budget ε",
             "n_priv": "private examples n_priv", "public_fraction": "public fraction",
             "step": "step", "steps": "steps"}.get(column, column.replace("_", " "))
 
@@ -325,4 +339,5 @@ __all__ = [
     "mean_mse_figure",
     "privacy_utility_dashboard",
     "privacy_utility_figure",
+    "variance_figure",
 ]
