@@ -40,6 +40,8 @@ def test_prompt_tokenizer_keeps_the_template_and_cuts_the_text(tokenizer):
     assert tokenizer.decode(short[1]) == "[CLS] bad it was [MASK]. [SEP]"
     with pytest.raises(ValueError, match="max_length=6 leaves no room"):
         ptok(long, truncation=True, max_length=6)
+    with pytest.raises(ValueError, match="return_tensors"):
+        ptok(["a", "b"], return_tensors="pt")
 
 
 def test_templates_and_label_words_are_checked(tokenizer):

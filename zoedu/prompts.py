@@ -147,7 +147,13 @@ class PromptTokenizer:
         return self._start + self._prefix + ids + self._suffix + self._end
 
     def __call__(self, text, *, truncation: bool = False, max_length: int | None = None,
-                 add_special_tokens: bool = True, **_):
+                 add_special_tokens: bool = True, **options):
+        unsupported = {k: v for k, v in options.items() if v not in (None, False)}
+        if unsupported:
+            raise ValueError(f"PromptTokenizer returns lists of ids; {sorted(unsupported)} are not supported "
+                             "(tasks pad their batches themselves; call .tokenizer for the plain tokenizer)")
+        if not add_special_tokens:
+            raise ValueError("add_special_tokens=False: a template always carries the model's special tokens")
         limit = max_length if truncation else None
         if isinstance(text, str):
             return {"input_ids": self.encode_one(text, limit)}
