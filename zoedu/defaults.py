@@ -24,10 +24,13 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 
 #: Learning rates that replace :data:`METHOD_DEFAULTS`' with the prompt head
-#: (``load_model(..., head="prompt")``): it starts at the zero-shot classifier, where MeZO's
-#: lr 1e-3 (tuned for a fresh linear head) wrecks it within a hundred steps; at ≤ 3e-5 MeZO
-#: stays near zero-shot (benchmarks/README.md, "MeZO with a prompt").
-PROMPT_LR: dict[str, float] = {"mezo": 1e-5}
+#: (``load_model(..., head="prompt")``): it starts at the zero-shot classifier, where the
+#: linear head's rates (MeZO 1e-3, SGD 0.1) wreck it within a few steps. Probed on MiniLM,
+#: ``sentiment``, 40 steps (benchmarks/README.md, "MeZO with a prompt"): Adam 1e-5 → 0.700,
+#: IP-SGD 1e-2 → 0.708 from zero-shot 0.652; MeZO ≤ 3e-5 stays near zero-shot; Addax fell
+#: below zero-shot at every rate tried (1e-3 → 0.600, 3e-3 → 0.605, 1e-2 → 0.608).
+PROMPT_LR: dict[str, float] = {"adam": 1e-5, "sgd": 1e-2, "ipsgd": 1e-2, "mezo": 1e-5, "addax": 1e-3,
+                               "addax-wa": 1e-3}
 
 #: ``{fit method: learning rate}`` (from :data:`METHOD_DEFAULTS`).
 DEFAULT_LR: dict[str, float] = {m: o["lr"] for m, o in METHOD_DEFAULTS.items()}
