@@ -180,3 +180,8 @@ def test_the_ablation_direction_prompt_head_beats_linear_head_in_the_same_mezo_b
     assert [t.name for t in fig.data] == ["prompt", "linear"]
     with pytest.raises(ValueError, match="columns"):
         ablation_figure(curves.drop(columns=["step"]))
+
+
+def test_hub_prompt_models_fail_offline_naming_the_offline_choices():
+    with pytest.raises(ValueError, match="offline choices: tiny-opt, tiny-gpt2, minilm"):
+        load_model("roberta-base", head="prompt", labels=SENTIMENT)

@@ -279,16 +279,9 @@ def load_tokenizer(name: str):
     """The tokenizer that :func:`load_model` would return for ``name``, without the model."""
     if name in OFFLINE_MODELS:
         return default_tokenizer()
-    if _offline():
-        raise ValueError(f"model {name!r} is not an offline model and HF_HUB_OFFLINE is set; "
-                         f"offline choices: {', '.join(OFFLINE_MODELS)}")
     from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"the tokenizer of {name!r} could not be loaded ({err}); "
-                         f"offline choices: {', '.join(OFFLINE_MODELS)}") from err
+    tok = _from_hub(AutoTokenizer.from_pretrained, name, "tokenizer")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -299,18 +292,23 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def hub_lm_kind(name: str) -> str:
-    """``"masked"`` or ``"causal"``: which kind of language model hub id ``name`` is."""
+def _from_hub(load, name: str, what: str):
+    """``load(name)`` for a hub id, with a clear error offline or when the hub refuses."""
     if _offline():
         raise ValueError(f"model {name!r} is not an offline model and HF_HUB_OFFLINE is set; "
                          f"offline choices: {', '.join(OFFLINE_MODELS)}")
+    try:
+        return load(name)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"the {what} of {name!r} could not be loaded ({err}); "
+                         f"offline choices: {', '.join(OFFLINE_MODELS)}") from err
+
+
+def hub_lm_kind(name: str) -> str:
+    """``"masked"`` or ``"causal"``: which kind of language model hub id ``name`` is."""
     from transformers import AutoConfig
 
-    try:
-        cfg = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"the config of {name!r} could not be loaded ({err}); "
-                         f"offline choices: {', '.join(OFFLINE_MODELS)}") from err
+    cfg = _from_hub(AutoConfig.from_pretrained, name, "config")
     archs = " ".join(getattr(cfg, "architectures", None) or [])
     return "masked" if "MaskedLM" in archs or cfg.model_type in MASKED_LM_TYPES else "causal"
 
