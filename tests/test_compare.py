@@ -61,11 +61,11 @@ def test_compare_command_writes_the_zero_shot_row_to_csv(tmp_path):
     assert list(pd.read_csv(csv)["method"]) == ["zero-shot", "mezo"]
 
 
-def test_prompt_head_has_its_own_mezo_default():
+def test_prompt_head_has_its_own_learning_rates():
     from zoedu import defaults
 
-    assert parse_lr(None, ["mezo", "adam"], "prompt") == {"mezo": defaults.PROMPT_LR["mezo"],
-                                                          "adam": defaults.DEFAULT_LR["adam"]}
+    assert parse_lr(None, ["mezo", "adam", "lion"], "prompt") == {
+        "mezo": defaults.PROMPT_LR["mezo"], "adam": defaults.PROMPT_LR["adam"], "lion": defaults.FALLBACK_LR}
     assert parse_lr(None, ["mezo"])["mezo"] == defaults.DEFAULT_LR["mezo"] != defaults.PROMPT_LR["mezo"]
 
 
