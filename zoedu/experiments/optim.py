@@ -100,9 +100,10 @@ def load_models(model_name: str, task, *, head: str | None = None, seed: int = 0
         if prompt is None:
             raise ValueError(f"head='prompt': task {name!r} has no prompt; use head='linear'")
         options.update(head="prompt", labels=prompt)
-        _, tokenizer = load_model(model_name, seed=seed, **options)
+        model, tokenizer = load_model(model_name, seed=seed, **options)
+        unused = [model]  # loaded for its tokenizer; it serves the first run instead of a reload
     else:
-        tokenizer = load_tokenizer(model_name)
+        tokenizer, unused = load_tokenizer(model_name), []
     if isinstance(task, Task):
         the_task = task
     else:
@@ -113,7 +114,7 @@ def load_models(model_name: str, task, *, head: str | None = None, seed: int = 0
             options["head"] = head
 
     def load():
-        return load_model(model_name, seed=seed, **options)[0]
+        return unused.pop() if unused else load_model(model_name, seed=seed, **options)[0]
 
     return load, the_task
 

@@ -51,10 +51,7 @@ def prompt_ablation(model: str = "minilm", task: str = "sentiment", *, variants:
     for label, options in variants.items():
         spec = dict(options)
         head = spec.pop("head", "prompt")
-        options_for_model = dict(model_options or {})
-        if spec.get("peft") is not None:
-            options_for_model["peft"] = spec.pop("peft")
-        spec.pop("peft", None)
+        options_for_model = dict(model_options or {}, peft=spec.pop("peft", None))
         start = zero_shot(model, task, head=head, seed=seed, eval_examples=eval_examples, device=device,
                           model_options=options_for_model, task_options=task_options, track_memory=False)
         h = run_methods(model, task, {label: spec}, steps, batch_size=batch_size, seed=seed, device=device,
