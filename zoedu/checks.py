@@ -78,4 +78,28 @@ def scalar(value, where: str) -> float:
                          f"got {type(value).__name__}") from None
 
 
-__all__ = ["choice", "non_negative", "number", "positive", "positive_int", "scalar", "unit_interval"]
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) \
+            and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return float(a) == float(b) or (math.isnan(float(a)) and math.isnan(float(b)))
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def same_config(owner: str, saved: dict, current: dict) -> None:
+    """``load_state_dict``'s rule: every constructor argument stored in a state must equal the
+    receiving object's, else a ``ValueError`` naming the argument (a resumed run silently
+    keeping its constructor's seed or ε would not be the run that was saved)."""
+    for key, value in saved.items():
+        if key in current and not _same(current[key], value):
+            raise ValueError(f"{owner}.load_state_dict: the state was saved with {key}={value!r} but this "
+                             f"{owner} was made with {key}={current[key]!r}; construct it with "
+                             f"{key}={value!r} to resume that run")
+
+
+__all__ = ["choice", "non_negative", "number", "positive", "positive_int", "same_config", "scalar",
+           "unit_interval"]

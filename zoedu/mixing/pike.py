@@ -67,6 +67,7 @@ import math
 
 import numpy as np
 
+from ._state import Checkpointable
 from .samplers import _check_b, _check_n_tasks, apportion
 
 
@@ -98,8 +99,12 @@ def _check_counts(values, n_tasks: int) -> np.ndarray:
     return arr
 
 
-class PiKE:
+class PiKE(Checkpointable):
     """PiKE's mixing weights (Algorithm 1): w_k ← w_k·exp(ζ₁‖∇L_k‖² − (ζ₂/2b)σ_k²), normalised.
+
+    ``state_dict()``/``load_state_dict()`` save and restore the iterate, the accumulated moves
+    and noise and the update count, so a resumed run continues bit for bit; a resume with
+    other constructor arguments is a ``ValueError`` naming the argument.
 
     Args:
         n_tasks: K ≥ 2.
@@ -151,6 +156,14 @@ class PiKE:
         self._moved = np.zeros(self.n_tasks)               # A_k: Σ of the (clipped) steps, unfloored
         self._noise = np.zeros(self.n_tasks)               # V_k: accumulated variance of the steps
         self.n_updates = 0
+
+    _STATE = ("_weights", "_initial", "_raw", "_moved", "_noise", "n_updates", "_factors")
+
+    def _config(self) -> dict:
+        # batch_size is left out: fit sets it to its own batch size when it binds the mixer
+        return {"n_tasks": self.n_tasks, "zeta1": self.zeta1, "zeta2": self.zeta2,
+                "update_every": self.update_every, "min_weight": self.min_weight, "normalize": self.normalize,
+                "max_log_step": self.max_log_step, "shrink": self.shrink}
 
     # -------------------------------------------------------------- the update
     @property
@@ -275,6 +288,9 @@ class BalancedPiKE(PiKE):
             raise ValueError(f"tau={tau!r} must be a positive finite number (τ → 0: average loss, "
                              f"τ → ∞: worst-task loss)")
         self.tau = float(tau)
+
+    def _config(self) -> dict:
+        return {**super()._config(), "tau": self.tau}
 
     def tilt(self, losses) -> np.ndarray:
         """p = softmax(τ·L): the weight of each task in the gradient of the tilted objective."""

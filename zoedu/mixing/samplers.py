@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._state import Checkpointable
+
 
 def _check_n_tasks(n_tasks) -> int:
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, (int, np.integer)) or n_tasks < 2:
@@ -82,10 +84,16 @@ def apportion(weights, b: int, *, rng: np.random.Generator | None = None,
     return counts
 
 
-class Sampler:
-    """Base class: ``n_tasks`` tasks, ``weights`` on the simplex, ``counts(b, ...)`` summing to b."""
+class Sampler(Checkpointable):
+    """Base class: ``n_tasks`` tasks, ``weights`` on the simplex, ``counts(b, ...)`` summing to b.
+
+    The samplers here are stateless between steps (their randomness is the caller's ``rng``);
+    ``state_dict()`` holds their arguments, so a resume with other ones is refused."""
 
     one_task_per_batch = False
+
+    def _config(self) -> dict:
+        return {"n_tasks": self.n_tasks, "weights": self.weights.tolist()}
 
     def __init__(self, n_tasks: int):
         self.n_tasks = _check_n_tasks(n_tasks)
@@ -136,6 +144,9 @@ class Proportional(Sampler):
         self.temperature = float(temperature)
         w = sizes ** (1.0 / self.temperature)
         self._weights = w / w.sum()
+
+    def _config(self) -> dict:
+        return {"sizes": self.sizes.tolist(), "temperature": self.temperature}
 
     @property
     def weights(self):

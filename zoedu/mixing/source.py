@@ -252,6 +252,32 @@ class MixedBatchSource:
         out["mixer_seconds"] = seconds
         self._step = step + 1
 
+    # ------------------------------------------------------------------ checkpoints
+    _STATE = ("_step", "_counts", "_weights", "_avg", "_train_loss", "_task_losses")
+
+    def state_dict(self) -> dict:
+        """The source's running state (step, averages, per-domain losses) and its mixer's
+        ``state_dict()``; the batches' randomness is ``fit``'s ``rng``, saved with the run."""
+        import copy
+
+        if self.mixer is None:
+            raise ValueError("MixedBatchSource.state_dict: bind it first (fit does)")
+        return {"mixer": self.mixer.state_dict(), "stats_every": self.stats_every,
+                "state": {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        import copy
+
+        from ..checks import same_config
+
+        if self.mixer is None:
+            raise ValueError("MixedBatchSource.load_state_dict: bind it first (fit does)")
+        same_config("MixedBatchSource", {"stats_every": state_dict["stats_every"]}, {"stats_every": self.stats_every})
+        self.mixer.load_state_dict(state_dict["mixer"])
+        for k, v in state_dict["state"].items():
+            if k in self._STATE:
+                setattr(self, k, copy.deepcopy(v))
+
     def __repr__(self):
         return f"MixedBatchSource(mixer={self.mixer or self.spec!r}, stats_every={self.stats_every})"
 

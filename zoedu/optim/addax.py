@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from ..checks import non_negative, positive, scalar, unit_interval
+from ..checks import non_negative, positive, same_config, scalar, unit_interval
 from ._perturb import CHUNK, Perturber, direction_seed, row_map
 from .estimators import UpdateRule, decays
 from .ipsgd import InPlaceUpdates, add_gradient_
@@ -121,7 +121,8 @@ class Addax(torch.optim.Optimizer):
         positive("eps", eps, "the perturbation scale ε")
         unit_interval("alpha", alpha, what="the weight of the zeroth-order part")
         non_negative("weight_decay", weight_decay)
-        self._inplace = InPlaceUpdates(self._first_order_update, sparse_embedding_grads=sparse_embedding_grads)
+        self._inplace = InPlaceUpdates(self._first_order_update, sparse_embedding_grads=sparse_embedding_grads,
+                                       groups=lambda: self.param_groups)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
         self.eps, self.alpha, self.seed = float(eps), float(alpha), int(seed)
         self.workers, self.chunk = workers, int(chunk)
@@ -251,6 +252,32 @@ class Addax(torch.optim.Optimizer):
     def remove_hooks(self) -> None:
         """Detach the optimizer from its parameters (the hooks stay until this is called)."""
         self._inplace.remove()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _config(self) -> dict:
+        """The constructor arguments a saved state must agree with (they decide the directions)."""
+        return {"seed": self.seed, "eps": self.eps, "alpha": self.alpha, "chunk": self.chunk}
+
+    def state_dict(self) -> dict:
+        """torch.optim's state plus the step count (it seeds the next direction), the skipped
+        steps and the constructor arguments a resume must match."""
+        out = super().state_dict()
+        out["addax"] = {**self._config(), "step_count": self.step_count, "skipped_steps": self.skipped_steps,
+                        "last_projected_grad": self.last_projected_grad}
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue a saved run bit for bit; a differing ``seed``, ``eps``, ``alpha`` or ``chunk``
+        is a ``ValueError`` naming it."""
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("addax", None)
+        if extra is not None:
+            same_config("Addax", {k: extra[k] for k in self._config() if k in extra}, self._config())
+        super().load_state_dict(state_dict)
+        if extra is not None:
+            self.step_count = int(extra["step_count"])
+            self.skipped_steps = int(extra["skipped_steps"])
+            self.last_projected_grad = float(extra["last_projected_grad"])
 
 
 # --------------------------------------------------------------------------- threshold

@@ -121,10 +121,13 @@ class InPlaceUpdates:
     """
 
     def __init__(self, update: Callable[[torch.Tensor, torch.Tensor, dict], None], *,
-                 sparse_embedding_grads: bool = False):
+                 sparse_embedding_grads: bool = False, groups: Callable[[], list] | None = None):
         if not isinstance(sparse_embedding_grads, bool):
             raise ValueError(f"sparse_embedding_grads={sparse_embedding_grads!r} must be True or False")
         self.update = update
+        # the owner's current param_groups: load_state_dict replaces the group dicts, and the
+        # hooks must read the new ones (a scheduler changes those)
+        self.groups = groups
         self.sparse_embedding_grads = sparse_embedding_grads
         self.params: list[torch.Tensor] = []
         self._hooks: list = []
@@ -132,19 +135,20 @@ class InPlaceUpdates:
 
     def watch(self, group: dict) -> None:
         """Hook every trainable parameter of ``group`` (an optimizer's parameter group)."""
+        index = len(self.groups()) - 1 if self.groups is not None else None
         for p in group["params"]:
             if p.requires_grad:
                 self.params.append(p)
-                self._hooks.append(p.register_post_accumulate_grad_hook(self._hook_for(group)))
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._hook_for(group, index)))
 
-    def _hook_for(self, group: dict) -> Callable:
+    def _hook_for(self, group: dict, index: int | None) -> Callable:
         def hook(p: torch.Tensor) -> None:
             if not self._active:
                 return
             with torch.no_grad():
                 grad = p.grad
                 p.grad = None  # the optimizer's reference only: the update below reads `grad`
-                self.update(p, grad, group)
+                self.update(p, grad, group if index is None else self.groups()[index])
         return hook
 
     def run(self, closure: Callable):
@@ -201,7 +205,8 @@ class IPSGD(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, *, weight_decay: float = 0.0, sparse_embedding_grads: bool = False):
         non_negative("lr", lr)
         non_negative("weight_decay", weight_decay)
-        self._inplace = InPlaceUpdates(self._update, sparse_embedding_grads=sparse_embedding_grads)
+        self._inplace = InPlaceUpdates(self._update, sparse_embedding_grads=sparse_embedding_grads,
+                                       groups=lambda: self.param_groups)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
 
     def add_param_group(self, param_group: dict) -> None:

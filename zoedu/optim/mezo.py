@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ..checks import choice, non_negative, positive, positive_int, scalar
+from ..checks import choice, non_negative, positive, positive_int, same_config, scalar
 from ._perturb import CHUNK, DIRECTIONS, Perturber, Stream, direction_seed, row_map
 from .estimators import ESTIMATORS, UpdateRule, decays
 from .exact import ExactKeeper, flip_exact, perturb_keeping, restore_exact
@@ -399,10 +399,23 @@ class MeZO(torch.optim.Optimizer):
                            "skipped_steps": self.skipped_steps}
         return out
 
+    def _config(self) -> dict:
+        """The constructor arguments a saved state must agree with (they decide the directions)."""
+        return {"seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
+                "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
+                "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact,
+                "directions": self.directions}
+
     def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's contract (learning rates and per-parameter state come from the state),
+        plus the step counters and the trajectory log, so a resumed run continues bit for bit.
+        A constructor argument that differs from the saved run's (``seed``, ``eps``, …) is a
+        ``ValueError`` naming it: the resumed run would silently be another one."""
         state_dict = dict(state_dict)
         log = state_dict.pop("trajectory", None)
         counters = state_dict.pop("counters", None)
+        if log is not None:
+            same_config("MeZO", {k: log[k] for k in self._config() if k in log}, self._config())
         super().load_state_dict(state_dict)
         if counters:
             self.step_count = int(counters["step_count"])

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import non_negative, positive, unit_interval
+from ..checks import non_negative, positive, same_config, unit_interval
 from .accounting import check_noise_multiplier
 from .per_sample import PerSampleGradients, batch_size_of, clip_and_sum, trainable
 from .per_sample import per_sample_norms as per_sample_norms_of
@@ -153,6 +153,44 @@ class SemiDPSGD(torch.optim.Optimizer):
         _, b = semi_dp_weights(r["n_priv"], r["n_pub"], self.n_params, epsilon=r["epsilon"], delta=r["delta"],
                                radius=C, variance=min(max(float(variance), 0.0), C * C))
         return float(min(1.0, max(0.0, r["n_priv"] * b)))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _config(self) -> dict:
+        """The constructor arguments a saved state must agree with."""
+        return {"seed": self.seed, "noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm,
+                "clip_public": self.clip_public, "public_max_grad_norm": self.public_max_grad_norm,
+                "expected_batch_size": self.expected_batch_size, "beta_rule": self.beta_rule,
+                **({} if self.beta_rule is None else self._rule)}
+
+    def state_dict(self) -> dict:
+        """torch.optim's state plus the noise generator's state: a resumed run must draw fresh
+        noise, never the noise of its first steps again (identical noise twice would break the
+        privacy analysis), and β (which ``beta="public"`` changes every step)."""
+        out = super().state_dict()
+        out["semi_dp"] = {**self._config(), "beta": self.beta,
+                          "generator": None if self.generator is None else self.generator.get_state(),
+                          "generator_device": None if self.generator is None else str(self.generator.device)}
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue a saved run bit for bit (noise stream included); a constructor argument that
+        differs from the saved run's (``seed``, ``noise_multiplier``, …) is a ``ValueError`` naming it."""
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("semi_dp", None)
+        if extra is None:
+            raise ValueError("SemiDPSGD.load_state_dict: the state has no 'semi_dp' entry (the noise "
+                             "generator's state); resuming without it would repeat the first steps' noise")
+        same_config("SemiDPSGD", {k: extra[k] for k in self._config() if k in extra}, self._config())
+        super().load_state_dict(state_dict)
+        if self.beta_rule is None:
+            same_config("SemiDPSGD", {"beta": extra["beta"]}, {"beta": self.beta})
+        self.beta = float(extra["beta"])
+        if extra["generator"] is None:
+            self.generator = None
+        else:
+            device = self.param_groups[0]["params"][0].device if self.param_groups[0]["params"] else "cpu"
+            self.generator = torch.Generator(device=device)
+            self.generator.set_state(extra["generator"])
 
     # ------------------------------------------------------------------ pieces
     def _noise_like(self, p: torch.Tensor, std: float) -> torch.Tensor:
