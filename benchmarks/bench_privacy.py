@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         return 0
     import pandas as pd
 
-    from zoedu.experiments.privacy import privacy_utility_sweep, sweep_summary, to_markdown
+    from zoedu.experiments.private_training import privacy_utility_sweep, sweep_summary, to_markdown
 
     parts = []
     for ds in args.datasets.split(","):

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from zoedu.experiments import privacy as ex
+from zoedu.experiments import privacy as curves
+from zoedu.experiments import private_training as ex
 from zoedu.privacy import epsilon
 
 
 def test_mean_estimation_curves_formula_matches_simulation_and_semi_dp_wins():
-    df = ex.mean_estimation_curves(n_priv=200, n_pubs=(0, 10, 100), epsilons=(0.5, 4.0), d=5, trials=40)
+    df = curves.mean_estimation_curves(n_priv=200, n_pubs=(0, 10, 100), epsilons=(0.5, 4.0), d=5, trials=40)
     assert set(df.method) == {"semi_dp", "throw_away", "treat_as_private"}
     assert not ((df.method == "throw_away") & (df.n_pub == 0)).any()
     z = (df.mc_mse - df.mse).abs() / df.mc_se
@@ -26,11 +27,11 @@ def test_mean_estimation_curves_formula_matches_simulation_and_semi_dp_wins():
 
 
 def test_epsilon_curve_is_the_accountant():
-    df = ex.epsilon_curve(1.1, 0.02, 200, 1e-5, points=5)
+    df = curves.epsilon_curve(1.1, 0.02, 200, 1e-5, points=5)
     assert df.step.iloc[-1] == 200 and df.epsilon.is_monotonic_increasing
     assert df.epsilon.iloc[-1] == pytest.approx(epsilon(1.1, 0.02, 200, 1e-5), rel=1e-12)
     with pytest.raises(ValueError, match="accountant"):
-        ex.epsilon_curve(accountants=("moments",))
+        curves.epsilon_curve(accountants=("moments",))
 
 
 def test_problems_respect_the_norm_bound_and_split():
@@ -85,4 +86,4 @@ def test_cli(capsys):
     assert "| model |" in capsys.readouterr().out
     assert main(["privacy", "sweep", "--epsilons", "-1"]) == 2
     assert "epsilon" in capsys.readouterr().err
-    np.testing.assert_array_equal(ex._floats("0.1, 1"), (0.1, 1.0))
+    np.testing.assert_array_equal(curves._floats("0.1, 1"), (0.1, 1.0))
