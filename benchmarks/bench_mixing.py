@@ -29,8 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from zoedu.experiments.mixing import (SCENARIO_DOMAINS, conflict_sweep, fixed_mixture_sweep,  # noqa: E402
-                                      pretrain_multidomain, statistics_noise)
+from zoedu.experiments.mixing import conflict_sweep  # noqa: E402
+from zoedu.experiments.multidomain import (SCENARIO_DOMAINS, fixed_mixture_sweep,  # noqa: E402
+                                           pretrain_multidomain, statistics_noise)
 
 
 def _md(df: pd.DataFrame, digits: int = 3) -> str:

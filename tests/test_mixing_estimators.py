@@ -99,7 +99,7 @@ def test_effective_counts_may_be_fractional_but_not_below_two():
 
 
 def test_averaging_draws_makes_the_score_less_noisy():
-    from zoedu.experiments.mixing import statistics_noise
+    from zoedu.experiments.multidomain import statistics_noise
 
     df = statistics_noise(fast=True, domains=("prose", "noise", "duplicated"), warm_steps=2, repeats=4,
                           draws=(1, 4), sizes=[12, 12, 12], n_validation=2)

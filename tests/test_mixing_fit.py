@@ -147,7 +147,7 @@ def test_synthetic_conflict_reports_losses_and_weights():
 
 
 def test_pretrain_multidomain_returns_the_tables(corpus):
-    from zoedu.experiments.mixing import pretrain_multidomain
+    from zoedu.experiments.multidomain import pretrain_multidomain
 
     r = pretrain_multidomain(["uniform", "pike"], task=corpus, steps=2, batch_size=4, eval_every=2,
                              stats_every=1, device="cpu")

@@ -130,7 +130,7 @@ def test_tau_figure_and_reference_line():
 
 
 def test_cosine_dashboard_and_weights_on_a_real_mixed_training_history():
-    from zoedu.experiments.mixing import pretrain_multidomain
+    from zoedu.experiments.multidomain import pretrain_multidomain
 
     run = pretrain_multidomain(("pike",), fast=True, steps=4, stats_every=2, eval_every=4, batch_size=8,
                                n_train={"prose": 16, "code": 16, "rot13": 16, "arithmetic": 16},

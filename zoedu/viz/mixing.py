@@ -320,7 +320,7 @@ def domain_losses_figure(summary: pd.DataFrame, *, mixer: str = "mixer", domain:
     """Per-domain validation loss of each mixer (grouped bars), with its average and worst.
 
     ``summary`` is either wide — one row per mixer with ``val/<domain>`` columns, the
-    ``summary`` of :func:`zoedu.experiments.mixing.pretrain_multidomain` — or long, one row
+    ``summary`` of :func:`zoedu.experiments.multidomain.pretrain_multidomain` — or long, one row
     per (mixer, domain) with the final ``loss``. The bars "average" and "worst" are
     computed here from the per-domain values.
     """
