@@ -24,6 +24,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .adapters import apply_peft, head_modules
 from .prompts import (
     EmbeddingSimilarityClassifier,
     LabelWordClassifier,
@@ -358,12 +359,6 @@ def _load_hub_model(name, *, num_labels, dtype, device, device_map=None, lm: str
 # :mod:`zoedu.prompts` wraps it. The MeZO paper's Table 18 compares exactly these: MeZO on
 # the full model, MeZO(LoRA) and MeZO(prefix), all with the prompt.
 
-PEFT_METHODS = ("lora", "prefix", "prompt")
-
-#: LoRA's default targets: the attention's query and value projections (Hu et al., 2021),
-#: by the names each architecture gives them.
-LORA_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("q_lin", "v_lin"))
-
 DEFAULT_TEMPLATE = {"masked": "{text} it was {mask} .", "causal": "{text} It was {mask}"}
 
 
@@ -403,7 +398,7 @@ def _load_adapted(name: str, *, num_labels, head, labels, template, peft, dtype,
         if head != "prompt":
             model, tok = load_model(name, num_labels=num_labels, head=head, dtype=dtype,
                                       device=device, size=size, seed=seed)
-            return apply_peft(model, peft, keep=_head_modules(model)), tok
+            return apply_peft(model, peft, keep=head_modules(model)), tok
         kind = lm_kind(name)
         words, template = _prompt_parts(labels, template, kind)
         if num_labels is not None and num_labels != len(words):
@@ -423,54 +418,6 @@ def _load_adapted(name: str, *, num_labels, head, labels, template, peft, dtype,
         model = LabelWordClassifier(apply_peft(base, peft), ids, causal=causal,
                                     mask_token_id=tok.mask_token_id)
         return model, ptok
-
-
-def _head_modules(model: nn.Module) -> list[str]:
-    """Names of a sequence-classification model's own head (trained beside an adapter)."""
-    return [n for n in ("classifier", "score") if isinstance(getattr(model, n, None), nn.Module)]
-
-
-def _lora_targets(model: nn.Module) -> list[str]:
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if len(list(m.children())) == 0}
-    for targets in LORA_TARGETS:
-        if all(t in names for t in targets):
-            return list(targets)
-    raise ValueError("peft='lora' found no attention projections it knows "
-                     f"({', '.join('/'.join(t) for t in LORA_TARGETS)}); pass a peft.LoraConfig "
-                     "with target_modules")
-
-
-def peft_config(method: str, model: nn.Module, *, keep: Sequence[str] = ()):
-    """The ``peft`` config for ``method`` (``"lora"``, ``"prefix"``, ``"prompt"``) on ``model``."""
-    import peft
-
-    is_causal = "CausalLM" in type(model).__name__
-    task = peft.TaskType.CAUSAL_LM if is_causal else peft.TaskType.FEATURE_EXTRACTION
-    keep = list(keep) or None
-    if method == "lora":
-        # Table 15 of the MeZO paper: r = 8, α = 16
-        return peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=_lora_targets(model),
-                               modules_to_save=keep)
-    if method == "prefix":
-        if not is_causal:
-            raise ValueError("peft='prefix' (prefix tuning) is supported for causal LMs here; for "
-                             "encoders and masked LMs use peft='prompt' (prompt tuning) or 'lora'")
-        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=5)
-    if method == "prompt":
-        return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=5)
-    raise ValueError(f"peft={method!r} is not a method; allowed: {', '.join(PEFT_METHODS)} or a peft config")
-
-
-def apply_peft(model: nn.Module, method, *, keep: Sequence[str] = ()) -> nn.Module:
-    """``model`` with a ``peft`` adapter (only the adapter, and ``keep`` modules, trainable)."""
-    if method is None:
-        return model
-    import peft
-
-    config = method if isinstance(method, peft.PeftConfig) else peft_config(method, model, keep=keep)
-    return peft.get_peft_model(model, config)
-
-
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
