@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -25,6 +26,16 @@ def sentiment(tokenizer):
     from zoedu.tasks import load_task
 
     return load_task("sentiment", tokenizer=tokenizer, n_train=300, n_validation=100, max_length=128)
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    """``sentiment`` tokenized for tiny-opt (200 train, 50 validation, max_length 64)."""
+    from zoedu.models import load_tokenizer
+    from zoedu.tasks import load_task
+
+    return load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=200, n_validation=50,
+                     max_length=64)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,3 +67,34 @@ def tiny_opt_task(n_train: int, n_validation: int, max_length: int):
     task = load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=n_train,
                      n_validation=n_validation, max_length=max_length)
     return task, lambda: load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0]
+
+
+class Quadratic(nn.Module):
+    """L(θ) = ½ (θ − c)ᵀ A (θ − c): gradient A (θ − c), known exactly."""
+
+    def __init__(self, d=6, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        m = torch.randn(d, d, generator=g, dtype=torch.float64)
+        self.register_buffer("A", m @ m.T / d + torch.eye(d, dtype=torch.float64))
+        self.register_buffer("c", torch.randn(d, generator=g, dtype=torch.float64))
+        self.theta = nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64))
+
+    def forward(self):
+        r = self.theta - self.c
+        return 0.5 * r @ self.A @ r
+
+    def grad(self):
+        return self.A @ (self.theta.detach() - self.c)
+
+
+def mlp(dtype=torch.float32, seed=0):
+    """A small MLP (12 → 16 → 1, LayerNorm, tanh) in ``dtype``."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 1)).to(dtype)
+
+
+def mlp_data(dtype=torch.float32):
+    """32 regression rows for :func:`mlp`."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(32, 12, generator=g).to(dtype), torch.randn(32, 1, generator=g).to(dtype)

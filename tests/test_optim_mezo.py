@@ -1,54 +1,14 @@
-"""MeZO (zoedu.optim.mezo): estimator, seeding, restoration, replay, NaN handling, variants."""
+"""MeZO (zoedu.optim.mezo, estimators, forward_gradient): Algorithm 1, the estimator, seeding, NaN handling, variants, arguments."""
 
-import io
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import Quadratic, mlp, mlp_data, same, snapshot
 from torch import nn
 
-from conftest import same, snapshot
 from zoedu.optim import MeZO, direction, direction_seed, forward_gradient, replay
-
-
-class Quadratic(nn.Module):
-    """L(θ) = ½ (θ − c)ᵀ A (θ − c): gradient A (θ − c), known exactly."""
-
-    def __init__(self, d=6, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        m = torch.randn(d, d, generator=g, dtype=torch.float64)
-        self.register_buffer("A", m @ m.T / d + torch.eye(d, dtype=torch.float64))
-        self.register_buffer("c", torch.randn(d, generator=g, dtype=torch.float64))
-        self.theta = nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64))
-
-    def forward(self):
-        r = self.theta - self.c
-        return 0.5 * r @ self.A @ r
-
-    def grad(self):
-        return self.A @ (self.theta.detach() - self.c)
-
-
-def mlp(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 1)).to(dtype)
-
-
-def mlp_data(dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(32, 12, generator=g).to(dtype), torch.randn(32, 1, generator=g).to(dtype)
-
-
-@pytest.fixture(scope="module")
-def tiny_task():
-    from zoedu.models import load_tokenizer
-    from zoedu.tasks import load_task
-
-    return load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=200, n_validation=50,
-                     max_length=64)
 
 
 # --------------------------------------------------------------------------- the estimator
@@ -170,22 +130,6 @@ def test_rademacher_directions_are_unbiased_with_a_smaller_variance():
     assert var["rademacher"] == pytest.approx(5 * a2, rel=0.15) and var["gaussian"] == pytest.approx(7 * a2, rel=0.15)
 
 
-def test_rademacher_run_replays_bit_for_bit():
-    x, y = mlp_data()
-    model = mlp()
-    base = snapshot(model)
-    opt = MeZO(model.parameters(), lr=1e-2, weight_decay=0.1, directions="rademacher", seed=7)
-    for _ in range(6):
-        opt.step(lambda: ((model(x) - y) ** 2).mean())
-    log = opt.trajectory()
-    assert log["directions"] == "rademacher"
-    rebuilt = [b.clone() for b in base]
-    replay(rebuilt, log)
-    assert same(rebuilt, snapshot(model))
-    with pytest.raises(ValueError, match="directions.*gaussian, rademacher"):
-        MeZO(model.parameters(), lr=1e-3, directions="uniform")
-
-
 # --------------------------------------------------------------------------- the plain path
 def test_the_default_step_is_mezo_step_bit_for_bit():
     """MeZO's plain configuration runs Algorithm 1 as :func:`mezo_step` prints it."""
@@ -227,130 +171,6 @@ def test_variants_follow_mezo_step(variant):
             assert float((p - q).abs().max()) < 1e-6
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_exact_restore_is_bitwise_with_lr_zero(dtype):
-    model = mlp(dtype)
-    x, y = mlp_data(dtype)
-    before = snapshot(model)
-    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=True, chunk=64)
-    for _ in range(30):
-        opt.step(lambda: ((model(x) - y) ** 2).mean())
-    assert same(before, snapshot(model))
-
-
-def test_exact_restore_is_bitwise_in_float32_and_the_default_rounds():
-    """exact_restore=True: lr = 0 → the weights after any number of steps are bitwise the
-    weights before, in fp32. The default (exact_restore=False, the plain path) keeps the
-    cheaper two-round-trip scheme in every precision (ulp-level drift, measured in
-    benchmarks/README.md)."""
-    model = mlp()
-    before = snapshot(model)
-    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=True)
-    for _ in range(300):
-        opt.step(lambda: 0.0)
-    assert same(before, snapshot(model))
-    assert opt.trajectory()["exact_restore"] is True
-    for dtype, exact in ((torch.bfloat16, None), (torch.float32, False), (torch.float32, None)):
-        model = mlp(dtype)
-        before = snapshot(model)
-        opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=exact)
-        for _ in range(100):
-            opt.step(lambda: 0.0)
-        drift = max(float((a - b).abs().max()) for a, b in zip(before, model.parameters()))
-        assert 0 < drift < (1e-2 if dtype == torch.bfloat16 else 1e-5)
-        assert opt.trajectory()["exact_restore"] is False
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("one_sided", [False, True])
-def test_exact_restore_on_hard_values(dtype, one_sided):
-    """Zeros of both signs, subnormals, values just below and at powers of two (LayerNorm's 1.0),
-    weights far smaller than εz and sign changes: every one comes back bit for bit, through
-    the parity bit or the exception list, which this ε makes non-empty."""
-    info = torch.finfo(dtype)
-    special = torch.tensor([0.0, -0.0, info.tiny, -info.tiny, info.tiny / 4, 1.0, -1.0, 2.0, 0.5,
-                            1e-6, -1e-6, 3e-4, 1 - info.eps / 2, 2 - info.eps, -(1 - info.eps / 2)], dtype=dtype)
-    g = torch.Generator().manual_seed(0)
-    rnd = (torch.randn(4000, generator=g) * 0.02).to(dtype)
-    w = torch.nn.Parameter(torch.cat([special, rnd]))
-    before = w.detach().clone()
-    opt = MeZO([w], lr=0.0, eps=1e-2, exact_restore=True, one_sided=one_sided, chunk=1000, n_perturb=2)
-    for _ in range(25):
-        opt.step(lambda: float(w.detach().float().square().sum()))
-    assert torch.equal(w.detach().view(torch.int16 if dtype != torch.float32 else torch.int32),
-                       before.view(torch.int16 if dtype != torch.float32 else torch.int32))
-    from zoedu.optim.exact import ExactKeeper
-
-    keeper = ExactKeeper()
-    z = torch.randn(w.shape, generator=g).to(dtype)
-    keeper.save(0, before, z, (1e-2, -1e-2))
-    assert 0 < sum(len(i) for i, _ in keeper.exceptions.values()) < 0.2 * w.numel()
-    assert keeper.nbytes < w.numel() * w.element_size()  # below a copy, even at this large ε
-
-
-def test_exact_restore_on_a_transformer_and_its_cost():
-    """A real model, fp32, exact_restore=True: bitwise after steps at lr = 0, and the keeper
-    holds a 2-byte code for the weights one ulp off and the rare farther ones by value."""
-    from zoedu.models import load_model
-    from zoedu.optim.exact import ExactKeeper
-
-    model, _ = load_model("tiny-opt", size="1m", num_labels=2, seed=0)
-    before = snapshot(model)
-    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, exact_restore=True)
-    ids = torch.randint(5, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
-    for _ in range(5):
-        opt.step(lambda: model(input_ids=ids).logits.sum())
-    assert same(before, snapshot(model))
-    keeper = ExactKeeper()
-    n = 0
-    for k, p in enumerate(model.parameters()):
-        flat = p.detach().reshape(-1)
-        for c in range(0, flat.numel(), 32768):  # the optimizer's streams
-            v = flat[c:c + 32768]
-            keeper.save((k, c), v, torch.randn(v.shape, generator=torch.Generator().manual_seed(k + c)),
-                        (1e-3, -1e-3))
-        n += p.numel()
-    far = sum(len(i) for i, _ in keeper.exceptions.values())
-    ulps = sum(len(c) for c in keeper.ulps.values())
-    assert 0.001 < far / n < 0.04       # per state: the weights smaller than about |εz|
-    assert 0.01 < ulps / n < 0.2        # per state: one ulp off, where a binade was crossed
-    assert keeper.nbytes < 0.08 * 4 * n  # < 8 % of the fp32 weights
-
-
-def test_replay_reproduces_a_50_step_fit_exactly(tiny_task):
-    from zoedu.models import load_model
-    from zoedu.train import fit
-
-    model, _ = load_model("tiny-opt", size="1m", num_labels=2, seed=0)
-    base = snapshot(model)
-    opt = MeZO(model.parameters(), lr=1e-3, eps=1e-3, weight_decay=0.1, seed=3)
-    fit(model, tiny_task, opt, steps=50, lr=1e-3, batch_size=4, quiet=True, track_memory=False, eval_every=0)
-    final = snapshot(model)
-    assert not same(base, final)
-    state = opt.state_dict()
-    buf = io.BytesIO()
-    torch.save(state["trajectory"], buf)
-    assert buf.tell() < 100_000  # the paper's "checkpoint of under 0.1 MB"
-    rebuilt = [b.clone() for b in base]
-    replay(rebuilt, state["trajectory"])
-    assert same(rebuilt, final)
-    approx = [b.clone() for b in base]
-    replay(approx, state["trajectory"], passes=False)
-    assert max(float((a - b).abs().max()) for a, b in zip(approx, final)) < 1e-5
-
-
-def test_replay_of_exact_restore_run_needs_no_passes():
-    x, y = mlp_data()
-    model = mlp()
-    base = snapshot(model)
-    opt = MeZO(model.parameters(), lr=1e-2, n_perturb=2, estimator="momentum", exact_restore=True)
-    for _ in range(8):
-        opt.step(lambda: ((model(x) - y) ** 2).mean())
-    rebuilt = [b.clone() for b in base]
-    replay(rebuilt, opt.trajectory())
-    assert same(rebuilt, snapshot(model))
-
-
 def test_follows_the_model_after_to():
     """model.to(dtype) after making the optimizer: MeZO perturbs the new storage, as torch optimizers do."""
     x, y = mlp_data(torch.float64)
@@ -361,17 +181,6 @@ def test_follows_the_model_after_to():
     opt.step(lambda: ((model(x) - y) ** 2).mean())
     assert all(p.dtype == torch.float64 for p in model.parameters())
     assert not same(before, snapshot(model))
-
-
-def test_state_dict_round_trip_keeps_the_log():
-    q = Quadratic()
-    opt = MeZO(q.parameters(), lr=1e-2)
-    for _ in range(3):
-        opt.step(q)
-    other = MeZO(q.parameters(), lr=1e-2)
-    other.load_state_dict(opt.state_dict())
-    assert other.step_count == 3
-    assert torch.equal(other.trajectory()["projected_grads"], opt.trajectory()["projected_grads"])
 
 
 # --------------------------------------------------------------------------- NaN
@@ -396,20 +205,6 @@ def test_nan_loss_restores_and_skips(bad_call):
     opt.step(lambda: ((model(x) - y) ** 2).mean())  # training goes on
     assert not same(before, snapshot(model))
     assert opt.trajectory()["status"].tolist() == [1 + bad_call, 0]
-
-
-def test_replay_after_a_skipped_step_is_still_exact():
-    x, y = mlp_data()
-    model = mlp()
-    base = snapshot(model)
-    opt = MeZO(model.parameters(), lr=1e-2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for t in range(6):
-            opt.step(lambda t=t: float("inf") if t == 2 else ((model(x) - y) ** 2).mean())
-    rebuilt = [b.clone() for b in base]
-    replay(rebuilt, opt.trajectory())
-    assert same(rebuilt, snapshot(model))
 
 
 # --------------------------------------------------------------------------- variants

@@ -15,6 +15,7 @@ from torch import nn
 pytest.importorskip("triton")
 
 from conftest import snapshot  # noqa: E402
+
 from zoedu.optim import MeZO, direction_seed, replay, stream_seed  # noqa: E402
 from zoedu.optim import _triton as T  # noqa: E402
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from conftest import snapshot
 from torch import nn
 
-from conftest import snapshot
 from zoedu.optim import MeZO, embedding_rows, replay
 
 
