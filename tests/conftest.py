@@ -98,3 +98,33 @@ def mlp_data(dtype=torch.float32):
     """32 regression rows for :func:`mlp`."""
     g = torch.Generator().manual_seed(1)
     return torch.randn(32, 12, generator=g).to(dtype), torch.randn(32, 1, generator=g).to(dtype)
+
+
+def ce(model, batch):
+    """Cross-entropy of a tabular classifier on a batch of ``x`` and ``labels``."""
+    return torch.nn.functional.cross_entropy(model(batch["x"]), batch["labels"])
+
+
+def tab_batch(n, d=6, k=3, seed=0):
+    """``n`` random tabular rows of ``d`` features and ``k`` classes."""
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(n, d, generator=g), "labels": torch.randint(0, k, (n,), generator=g)}
+
+
+def tab_mlp(d=6, k=3, seed=0):
+    """A small tabular classifier (d → 8 → k, tanh)."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(d, 8), torch.nn.Tanh(), torch.nn.Linear(8, k))
+
+
+def loop_grads(model, loss_fn, batch):
+    """Reference per-sample gradients: one backward per example."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = [[] for _ in params]
+    n = batch["x"].shape[0]
+    for i in range(n):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        grads = torch.autograd.grad(loss_fn(model, one), params)
+        for slot, g in zip(out, grads):
+            slot.append(g)
+    return [torch.stack(s) for s in out]

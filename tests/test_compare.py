@@ -86,7 +86,8 @@ def test_compare_bad_method(capsys):
 def test_one_defaults_table():
     """compare, run_methods and the benchmarks read one table (zoedu.defaults)."""
     from zoedu import defaults
-    from zoedu.experiments import compare as compare_module, optim
+    from zoedu.experiments import compare as compare_module
+    from zoedu.experiments import optim
 
     assert compare_module.DEFAULT_LR is defaults.DEFAULT_LR is optim.DEFAULT_LR
     assert defaults.default_options("addax")["k1"] == 4 and "lr" not in defaults.default_options("mezo")

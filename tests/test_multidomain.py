@@ -62,7 +62,11 @@ def test_bad_domains_and_sizes(tokenizer, kwargs, match):
 
 def test_experiment_and_cli_take_domains(capsys):
     from zoedu.cli import main
-    from zoedu.experiments.multidomain import fixed_mixture_sweep, mixture_grid, pretrain_multidomain
+    from zoedu.experiments.multidomain import (
+        fixed_mixture_sweep,
+        mixture_grid,
+        pretrain_multidomain,
+    )
 
     out = pretrain_multidomain(("uniform", "static"), fast=True, steps=2, eval_every=2, device="cpu",
                                domains=("prose", "noise", "duplicated"), sizes=[6, 6, 6], n_validation=2,

@@ -12,11 +12,11 @@ papermill runs a small synthetic notebook to test the runner itself.
 """
 
 import re
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 
 from zoedu import notebooks as znb
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_opt_task
+
 from zoedu.optim import IPSGD, Addax, MeZO, direction, direction_seed, split_by_length
 from zoedu.optim import addax as addax_module
 

@@ -3,9 +3,9 @@ plugs into fit."""
 
 import pytest
 import torch
+from conftest import tiny_opt_task
 from torch import nn
 
-from conftest import tiny_opt_task
 from zoedu.optim import IPSGD
 
 

@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoedu.privacy import PUBLIC_MIN, SemiDPSGD, mean_estimate, mean_mse, public_variance, semi_dp_weights
+from zoedu.privacy import (
+    PUBLIC_MIN,
+    SemiDPSGD,
+    mean_estimate,
+    mean_mse,
+    public_variance,
+    semi_dp_weights,
+)
 
 
 def sphere_rows(rng, n, mu, spread):
@@ -129,7 +136,12 @@ def test_fit_semi_dp_with_a_beta_rule():
 
 
 def test_variance_experiments_and_figure():
-    from zoedu.experiments.privacy import adaptive_grid, privacy_utility_sweep, sweep_summary, variance_curves
+    from zoedu.experiments.privacy import (
+        adaptive_grid,
+        privacy_utility_sweep,
+        sweep_summary,
+        variance_curves,
+    )
     from zoedu.viz.privacy import variance_figure
 
     curves = variance_curves(n_priv=300, n_pub=30, d=5, ratios=(0.01, 1.0), epsilon=1.0, trials=30)
