@@ -25,6 +25,7 @@ columns to ``out``; its ``mixer_forward_passes``/``mixer_backward_passes`` count
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from .checks import positive
+from .interrupt import DeferredInterrupt
 from .loop import FirstOrderRunner, FitContext, ZerothOrderRunner, check_loss  # noqa: F401 (re-exported)
 from .models import resolve_device
 from .tasks import Task
@@ -189,66 +191,94 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=progress_desc or name, leave=False)
-    try:
-        for step in range(1, steps + 1):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-                torch.cuda.reset_peak_memory_stats(dev)
-            t0 = time.perf_counter()
-            if par is not None:
-                par.begin_step(step)
-            if track_memory and dev.type == "cpu" and step == 1:
-                from .memory import measure
 
-                out: dict = {}
-                footprint = measure(lambda: out.update(runner.step(step)), model=model,
-                                    optimizer=getattr(runner, "optimizer", None))
-                peak = max(peak, int(footprint.total))
-            else:
-                out = runner.step(step)
-            if ctx.batch_source is not None and hasattr(ctx.batch_source, "after_step"):
-                # e.g. PiKE's gradient statistics: part of the method's cost, timed and counted
-                ctx.batch_source.after_step(ctx, step, out)
-            if par is not None:
-                out["comm_bytes"] = par.end_step(step, steps, model)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds += time.perf_counter() - t0
-            if track_memory and dev.type == "cuda":
-                peak = max(peak, _cuda_peak(dev))
-            if "loss" not in out:
-                raise RuntimeError(f"method {name!r} returned no 'loss' from its step")
-            fwd += int(out.pop("forward_passes", 0)) + int(out.get("mixer_forward_passes", 0))
-            bwd += int(out.pop("backward_passes", 0)) + int(out.get("mixer_backward_passes", 0))
-            row = {"step": step, "loss": float(out.pop("loss"))}
-            if step in eval_at:
-                metrics = task.evaluate(model, "validation", batch_size=eval_batch_size,
-                                        max_examples=eval_examples, device=dev)
-                row.update({f"eval_{k}": v for k, v in metrics.items()})
-            row.update(seconds=seconds, forward_passes=fwd, backward_passes=bwd,
-                       peak_memory=peak if track_memory else np.nan)
-            row.update(out)
-            rows.append(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
+    def finish(rows: list[dict], gather: bool = True) -> History:
+        if par is not None and gather:
+            rows = par.finish(rows)
+        history = pd.DataFrame(rows)
+        for col in ("eval_loss", "eval_accuracy"):
+            if col not in history:
+                history[col] = np.nan
+        from .models import count_parameters
+
+        history.attrs.update(method=name, lr=float(lr), seed=seed, batch_size=int(batch_size),
+                             device=str(dev), task=task.name, parameters=count_parameters(model),
+                             trainable_parameters=count_parameters(model, trainable_only=True))
+        if par is not None:
+            history.attrs.update(parallel=par.mode, world_size=par.world)
+        return history
+
+    def on_hold() -> None:
+        print(f"\nzoedu.fit: Ctrl-C — finishing step {len(rows) + 1} so the model is left at a completed step; "
+              "press Ctrl-C again to stop at once", file=sys.stderr, flush=True)
+
+    # Ctrl-C during a step is held until the step is done (a second one stops at once; the
+    # zeroth-order optimizers then still put their perturbation back)
+    guard = DeferredInterrupt(deferring=False, urgent_second=True, on_hold=on_hold)
+    done_row: dict | None = None  # a completed step whose row is not in `rows` yet (evaluation running)
+    try:
+        with guard:
+            for step in range(1, steps + 1):
+                guard.hold()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                    torch.cuda.reset_peak_memory_stats(dev)
+                t0 = time.perf_counter()
+                if par is not None:
+                    par.begin_step(step)
+                if track_memory and dev.type == "cpu" and step == 1:
+                    from .memory import measure
+
+                    out: dict = {}
+                    footprint = measure(lambda: out.update(runner.step(step)), model=model,
+                                        optimizer=getattr(runner, "optimizer", None))
+                    peak = max(peak, int(footprint.total))
+                else:
+                    out = runner.step(step)
+                if ctx.batch_source is not None and hasattr(ctx.batch_source, "after_step"):
+                    # e.g. PiKE's gradient statistics: part of the method's cost, timed and counted
+                    ctx.batch_source.after_step(ctx, step, out)
+                if par is not None:
+                    out["comm_bytes"] = par.end_step(step, steps, model)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                seconds += time.perf_counter() - t0
+                if track_memory and dev.type == "cuda":
+                    peak = max(peak, _cuda_peak(dev))
+                if "loss" not in out:
+                    raise RuntimeError(f"method {name!r} returned no 'loss' from its step")
+                fwd += int(out.pop("forward_passes", 0)) + int(out.get("mixer_forward_passes", 0))
+                bwd += int(out.pop("backward_passes", 0)) + int(out.get("mixer_backward_passes", 0))
+                row = {"step": step, "loss": float(out.pop("loss"))}
+                done_row = {**row, "seconds": seconds, "forward_passes": fwd, "backward_passes": bwd, **out}
+                if step in eval_at:
+                    metrics = task.evaluate(model, "validation", batch_size=eval_batch_size,
+                                            max_examples=eval_examples, device=dev)
+                    row.update({f"eval_{k}": v for k, v in metrics.items()})
+                row.update(seconds=seconds, forward_passes=fwd, backward_passes=bwd,
+                           peak_memory=peak if track_memory else np.nan)
+                row.update(out)
+                rows.append(row)
+                done_row = None
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                guard.allow()  # a held Ctrl-C stops here, between steps
+    except BaseException as err:
+        # the History of the completed steps travels with the exception: `err.history`
+        try:
+            err.history = finish(rows + ([done_row] if done_row is not None else []), gather=False)
+            err.history.attrs["interrupted_at_step"] = len(err.history) + 1
+            if hasattr(err, "add_note"):
+                err.add_note(f"zoedu.fit: {len(err.history)} of {steps} steps completed; their History is "
+                             "this exception's .history and the model holds their result")
+        except Exception:  # never hide the original error
+            pass
+        raise
     finally:
         if bar is not None:
             bar.close()
         if par is not None:
             par.close()
-    if par is not None:
-        rows = par.finish(rows)
-    history = pd.DataFrame(rows)
-    for col in ("eval_loss", "eval_accuracy"):
-        if col not in history:
-            history[col] = np.nan
-    from .models import count_parameters
-
-    history.attrs.update(method=name, lr=float(lr), seed=seed, batch_size=int(batch_size),
-                         device=str(dev), task=task.name, parameters=count_parameters(model),
-                         trainable_parameters=count_parameters(model, trainable_only=True))
-    if par is not None:
-        history.attrs.update(parallel=par.mode, world_size=par.world)
-    return history
+    return finish(rows)
 

@@ -45,6 +45,8 @@ import torch
 CHUNK = 1 << 15
 #: The distributions a direction's entries may be drawn from.
 DIRECTIONS = ("gaussian", "rademacher")
+#: Precisions narrow enough that θ ± εz may overflow for a large ε (checked before a step).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 _MASK64 = (1 << 64) - 1
 
 
@@ -306,6 +308,36 @@ class Perturber:
             v.add_(z, alpha=scale)
 
         self.run(kernel, streams=streams)
+
+    @property
+    def low_precision(self) -> bool:
+        """Whether some parameter is float16/bfloat16 (whose range θ ± εz may leave)."""
+        return any(p.dtype in LOW_PRECISION for p in self.params)
+
+    def overflows(self, seed: int, scale: float, *, two_sided: bool = True,
+                  streams: Sequence[Stream] | None = None) -> int:
+        """How many float16/bfloat16 weights ``θ + scale·z`` (and, two-sided, the two rounded
+        steps to ``θ − scale·z``) would turn to ±inf or NaN, computed with the passes' own
+        operations on a scratch copy: the weights are only read. An overflow cannot be undone
+        (inf − εz is inf), so a step checks this before it moves anything."""
+        counts: list[int] = []
+
+        def kernel(v, zgen, s):
+            if v.dtype not in LOW_PRECISION:
+                return
+            z = zgen(seed)
+            w = v.add(z, alpha=scale)
+            bad = ~torch.isfinite(w)
+            if two_sided:
+                w.add_(z, alpha=-scale)
+                bad |= ~torch.isfinite(w)
+                bad |= ~torch.isfinite(w.add_(z, alpha=-scale))
+            bad &= torch.isfinite(v)
+            counts.append(int(bad.sum()))
+
+        self.run(kernel, streams=[s for s in (self.streams if streams is None else streams)
+                                  if s.param.dtype in LOW_PRECISION])
+        return sum(counts)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -49,8 +49,10 @@ import numpy as np
 import torch
 
 from ..checks import non_negative, positive, same_config, scalar, unit_interval
+from ..interrupt import DeferredInterrupt
 from ._perturb import CHUNK, Perturber, direction_seed, row_map
 from .estimators import UpdateRule, decays
+from .exact import ExactKeeper, flip_exact, perturb_keeping, restore_exact
 from .ipsgd import InPlaceUpdates, add_gradient_
 
 #: Default mixing weight α of the zeroth-order term. ``α g⁰ z`` has a variance that grows
@@ -112,11 +114,22 @@ class Addax(torch.optim.Optimizer):
         workers, chunk: CPU threads and elements per random stream (see :mod:`._perturb`).
         sparse_embedding_grads: row-sparse embedding gradients in the first-order pass (see
             :class:`zoedu.optim.ipsgd.InPlaceUpdates`); default off.
+        exact_restore: undo the ± perturbation bit for bit (:mod:`.exact`, as
+            ``MeZO(exact_restore=True)``); default ``False``: the plain inverse pass, an ulp off
+            on a few percent of the weights.
+
+    Faults. A NaN/inf zeroth-order loss, or an exception (``KeyboardInterrupt`` included)
+    raised by ``zo_closure``, puts the weights back to θ (bit for bit with
+    ``exact_restore=True``), skips the step and warns or re-raises; in float16/bfloat16 a
+    step whose θ ± εz would overflow is skipped before any weight moves. The first-order
+    part is IP-SGD's (:meth:`zoedu.optim.IPSGD.step`): a NaN/inf gradient is never applied
+    (the rest of the step is then skipped), Ctrl-C in its forward stops the step before
+    any first-order update and is held through its backward.
     """
 
     def __init__(self, params: Iterable, lr: float, *, eps: float = 1e-3, alpha: float = DEFAULT_ALPHA,
                  weight_decay: float = 0.0, seed: int = 0, workers: int | None = None, chunk: int = CHUNK,
-                 sparse_embedding_grads: bool = False):
+                 sparse_embedding_grads: bool = False, exact_restore: bool = False):
         non_negative("lr", lr)
         positive("eps", eps, "the perturbation scale ε")
         unit_interval("alpha", alpha, what="the weight of the zeroth-order part")
@@ -126,8 +139,12 @@ class Addax(torch.optim.Optimizer):
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
         self.eps, self.alpha, self.seed = float(eps), float(alpha), int(seed)
         self.workers, self.chunk = workers, int(chunk)
+        if not isinstance(exact_restore, bool):
+            raise ValueError(f"exact_restore={exact_restore!r} must be True or False")
+        self.exact_restore = exact_restore
         self.step_count = 0
         self.skipped_steps = 0
+        self.interrupted_steps = 0
         self.last_projected_grad = math.nan
         # as torch.optim: parameters with requires_grad=False are neither perturbed nor updated
         self._flat = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
@@ -198,6 +215,11 @@ class Addax(torch.optim.Optimizer):
             raise ValueError(f"alpha={alpha} > 0 needs a zo_closure (forward pass on the long examples)")
         if alpha < 1 and fo_closure is None:
             raise ValueError(f"alpha={alpha} < 1 needs an fo_closure (forward and backward on the short examples)")
+        with DeferredInterrupt() as guard:
+            return self._guarded_step(zo_closure, fo_closure, rows, guard)
+
+    def _guarded_step(self, zo_closure, fo_closure, rows, guard: DeferredInterrupt):
+        alpha, eps = self.alpha, self.eps
         streams = self.perturber.plan(row_map(self._flat, rows))
         self._streams_of = {}
         for s in streams:
@@ -208,17 +230,53 @@ class Addax(torch.optim.Optimizer):
         zo_loss = fo_loss = math.nan
         self._zo_update = None
         g0 = math.nan
+        perturber = self.perturber
+        keeper = ExactKeeper() if self.exact_restore else None
+
+        def restore(scale: float) -> None:  # the weights hold θ − scale·z: back to θ
+            if keeper is not None:
+                restore_exact(perturber, keeper, seed, scale, streams)
+            else:
+                perturber.add(seed, scale, streams)
+
+        def zo_loss_at(scale: float) -> float:  # the closure at θ + scale·z; an exception puts θ back
+            try:
+                try:
+                    guard.allow()
+                    value = zo_closure()
+                finally:
+                    guard.hold()
+                return scalar(value, "zo_closure")
+            except BaseException:
+                restore(-scale)
+                self.interrupted_steps += 1
+                raise
+
         if alpha > 0:
+            if perturber.low_precision:
+                bad = perturber.overflows(seed, eps, two_sided=True, streams=streams)
+                if bad:
+                    self.skipped_steps += 1
+                    warnings.warn(f"Addax step {t}: θ ± εz would overflow the weights' precision in {bad} weights "
+                                  f"(eps={eps:g} is too large); the step was skipped before any weight moved "
+                                  f"({self.skipped_steps} skipped so far). Lower eps.", RuntimeWarning, stacklevel=3)
+                    return math.nan, fo_loss
             with torch.no_grad():
-                self.perturber.add(seed, eps, streams)                        # θ + εz
-                plus = scalar(zo_closure(), "zo_closure")
+                if keeper is not None:
+                    perturb_keeping(perturber, keeper, seed, eps, False, streams)
+                else:
+                    perturber.add(seed, eps, streams)                         # θ + εz
+                plus = zo_loss_at(eps)
                 if not math.isfinite(plus):
-                    self.perturber.add(seed, -eps, streams)
+                    restore(-eps)
                     return self._skip(t, plus), fo_loss
-                self.perturber.add_twice(seed, -eps, streams)                 # θ − εz
-                minus = scalar(zo_closure(), "zo_closure")
+                if keeper is not None:
+                    flip_exact(perturber, keeper, seed, eps, streams)
+                else:
+                    perturber.add_twice(seed, -eps, streams)                  # θ − εz
+                minus = zo_loss_at(-eps)
                 if not math.isfinite(minus):
-                    self.perturber.add(seed, eps, streams)
+                    restore(eps)
                     return self._skip(t, minus), fo_loss
             g0 = (plus - minus) / (2 * eps)                                   # g⁰ (SPSA)
             zo_loss = 0.5 * (plus + minus)
@@ -227,15 +285,29 @@ class Addax(torch.optim.Optimizer):
                 rule = UpdateRule(self._flat, self._group_of, "sgd", 1, 0.0, (0.9, 0.999), 1e-8, self.state)
                 lrs = [float(g["lr"]) for g in self.param_groups]
                 wds = [float(g["weight_decay"]) for g in self.param_groups]
-                self.perturber.run(rule.kernel([seed], [g0], lrs, wds, 1, restore=(seed, eps)), slots=2,
-                                   streams=streams)
+                perturber.run(rule.kernel([seed], [g0], lrs, wds, 1, restore=(seed, eps, keeper)), slots=2,
+                              streams=streams)
                 return zo_loss, fo_loss
-            self.perturber.add(seed, eps, streams)                            # restore θ
+            with torch.no_grad():
+                restore(eps)                                                  # restore θ
             self._zo_update = (seed, g0)
-        # first-order part: updates happen in the hooks during backward
+        # first-order part: updates happen in the hooks during backward (IP-SGD's machinery:
+        # Ctrl-C stops its forward before any update and is held through its backward)
         self._done = set()
-        fo = self._inplace.run(fo_closure)
+        try:
+            guard.allow()
+            fo = self._inplace.run(fo_closure)
+        finally:
+            guard.hold()
         fo_loss = scalar(fo, "fo_closure")
+        if self._inplace.nonfinite:
+            self._zo_update = None
+            self.skipped_steps += 1
+            warnings.warn(f"Addax step {t}: the first-order loss is {fo_loss} and its gradient is not finite; the "
+                          f"step's remaining updates were skipped ({self._inplace.updated} of {len(self._flat)} "
+                          f"parameters had been updated before it was seen; {self.skipped_steps} skipped so far). "
+                          "Lower lr if this repeats.", RuntimeWarning, stacklevel=3)
+            return zo_loss, fo_loss
         with torch.no_grad():  # parameters the short batch did not reach still get −η(α g⁰ z + λθ)
             for k in range(len(self._flat)):
                 if k not in self._done:
@@ -245,8 +317,10 @@ class Addax(torch.optim.Optimizer):
 
     def _skip(self, t: int, loss: float) -> float:
         self.skipped_steps += 1
-        warnings.warn(f"Addax step {t}: the zeroth-order loss is {loss}; the weights were restored and "
-                      f"the step skipped ({self.skipped_steps} so far).", RuntimeWarning, stacklevel=3)
+        how = ("bit for bit" if self.exact_restore else
+               "by the inverse pass (up to an ulp on a few percent of them; exact_restore=True restores bit for bit)")
+        warnings.warn(f"Addax step {t}: the zeroth-order loss is {loss}; the weights were restored {how} and "
+                      f"the step skipped ({self.skipped_steps} so far).", RuntimeWarning, stacklevel=4)
         return loss
 
     def remove_hooks(self) -> None:
@@ -256,14 +330,15 @@ class Addax(torch.optim.Optimizer):
     # ------------------------------------------------------------------ checkpoints
     def _config(self) -> dict:
         """The constructor arguments a saved state must agree with (they decide the directions)."""
-        return {"seed": self.seed, "eps": self.eps, "alpha": self.alpha, "chunk": self.chunk}
+        return {"seed": self.seed, "eps": self.eps, "alpha": self.alpha, "chunk": self.chunk,
+                "exact_restore": self.exact_restore}
 
     def state_dict(self) -> dict:
         """torch.optim's state plus the step count (it seeds the next direction), the skipped
         steps and the constructor arguments a resume must match."""
         out = super().state_dict()
         out["addax"] = {**self._config(), "step_count": self.step_count, "skipped_steps": self.skipped_steps,
-                        "last_projected_grad": self.last_projected_grad}
+                        "interrupted_steps": self.interrupted_steps, "last_projected_grad": self.last_projected_grad}
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -277,6 +352,7 @@ class Addax(torch.optim.Optimizer):
         if extra is not None:
             self.step_count = int(extra["step_count"])
             self.skipped_steps = int(extra["skipped_steps"])
+            self.interrupted_steps = int(extra.get("interrupted_steps", 0))
             self.last_projected_grad = float(extra["last_projected_grad"])
 
 

@@ -33,12 +33,15 @@ and :class:`~zoedu.optim.addax.Addax` plug their own per-parameter update rule i
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-from ..checks import non_negative
+from ..checks import non_negative, scalar
+from ..interrupt import DeferredInterrupt
 
 #: Rows of an embedding decayed at a time when its gradient is sparse (bounds the temporary).
 DECAY_ROWS = 4096
@@ -105,6 +108,15 @@ def sgd_update_(p: torch.Tensor, grad: torch.Tensor, lr: float, weight_decay: fl
     p.index_copy_(0, rows, touched)
 
 
+def _finite(grad: torch.Tensor) -> bool:
+    """Whether every entry of ``grad`` is finite, without a gradient-sized temporary: NaN and
+    ±inf propagate through a sum (in float32 at least, so finite half-precision entries cannot
+    overflow it)."""
+    values = grad._values() if grad.layout == torch.sparse_coo else grad
+    dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else None
+    return math.isfinite(float(values.sum(dtype=dtype)))
+
+
 class InPlaceUpdates:
     """Apply ``update(p, grad, group)`` to each parameter the moment backward has
     accumulated its gradient, then free that gradient (shared by IP-SGD and Addax).
@@ -132,6 +144,9 @@ class InPlaceUpdates:
         self.params: list[torch.Tensor] = []
         self._hooks: list = []
         self._active = False
+        self.updated = 0        # parameters updated in the last run
+        self.nonfinite = 0      # parameters whose gradient was NaN/inf in the last run (not updated)
+        self._guard: DeferredInterrupt | None = None
 
     def watch(self, group: dict) -> None:
         """Hook every trainable parameter of ``group`` (an optimizer's parameter group)."""
@@ -145,14 +160,37 @@ class InPlaceUpdates:
         def hook(p: torch.Tensor) -> None:
             if not self._active:
                 return
+            if self._guard is not None:
+                self._guard.hold()  # backward has begun updating: Ctrl-C waits until it is done
             with torch.no_grad():
                 grad = p.grad
                 p.grad = None  # the optimizer's reference only: the update below reads `grad`
+                if self.nonfinite or not _finite(grad):
+                    # a NaN/inf gradient is never written into the weights; once one is seen the
+                    # rest of the step is skipped too (the loss behind it is not finite)
+                    self.nonfinite += 1
+                    return
                 self.update(p, grad, group if index is None else self.groups()[index])
+                self.updated += 1
         return hook
 
     def run(self, closure: Callable):
-        """Run ``closure`` (forward + backward) with the in-place updates switched on."""
+        """Run ``closure`` (forward + backward) with the in-place updates switched on.
+
+        Afterwards ``updated`` and ``nonfinite`` count the parameters updated and the ones
+        skipped because their gradient was NaN or infinite (then every later one is skipped
+        too). Ctrl-C during the forward pass stops the step before any weight moves; once
+        backward has begun updating, it is held until the closure returns, so the step is
+        complete."""
+        with DeferredInterrupt(deferring=False) as guard:
+            self._guard = guard
+            try:
+                return self._run(closure)
+            finally:
+                self._guard = None
+
+    def _run(self, closure: Callable):
+        self.updated = self.nonfinite = 0
         for p in self.params:  # a gradient left over from outside the step is not ours
             p.grad = None
         switched: list[nn.Embedding] = []
@@ -208,6 +246,8 @@ class IPSGD(torch.optim.Optimizer):
         self._inplace = InPlaceUpdates(self._update, sparse_embedding_grads=sparse_embedding_grads,
                                        groups=lambda: self.param_groups)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
+        self.skipped_steps = 0       # steps with a non-finite loss or gradient (not applied)
+        self.last_step_updates = 0   # parameters updated by the last step
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -219,11 +259,39 @@ class IPSGD(torch.optim.Optimizer):
             sgd_update_(p, grad, group["lr"], group["weight_decay"])
 
     def step(self, closure: Callable | None = None):
-        """Run ``closure`` (forward + backward) with the in-place updates switched on."""
+        """Run ``closure`` (forward + backward) with the in-place updates switched on.
+
+        Returns the closure's loss. What a step leaves when it does not complete normally:
+
+        * a NaN/inf gradient is never applied: from the first parameter whose gradient is
+          not finite on, the step's updates are skipped (backward visits the layers nearest
+          the loss first, where a non-finite loss shows at once, so usually nothing moves);
+          a warning says how many parameters had been updated, and ``skipped_steps`` counts it;
+        * Ctrl-C during the closure's forward pass: no weight has moved; once backward has
+          begun, it is held until the closure returns (the step completes, then it is raised);
+        * another exception raised after backward began (by the closure itself): the
+          parameters whose gradient was complete are updated, the others are not —
+          ``last_step_updates`` says how many were. Updates done in place cannot be undone
+          without a copy of the weights, which IP-SGD exists to avoid.
+        """
         if closure is None:
             raise ValueError("IPSGD.step needs a closure that runs forward and backward and returns "
                              "the loss: the update happens during backward")
-        return self._inplace.run(closure)
+        try:
+            loss = self._inplace.run(closure)
+        finally:
+            self.last_step_updates = self._inplace.updated
+        value = scalar(loss, "the closure") if loss is not None else math.nan
+        if self._inplace.nonfinite:
+            self.skipped_steps += 1
+            done = self._inplace.updated
+            warnings.warn(f"IPSGD: the loss is {value} and the gradient is not finite; the update was skipped "
+                          f"({done} parameters had been updated before it was seen; {self.skipped_steps} skipped "
+                          "so far). Lower lr if this repeats.", RuntimeWarning, stacklevel=2)
+        elif loss is not None and not math.isfinite(value):
+            warnings.warn(f"IPSGD: the closure's loss is {value} but every gradient was finite, so the update "
+                          "was applied; check the closure", RuntimeWarning, stacklevel=2)
+        return loss
 
     def remove_hooks(self) -> None:
         """Detach the optimizer from its parameters (the hooks stay until this is called)."""

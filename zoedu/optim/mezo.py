@@ -54,11 +54,12 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..checks import choice, non_negative, positive, positive_int, same_config, scalar
-from ._perturb import CHUNK, DIRECTIONS, Perturber, Stream, direction_seed, row_map
+from ..interrupt import DeferredInterrupt
+from ._perturb import CHUNK, DIRECTIONS, LOW_PRECISION, Perturber, Stream, direction_seed, row_map
 from .estimators import ESTIMATORS, UpdateRule, decays
 from .exact import ExactKeeper, flip_exact, perturb_keeping, restore_exact
 from .fused import FusedPasses, fused_passes_for
-from .trajectory import OK, SKIP_BASE, SKIP_MINUS, SKIP_PLUS, Trajectory, replay
+from .trajectory import OK, SKIP_BASE, SKIP_MINUS, SKIP_OVERFLOW, SKIP_PLUS, Trajectory, replay
 
 
 # --------------------------------------------------------------------------- Algorithm 1
@@ -173,7 +174,8 @@ class MeZO(torch.optim.Optimizer):
         self.workers, self.chunk = workers, int(chunk)
         self.step_count = 0       # steps taken (the t in the direction seeds)
         self.update_count = 0     # updates applied (Adam's bias-correction t)
-        self.skipped_steps = 0    # steps skipped because a loss was NaN or infinite
+        self.skipped_steps = 0    # steps skipped because a loss was NaN or infinite (or θ ± εz overflowed)
+        self.interrupted_steps = 0  # steps whose closure raised (weights put back, step logged as skipped)
         self._trajectory = Trajectory()
         self._step_rows = None
         self._step_fused = False
@@ -246,9 +248,21 @@ class MeZO(torch.optim.Optimizer):
         variance and skips most of the embedding's draws. Weight decay and the optimizer
         state of the other rows are then lazy (untouched this step), as in
         ``torch.optim.SparseAdam``. The rows are logged for :func:`replay`.
+
+        Interruption. An exception (``KeyboardInterrupt`` included) raised by the closure
+        puts the weights back to θ as a NaN loss does — bit for bit with
+        ``exact_restore=True``, else by the plain inverse pass (an ulp off on a few percent
+        of the weights) — logs the step as skipped (so :func:`replay` and a resume stay
+        exact) and re-raises. Ctrl-C while a pass moves the weights is held until the
+        weights are in a known state. In float16/bfloat16, a step whose θ ± εz would round
+        to ±inf is skipped before any weight moves (a warning says how many weights).
         """
         if closure is None:
             raise ValueError("MeZO.step needs a closure that runs a forward pass and returns the loss")
+        with DeferredInterrupt() as guard:
+            return self._guarded_step(closure, rows, guard)
+
+    def _guarded_step(self, closure: Callable, rows: dict | None, guard: DeferredInterrupt) -> float:
         params, group_of = self._flat_params()
         rows_of = row_map(params, rows)
         streams = self.perturber.plan(rows_of)
@@ -256,9 +270,28 @@ class MeZO(torch.optim.Optimizer):
         t = self.step_count
         self.step_count += 1
         group_lrs = [float(g["lr"]) for g in self.param_groups]
+        calls = [0]          # closure calls so far
+        failed = [False]     # the closure (or its value) raised
 
         def loss() -> float:
-            return scalar(closure(), "the closure")
+            calls[0] += 1
+            try:
+                try:
+                    guard.allow()  # Ctrl-C may stop the user's forward pass: the step undoes its perturbation
+                    value = closure()
+                finally:
+                    guard.hold()
+                return scalar(value, "the closure")
+            except BaseException:
+                failed[0] = True
+                raise
+
+        seeds = [direction_seed(self.seed, t, j) for j in range(self.n_perturb)]
+        if self.perturber.low_precision:
+            bad = sum(self.perturber.overflows(s, self.eps, two_sided=not self.one_sided, streams=streams)
+                      for s in seeds)
+            if bad:
+                return self._skip_overflow(t, bad)
 
         plain = self.estimator == "sgd" and self.n_perturb == 1 and self.directions == "gaussian"
         fused = fused_passes_for(self.fused, params, plain_estimator=plain,
@@ -272,18 +305,23 @@ class MeZO(torch.optim.Optimizer):
             lrs = [group_lrs[k] for k in group_of]
             wds = [float(self.param_groups[k]["weight_decay"]) if decays(p) else 0.0
                    for p, k in zip(params, group_of)]
-            plus, minus, g = mezo_step(loss, self.perturber, direction_seed(self.seed, t), self.eps, lrs, wds,
-                                       streams)
+            try:
+                plus, minus, g = mezo_step(loss, self.perturber, seeds[0], self.eps, lrs, wds, streams)
+            except BaseException:
+                if failed[0] and calls[0] in (1, 2):  # at θ + εz or θ − εz: back to θ, as for a NaN loss
+                    self.perturber.add(seeds[0], -self.eps if calls[0] == 1 else self.eps, streams)
+                    self._interrupted(t, SKIP_PLUS if calls[0] == 1 else SKIP_MINUS, [])
+                raise
             if g is None:
                 return self._skip(t, SKIP_PLUS if minus is None else SKIP_MINUS,
                                   plus if minus is None else minus, [])
             self.update_count += 1
             self._record(t, OK, [g], group_lrs)
             return 0.5 * (plus + minus)
-        return self._variant_step(loss, t, streams, self._fused(params) if fused else None, group_lrs)
+        return self._variant_step(loss, t, streams, self._fused(params) if fused else None, group_lrs, failed)
 
     def _variant_step(self, loss: Callable[[], float], t: int, streams, fp: FusedPasses | None,
-                      lrs: list[float]) -> float:
+                      lrs: list[float], failed: list | None = None) -> float:
         """Algorithm 1 with n directions, one-sided differences, another estimator, exact
         restoration or the fused passes (each optional; see the module docstring)."""
         eps, n = self.eps, self.n_perturb
@@ -304,40 +342,51 @@ class MeZO(torch.optim.Optimizer):
             else:
                 perturber.add(seed, scale, streams)
 
-        base = loss() if self.one_sided else None
-        if base is not None and not math.isfinite(base):
-            return self._skip(t, SKIP_BASE, base, grads)
-        mine = range(n) if self.share is None else self.share.directions(n)
-        for j in mine:
-            s = seeds[j]
-            if keeper is not None:
-                perturb_keeping(perturber, keeper, s, eps, self.one_sided, streams)  # θ + εz, misses noted
-            elif fp is not None:
-                fp.add(s, eps)
-            else:
-                perturber.add(s, eps, streams)                      # θ + εz        (line 5)
-            plus = loss()                                           # ℓ₊            (line 6)
-            if not math.isfinite(plus):
-                restore(s, -eps)
-                return self._skip(t, SKIP_PLUS, plus, grads)
-            if self.one_sided:
-                grads.append((plus - base) / eps)
-                losses.append(base)
-            else:
-                if fp is not None:
-                    fp.add_twice(s, -eps)
-                elif keeper is not None:
-                    flip_exact(perturber, keeper, s, eps, streams)
+        at: tuple | None = None  # (seed, scale, status) while the weights are θ + scale·z(seed)
+        try:
+            base = loss() if self.one_sided else None
+            if base is not None and not math.isfinite(base):
+                return self._skip(t, SKIP_BASE, base, grads)
+            mine = range(n) if self.share is None else self.share.directions(n)
+            for j in mine:
+                s = seeds[j]
+                if keeper is not None:
+                    perturb_keeping(perturber, keeper, s, eps, self.one_sided, streams)  # θ + εz, misses noted
+                elif fp is not None:
+                    fp.add(s, eps)
                 else:
-                    perturber.add_twice(s, -eps, streams)           # θ − εz        (line 7)
-                minus = loss()                                      # ℓ₋            (line 8)
-                if not math.isfinite(minus):
-                    restore(s, eps)
-                    return self._skip(t, SKIP_MINUS, minus, grads)
-                grads.append((plus - minus) / (2 * eps))            # g             (line 10)
-                losses.append(0.5 * (plus + minus))
-            if j != mine[-1]:
-                restore(s, restore_scale)                           # θ             (line 9)
+                    perturber.add(s, eps, streams)                      # θ + εz        (line 5)
+                at = (s, eps, SKIP_PLUS)
+                plus = loss()                                           # ℓ₊            (line 6)
+                if not math.isfinite(plus):
+                    restore(s, -eps)
+                    return self._skip(t, SKIP_PLUS, plus, grads)
+                if self.one_sided:
+                    grads.append((plus - base) / eps)
+                    losses.append(base)
+                else:
+                    if fp is not None:
+                        fp.add_twice(s, -eps)
+                    elif keeper is not None:
+                        flip_exact(perturber, keeper, s, eps, streams)
+                    else:
+                        perturber.add_twice(s, -eps, streams)           # θ − εz        (line 7)
+                    at = (s, -eps, SKIP_MINUS)
+                    minus = loss()                                      # ℓ₋            (line 8)
+                    if not math.isfinite(minus):
+                        restore(s, eps)
+                        return self._skip(t, SKIP_MINUS, minus, grads)
+                    grads.append((plus - minus) / (2 * eps))            # g             (line 10)
+                    losses.append(0.5 * (plus + minus))
+                if j != mine[-1]:
+                    restore(s, restore_scale)                           # θ             (line 9)
+                    at = None
+        except BaseException:
+            if failed is not None and failed[0]:  # the closure raised: back to θ, as for a NaN loss
+                if at is not None:
+                    restore(at[0], -at[1])
+                self._interrupted(t, SKIP_BASE if at is None else at[2], grads)
+            raise
         if self.share is not None:  # every rank gets every direction's g_j (all-gather)
             grads, losses = self.share.exchange(grads, losses)
             if not all(math.isfinite(v) for v in grads + losses):
@@ -355,6 +404,24 @@ class MeZO(torch.optim.Optimizer):
         self._record(t, OK, grads, lrs)
         return float(losses[0] if self.one_sided else sum(losses) / n)
 
+    def _interrupted(self, t: int, status: int, grads: list[float]) -> None:
+        """The closure raised: the weights are back at θ; log the step as skipped (replay and a
+        resume then stay exact) and count it."""
+        self.interrupted_steps += 1
+        self._record(t, status, grads, [float(g["lr"]) for g in self.param_groups])
+
+    def _skip_overflow(self, t: int, bad: int) -> float:
+        """θ ± εz would not fit the weights' precision: skip before any weight moves."""
+        self.skipped_steps += 1
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self._flat_params()[0]
+                         if p.dtype in LOW_PRECISION})
+        warnings.warn(f"MeZO step {t}: θ ± εz would overflow {'/'.join(dtypes)} in {bad} weights (eps={self.eps:g} "
+                      f"is too large for this precision); the step was skipped before any weight moved, so the "
+                      f"weights are unchanged ({self.skipped_steps} skipped so far). Lower eps.",
+                      RuntimeWarning, stacklevel=4)
+        self._record(t, SKIP_OVERFLOW, [], [float(g["lr"]) for g in self.param_groups])
+        return math.nan
+
     def _fused(self, params: list[torch.Tensor]) -> FusedPasses:
         """The fused passes over ``params``, rebuilt if a parameter moved or was reallocated."""
         key = tuple((p.device, p.dtype, p.data_ptr()) for p in params)
@@ -367,9 +434,11 @@ class MeZO(torch.optim.Optimizer):
         if self.share is not None and not shared:  # the other ranks learn of it in the all-gather
             grads, _ = self.share.exchange(grads + [math.nan], [math.nan])
         self.skipped_steps += 1
-        warnings.warn(f"MeZO step {t}: the loss is {loss}; the weights were restored and the update "
+        how = ("bit for bit" if self._exact else
+               "by the inverse pass (up to an ulp on a few percent of them; exact_restore=True restores bit for bit)")
+        warnings.warn(f"MeZO step {t}: the loss is {loss}; the weights were restored {how} and the update "
                       f"skipped ({self.skipped_steps} skipped so far). Lower lr or eps if this repeats.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
         self._record(t, status, grads, [float(g["lr"]) for g in self.param_groups])
         return loss
 
@@ -396,7 +465,7 @@ class MeZO(torch.optim.Optimizer):
         out = super().state_dict()
         out["trajectory"] = self.trajectory()
         out["counters"] = {"step_count": self.step_count, "update_count": self.update_count,
-                           "skipped_steps": self.skipped_steps}
+                           "skipped_steps": self.skipped_steps, "interrupted_steps": self.interrupted_steps}
         return out
 
     def _config(self) -> dict:
@@ -421,6 +490,7 @@ class MeZO(torch.optim.Optimizer):
             self.step_count = int(counters["step_count"])
             self.update_count = int(counters["update_count"])
             self.skipped_steps = int(counters["skipped_steps"])
+            self.interrupted_steps = int(counters.get("interrupted_steps", 0))
         if log is not None:
             self._trajectory = Trajectory.from_log(log)
 

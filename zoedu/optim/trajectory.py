@@ -19,7 +19,7 @@ from ..checks import non_negative
 from .estimators import UpdateRule
 
 # step status codes
-OK, SKIP_PLUS, SKIP_MINUS, SKIP_BASE = 0, 1, 2, 3
+OK, SKIP_PLUS, SKIP_MINUS, SKIP_BASE, SKIP_OVERFLOW = 0, 1, 2, 3, 4  # 4: θ ± εz would overflow; nothing moved
 
 
 class Trajectory:
@@ -128,7 +128,7 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
             fp.add_twice(seed, scale) if fp is not None else perturber.add_twice(seed, scale, streams)
 
         if status != OK:
-            if passes and (fp is not None or not exact) and status != SKIP_BASE:
+            if passes and (fp is not None or not exact) and status not in (SKIP_BASE, SKIP_OVERFLOW):
                 done = sum(1 for g in grads if not math.isnan(g))
                 for s in seeds[:done]:
                     add(s, eps)
@@ -163,4 +163,4 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
             perturber.run(rule.kernel(seeds, grads, lrs, wds, updates, restore=None), slots=2, streams=streams)
 
 
-__all__ = ["OK", "SKIP_BASE", "SKIP_MINUS", "SKIP_PLUS", "Trajectory", "replay"]
+__all__ = ["OK", "SKIP_BASE", "SKIP_MINUS", "SKIP_OVERFLOW", "SKIP_PLUS", "Trajectory", "replay"]
