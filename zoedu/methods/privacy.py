@@ -19,8 +19,19 @@ class SemiDPRunner:
 
     The training split is split into private and public parts (:func:`split_public`,
     from ``ctx.seed``). Private batches are Poisson samples of rate ``q = B/n_priv``
-    (``poisson=True``, what the accountant assumes) or fixed-size uniform samples; public
-    batches are uniform samples of ``public_batch_size``.
+    (``poisson=True``, the default: the subsampled Gaussian mechanism the accountant
+    analyses, with its amplification) or fixed-size uniform samples (``poisson=False``).
+    Fixed-size batches get no amplification by subsampling here: a step is then accounted
+    as the Gaussian mechanism on the whole private set (q = 1) with the sensitivity 2C of
+    replacing one example (noise multiplier σ/2) — a valid guarantee, much weaker than
+    Poisson's, under replace-one adjacency; a warning says so. public batches are uniform
+    samples of ``public_batch_size``.
+
+    Budget. δ must be below 1/n_priv (and ≤ ``MAX_DELTA``). With ``target_epsilon`` the
+    noise is calibrated to ``steps_planned`` (default: ``fit``'s steps); a run longer than
+    planned is refused, and should the ε spent (the History's ``epsilon``, always the
+    accountant's value for the steps actually taken) pass the target anyway, a
+    ``RuntimeWarning`` says so and ``budget_exceeded`` is True from that step on.
     """
 
     def __init__(self, ctx, *, mode: str, public_fraction: float, beta: float,
@@ -50,11 +61,29 @@ class SemiDPRunner:
                              "must be > 0")
         if self.beta > 0 and pool.size == 0:
             raise ValueError(f"method {mode!r} needs private examples")
-        self.delta = check_delta(1e-5 if delta is None else delta, allow_zero=False)
+        self.delta = check_delta(1e-5 if delta is None else delta, allow_zero=False,
+                                 n=int(pool.size) if self.beta > 0 else None)
         self.accountant = PrivacyAccountant(check_accountant(accountant))
-        self.poisson = bool(poisson)
+        if not isinstance(poisson, bool):
+            raise ValueError(f"poisson={poisson!r} must be True (Poisson sampling, the default) or False")
+        self.poisson = poisson
         self.batch_size = ctx.batch_size
+        if self.beta > 0 and self.batch_size > pool.size:
+            raise ValueError(f"batch_size={self.batch_size} is larger than the {pool.size} private examples; "
+                             f"use batch_size ≤ {pool.size}")
         self.sample_rate = min(1.0, self.batch_size / max(pool.size, 1))
+        # what the accountant is told per step: Poisson rate q with σ, or (fixed-size batches,
+        # no amplification, replace-one sensitivity 2C) q = 1 with σ/2
+        self.accounted_rate = self.sample_rate if self.poisson else 1.0
+        self.target_epsilon = target_epsilon
+        self.budget_exceeded = False
+        if self.beta > 0 and not self.poisson:
+            import warnings
+
+            warnings.warn(f"method {mode!r} with poisson=False: fixed-size private batches are accounted without "
+                          "amplification by subsampling (q = 1, noise multiplier σ/2 for replace-one adjacency), "
+                          "so ε is far larger than with Poisson sampling (poisson=True, the default)",
+                          RuntimeWarning, stacklevel=4)
         uses_private = self.beta > 0
         if uses_private:
             if (noise_multiplier is None) == (target_epsilon is None):
@@ -66,11 +95,21 @@ class SemiDPRunner:
                 if total is None:
                     raise ValueError("target_epsilon= needs the number of steps: pass steps_planned=<the run's "
                                      "steps> so the noise can be calibrated to the whole run")
+                if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
+                    raise ValueError(f"steps_planned={total!r} must be a positive integer")
+                run_steps = getattr(ctx, "steps", None)
+                if run_steps is not None and run_steps > total:
+                    raise ValueError(f"steps_planned={total} is fewer than the run's steps={run_steps}: the noise "
+                                     f"would be calibrated for {total} steps and the run would spend more than "
+                                     f"target_epsilon={target_epsilon}; leave steps_planned out (fit's steps are "
+                                     "used) or raise it")
                 # RDP: integer orders make the bisection ~10× faster; the σ found is slightly
                 # conservative (ε under Opacus's default orders ≤ target_epsilon).
                 orders = INTEGER_ORDERS if accountant == "rdp" else None
-                noise_multiplier = noise_for_epsilon(target_epsilon, self.sample_rate, int(total),
+                noise_multiplier = noise_for_epsilon(target_epsilon, self.accounted_rate, int(total),
                                                      self.delta, accountant, orders=orders)
+                if not self.poisson:
+                    noise_multiplier *= 2.0  # the accountant is told σ/2 (replace-one sensitivity 2C)
         self.noise_multiplier = check_noise_multiplier(0.0 if noise_multiplier is None else noise_multiplier)
         self.public_batch_size = int(public_batch_size or min(self.batch_size, max(self.public_idx.size, 1)))
         if self.public_batch_size < 1:
@@ -99,11 +138,22 @@ class SemiDPRunner:
                   if self.beta < 1 else None)
         stats = self.optimizer.step(private, public)
         if self.beta > 0:
-            self.accountant.step(self.noise_multiplier, self.sample_rate)
+            self.accountant.step(self.noise_multiplier if self.poisson else self.noise_multiplier / 2,
+                                 self.accounted_rate)
         passes = int(private is not None) + int(public is not None)
+        spent = self.accountant.epsilon(self.delta)
+        if self.target_epsilon is not None and spent > self.target_epsilon * (1 + 1e-9) and not self.budget_exceeded:
+            import warnings
+
+            self.budget_exceeded = True
+            warnings.warn(f"PRIVACY BUDGET EXCEEDED at step {step}: ε spent = {spent:.4g} > target_epsilon = "
+                          f"{self.target_epsilon:g} (δ = {self.delta:g}); the History's epsilon column records the ε "
+                          "actually spent", RuntimeWarning, stacklevel=2)
         stats.update(forward_passes=passes, backward_passes=passes,
-                     epsilon=self.accountant.epsilon(self.delta), beta=stats.get("beta", self.beta),
+                     epsilon=spent, beta=stats.get("beta", self.beta),
                      noise_multiplier=self.noise_multiplier)
+        if self.target_epsilon is not None:
+            stats["budget_exceeded"] = self.budget_exceeded
         return stats
 
 

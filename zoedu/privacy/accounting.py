@@ -44,13 +44,27 @@ def check_epsilon(epsilon, name: str = "epsilon") -> float:
     return float(epsilon)
 
 
-def check_delta(delta, *, allow_zero: bool = True, name: str = "delta") -> float:
-    """``delta`` as a float in [0, 1) (or (0, 1) when ``allow_zero`` is False)."""
+#: The largest δ accepted anywhere. δ is the probability that the ε guarantee fails outright,
+#: so it must be well below 1/n (n private examples): δ = 1/n is met by a mechanism that
+#: publishes one random example in the clear. 1e-5 is the usual choice.
+MAX_DELTA = 0.01
+
+
+def check_delta(delta, *, allow_zero: bool = True, name: str = "delta", n: int | None = None) -> float:
+    """``delta`` as a float in [0, MAX_DELTA] (or (0, MAX_DELTA] when ``allow_zero`` is False),
+    and below ``1/n`` when the number of private examples ``n`` is known."""
     if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name}={delta!r} must be a number in [0, 1)")
+        raise ValueError(f"{name}={delta!r} must be a number in [0, {MAX_DELTA}]")
     delta = float(delta)
     if not (0.0 <= delta < 1.0) or math.isnan(delta):
-        raise ValueError(f"{name}={delta!r} must be in [0, 1)")
+        raise ValueError(f"{name}={delta!r} must be in [0, {MAX_DELTA}]")
+    if delta > MAX_DELTA:
+        raise ValueError(f"{name}={delta!r} is too large: δ is the probability that the guarantee fails "
+                         f"outright and must be well below 1/n (n the private examples); at most {MAX_DELTA} "
+                         "is accepted (1e-5 is usual)")
+    if n is not None and n > 0 and delta >= 1.0 / n:
+        raise ValueError(f"{name}={delta!r} must be below 1/n = {1.0 / n:.3g} (n = {n} private examples): "
+                         "with δ ≥ 1/n, publishing one example in the clear meets the definition")
     if delta == 0.0 and not allow_zero:
         raise ValueError(f"{name}=0 is not allowed here: the Gaussian mechanism needs δ in (0, 1) "
                          "(use δ = 0 only with mechanisms that offer pure ε-DP, e.g. Laplace)")
@@ -118,7 +132,7 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
         return 0.0
     if sigma == 0.0:
         return math.inf
-    return _epsilon_cached(sigma, q, steps, delta, accountant)
+    return max(0.0, _epsilon_cached(sigma, q, steps, delta, accountant))  # a bound below 0 means ε = 0 holds
 
 
 @lru_cache(maxsize=4096)
@@ -254,7 +268,7 @@ class PrivacyAccountant:
             return math.inf
         if self.mechanism != "rdp":
             with _quiet():
-                return float(self.opacus.get_epsilon(delta=delta))
+                return max(0.0, float(self.opacus.get_epsilon(delta=delta)))
         from opacus.accountants.analysis import rdp as rdp_analysis
 
         orders = self.opacus.DEFAULT_ALPHAS
@@ -267,4 +281,4 @@ class PrivacyAccountant:
             total = total + self._rdp_per_step[key] * n
         with _quiet():
             eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=total, delta=delta)
-        return float(eps)
+        return max(0.0, float(eps))
