@@ -4,6 +4,7 @@
     python benchmarks/bench_prompt.py ablation --steps 300 --seeds 0,1,2 --variants "MeZO, prompt head"
     python benchmarks/bench_prompt.py lr --steps 300 --lrs 3e-6,1e-5,3e-5 # MeZO (full, prompt head) over learning rates
     python benchmarks/bench_prompt.py lr --steps 300 --lrs 1e-4,3e-4,1e-3 --peft lora
+    python benchmarks/bench_prompt.py addax --steps 300 --addax-steps 100  # Addax's time to MeZO's final accuracy
 
 Every run: ``sentiment`` (2000 training reviews, ``max_length`` 64 unless ``--max-length``),
 batch 16, 400 validation examples scored at step 0 (the untrained model) and every ¼ of
@@ -41,17 +42,68 @@ def _run(variants: dict, args) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+def _to_target(h: pd.DataFrame, target: float):
+    """(step, fit seconds) of the first evaluation at or above ``target``, or (None, None)."""
+    ev = h.dropna(subset=["eval_accuracy"])
+    hit = ev[ev["eval_accuracy"] >= target - 1e-9]
+    if hit.empty:
+        return None, None
+    return int(hit["step"].iloc[0]), float(hit["seconds"].iloc[0])
+
+
+def _addax(args) -> pd.DataFrame:
+    """MeZO for ``--steps`` (its final accuracy is the target), then Addax evaluated every
+    ``--addax-every`` steps: steps, seconds and CPU seconds to the target, peak memory."""
+    from zoedu.defaults import PROMPT_LR
+    from zoedu.experiments.optim import run_methods, zero_shot
+
+    task_options = {"max_length": args.max_length, "n_validation": 400}
+    common = dict(batch_size=16, device="cpu", eval_examples=400, task_options=task_options, head="prompt")
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        start = zero_shot("minilm", "sentiment", seed=seed, eval_examples=400, device="cpu",
+                          task_options=task_options)
+        runs = {}
+        for label, method, steps, every in (("MeZO", "mezo", args.steps, max(1, args.steps // 4)),
+                                            ("Addax", "addax", args.addax_steps, args.addax_every)):
+            c0 = time.process_time()
+            h = run_methods("minilm", "sentiment", {label: {"method": method, "lr": PROMPT_LR[method]}}, steps,
+                            seed=seed, eval_every=every, **common)[label]
+            runs[label] = (h, time.process_time() - c0)
+        target = float(runs["MeZO"][0].dropna(subset=["eval_accuracy"])["eval_accuracy"].iloc[-1])
+        for label, (h, cpu) in runs.items():
+            step, seconds = _to_target(h, target)
+            ev = h.dropna(subset=["eval_accuracy"])
+            rows.append({"seed": seed, "method": label, "zero_shot": start["eval_accuracy"], "target": target,
+                         "steps": int(h["step"].iloc[-1]), "final": float(ev["eval_accuracy"].iloc[-1]),
+                         "steps_to_target": step, "seconds_to_target": seconds,
+                         "seconds": float(h["seconds"].iloc[-1]), "cpu_s": cpu,
+                         "seconds_per_step": float(h["seconds"].iloc[-1]) / max(1, int(h["step"].iloc[-1])),
+                         "peak_mib": float(h["peak_memory"].max()) / 2**20,
+                         "curve": " ".join(f"{a:.3f}" for a in ev["eval_accuracy"])})
+        print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("ablation", "lr"))
+    p.add_argument("part", choices=("ablation", "lr", "addax"))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", default="0")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--variants", default=None, help="comma-separated labels of DEFAULT_VARIANTS (ablation)")
     p.add_argument("--lrs", default="1e-5", help="comma-separated learning rates (lr)")
     p.add_argument("--peft", default=None, help="lora or prompt (lr)")
+    p.add_argument("--addax-steps", type=int, default=100, help="addax: Addax's steps")
+    p.add_argument("--addax-every", type=int, default=10, help="addax: evaluate Addax every N steps")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
+    if args.part == "addax":
+        table = _addax(args)
+        if args.csv:
+            table.to_csv(args.csv, index=False)
+        print(table.drop(columns="curve").to_string(index=False))
+        return
     if args.part == "ablation":
         names = args.variants.split(",") if args.variants else list(DEFAULT_VARIANTS)
         variants = {n: DEFAULT_VARIANTS[n] for n in names}
