@@ -31,8 +31,8 @@ rounding to the dtype on the store: the arithmetic of torch's ``p.mul_(a).add_(z
 on CPU (its vectorised ``add`` is an fma in fp32 "opmath"; ``mul_`` is skipped for
 ``a = 1``). The fma matters for exact round trips: with a rounded ``fl(ε·z)`` the sum
 ``p + fl(ε·z)`` is a rounding tie about 2⁻ᵏ of the time (k = exponent gap between p and
-εz) and a tie's round trip may land an ulp off; measured on 4096 fp32 weights ~N(0, 0.05²),
-ε = 1e-3, one ``+εz, −εz`` trip changed 4.8 % of them without the fma and 2.7 % with it.
+εz) and a tie's round trip may land an ulp off; with the fma fewer weights move in a
+``+εz, −εz`` trip (benchmarks/README.md, "Restoration drift").
 ``add_twice_`` rounds to the dtype in between its two fmas. Any other floating-point
 contraction is disabled on the GPU (``enable_fp_fusion=False``), as in the interpreter.
 
