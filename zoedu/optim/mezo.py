@@ -39,8 +39,8 @@ is this plain path, ``exact_restore=False``, in every precision, for two reasons
 of :meth:`MeZO.step` goes straight from the forwards to the paper's update in
 :func:`mezo_step`, and it is the fast path — three passes and nothing stored, where exact
 restoration adds a serial saving pass, a recovery in each pass and about a quarter byte per
-weight (issue 11 measured it at 3.72 forward-equivalents per step, 0.83× the paper's loop,
-on a dense 26 M-weight OPT; benchmarks/README.md). The ulp drift is far below an update at
+weight (on a dense model it is slower than the paper's loop: benchmarks/README.md,
+"MeZO step time"). The ulp drift is far below an update at
 any useful learning rate, and :func:`replay` reproduces either mode bit for bit.
 ``exact_restore=True`` is there for experiments that need θ back exactly (lr = 0 probes).
 """
