@@ -56,6 +56,29 @@ def positive_int(name: str, value, what: str = "") -> int:
     return int(value)
 
 
+def integer(name: str, value, *, low: int | None = None, high: int | None = None, what: str = "") -> int:
+    """An integer (not a bool, not a float such as 2.0 or NaN) in ``[low, high]``."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok:
+        ok = (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        rng = " and ".join(x for x in ((f"≥ {low}" if low is not None else ""),
+                                       (f"≤ {high}" if high is not None else "")) if x)
+        kind = "a positive integer" if low == 1 and high is None else f"an integer{' ' + rng if rng else ''}"
+        raise ValueError(f"{name}={value!r} must be {kind}{f' ({what})' if what else ''}")
+    return int(value)
+
+
+def optional_integer(name: str, value, *, low: int | None = None, what: str = "") -> int | None:
+    """``None`` or an integer ≥ ``low``."""
+    return None if value is None else integer(name, value, low=low, what=what)
+
+
+def seed(name: str, value) -> int:
+    """A random seed: an integer ≥ 0 (numpy's generators refuse negative seeds)."""
+    return integer(name, value, low=0, what="a random seed")
+
+
 def choice(name: str, value, allowed) -> str:
     """One of ``allowed``."""
     if value not in allowed:
@@ -101,5 +124,5 @@ def same_config(owner: str, saved: dict, current: dict) -> None:
                              f"{key}={value!r} to resume that run")
 
 
-__all__ = ["choice", "non_negative", "number", "positive", "positive_int", "same_config", "scalar",
-           "unit_interval"]
+__all__ = ["choice", "integer", "non_negative", "number", "optional_integer", "positive", "positive_int",
+           "same_config", "scalar", "seed", "unit_interval"]

@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .checks import positive
+from . import checks
+from .checks import integer, optional_integer, positive
 from .interrupt import DeferredInterrupt
 from .loop import FirstOrderRunner, FitContext, ZerothOrderRunner, check_loss  # noqa: F401 (re-exported)
 from .models import resolve_device
@@ -138,17 +139,24 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         (cumulative), ``peak_memory``, and the method's own columns. ``attrs`` holds the
         method, lr, seed, device and parameter count.
     """
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be a positive integer")
+    integer("steps", steps, low=1, what="optimizer steps")
     positive("lr", lr, "fit's learning rate; an optimizer instance may take 0")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
-    if eval_every is not None and (not isinstance(eval_every, (int, np.integer)) or eval_every < 0):
-        raise ValueError(f"eval_every={eval_every!r} must be None, 0 (never) or a positive integer")
+    integer("batch_size", batch_size, low=1, what="examples per step")
+    checks.seed("seed", seed)
+    optional_integer("eval_every", eval_every, low=0, what="None: after the last step only, 0: never")
+    optional_integer("eval_examples", eval_examples, low=1, what="validation examples per evaluation; None: all")
+    integer("eval_batch_size", eval_batch_size, low=1)
     if not isinstance(task, Task):
         raise ValueError(f"task must be a zoedu.tasks.Task (see zoedu.tasks.load_task), got {type(task).__name__}")
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if mixer is None and batch_size > task.size("train"):
+        raise ValueError(f"batch_size={batch_size} is larger than the {task.size('train')} training examples of task "
+                         f"{task.name!r} (a batch holds distinct examples); use batch_size ≤ {task.size('train')}")
+    if task.kind == "tabular" and hasattr(model, "config") and hasattr(model, "get_input_embeddings"):
+        raise ValueError(f"task {task.name!r} is tabular (feature vectors) but the model is a text model "
+                         f"({type(model).__name__}); use a text task (sentiment, sst2, multidomain) or a model that "
+                         "takes feature vectors")
     dev = resolve_device(device)
     placed = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
     if placed:  # load_model(device_map=...): the layers stay where accelerate put them

@@ -164,6 +164,11 @@ def _compare_and_report(args) -> int:
     if not is_main():  # every rank holds the same table; rank 0 prints and writes
         return 0
     print(format_table(table))
+    diverged = [m for m, h in histories.items() if not np.isfinite(h["loss"].iloc[-1])]
+    if diverged:  # e.g. MeZO skipping every step: the table would show NaN and exit 0
+        if args.csv:
+            table.to_csv(args.csv, index=False)
+        raise FloatingPointError(f"{', '.join(diverged)} diverged (a NaN or infinite loss): lower --lr")
     if args.html:  # experiments return data; the cli draws it (zoedu.cli.write_figure)
         args.figure = ("convergence", histories, f"{args.model} on {args.task}: loss against step and seconds")
     if args.csv:
@@ -179,10 +184,30 @@ def _model_options(args) -> dict | None:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _methods(text: str) -> str:
+    from ..train import available_methods
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no method given")
+    allowed = available_methods()
+    unknown = [m for m in names if m not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))} unknown; allowed: {', '.join(allowed)}")
+    return text
+
+
+#: The tasks ``zoedu compare`` trains its text models on (tabular needs a feature-vector model).
+CLI_TASKS = ("sentiment", "sst2", "multidomain")
 
 
 def add_cli(subparsers) -> None:
@@ -192,10 +217,10 @@ def add_cli(subparsers) -> None:
                     "print final loss, validation accuracy, wall seconds and peak memory per method, "
                     "and write an HTML plot of loss against step and against seconds.",
     )
-    p.add_argument("--task", default="sentiment", help="task name (default: sentiment)")
+    p.add_argument("--task", default="sentiment", choices=CLI_TASKS, help="task name (default: sentiment)")
     p.add_argument("--model", default="minilm", help="model name: minilm, tiny-opt, tiny-gpt2 or a hub id (default: minilm)")
     p.add_argument("--size", default="5m", help="size of a tiny model: 1m, 5m, 25m (default: 5m)")
-    p.add_argument("--methods", default="adam,sgd", help="comma-separated methods (default: adam,sgd)")
+    p.add_argument("--methods", default="adam,sgd", type=_methods, help="comma-separated methods (default: adam,sgd)")
     p.add_argument("--steps", type=_positive_int, default=50, help="training steps per method (default: 50)")
     p.add_argument("--lr", default=None, help="learning rate for all methods, or per method: adam=5e-5,mezo=1e-3")
     p.add_argument("--batch-size", type=_positive_int, default=16)

@@ -48,7 +48,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from ..checks import non_negative, positive, same_config, scalar, unit_interval
+from ..checks import (integer, non_negative, optional_integer, positive, positive_int, same_config, scalar,
+                      unit_interval)
 from ..interrupt import DeferredInterrupt
 from ._perturb import CHUNK, Perturber, direction_seed, row_map
 from .estimators import UpdateRule, decays
@@ -134,6 +135,9 @@ class Addax(torch.optim.Optimizer):
         positive("eps", eps, "the perturbation scale ε")
         unit_interval("alpha", alpha, what="the weight of the zeroth-order part")
         non_negative("weight_decay", weight_decay)
+        integer("seed", seed, what="seeds every direction")
+        positive_int("chunk", chunk, "elements per random stream")
+        optional_integer("workers", workers, low=1, what="CPU threads for the passes; None: automatic")
         self._inplace = InPlaceUpdates(self._first_order_update, sparse_embedding_grads=sparse_embedding_grads,
                                        groups=lambda: self.param_groups)
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))

@@ -53,7 +53,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ..checks import choice, non_negative, positive, positive_int, same_config, scalar
+from ..checks import (choice, integer, non_negative, optional_integer, positive, positive_int, same_config, scalar,
+                      unit_interval)
 from ..interrupt import DeferredInterrupt
 from ._perturb import CHUNK, DIRECTIONS, LOW_PRECISION, Perturber, Stream, direction_seed, row_map
 from .estimators import ESTIMATORS, UpdateRule, decays
@@ -155,6 +156,9 @@ class MeZO(torch.optim.Optimizer):
                  workers: int | None = None, chunk: int = CHUNK, directions: str = "gaussian"):
         choice("directions", directions, DIRECTIONS)
         _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas, adam_eps)
+        integer("seed", seed, what="seeds every direction")
+        positive_int("chunk", chunk, "elements per random stream")
+        optional_integer("workers", workers, low=1, what="CPU threads for the passes; None: automatic")
         if exact_restore is not None and not isinstance(exact_restore, bool):
             raise ValueError(f"exact_restore={exact_restore!r} must be True or False")
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
@@ -501,10 +505,10 @@ def _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas,
     non_negative("weight_decay", weight_decay)
     positive_int("n_perturb", n_perturb, "directions per step")
     choice("estimator", estimator, ESTIMATORS)
-    if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
-        raise ValueError(f"momentum={momentum!r} must be in [0, 1)")
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1)")
+    unit_interval("momentum", momentum, high_open=True)
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"betas={betas!r} must be two finite numbers in [0, 1)")
     positive("adam_eps", adam_eps)
 
 

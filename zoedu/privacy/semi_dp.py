@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import non_negative, positive, same_config, unit_interval
+from ..checks import integer, non_negative, positive, same_config, unit_interval
 from .accounting import check_noise_multiplier
 from .per_sample import PerSampleGradients, batch_size_of, clip_and_sum, trainable
 from .per_sample import per_sample_norms as per_sample_norms_of
@@ -103,10 +103,12 @@ class SemiDPSGD(torch.optim.Optimizer):
                  per_sample: str = "auto", n_private: int | None = None, n_public: int | None = None,
                  epsilon: float | None = None, delta: float = 1e-5):
         non_negative("lr", lr)  # an optimizer's rule, as torch.optim (fit's lr must be > 0)
-        if expected_batch_size is not None and (not isinstance(expected_batch_size, (int, np.integer))
+        if expected_batch_size is not None and (isinstance(expected_batch_size, bool)
+                                                or not isinstance(expected_batch_size, (int, np.integer))
                                                 or expected_batch_size < 1):
             raise ValueError(f"expected_batch_size={expected_batch_size!r} must be None or an integer ≥ 1")
         non_negative("weight_decay", weight_decay)
+        seed = integer("seed", seed, low=0, what="seeds the noise")
         self.model, self.loss_fn = model, loss_fn
         self.beta_rule = None
         if isinstance(beta, str):
@@ -340,6 +342,7 @@ def split_public(n: int, public_fraction: float, seed: int = 0) -> tuple[np.ndar
         raise ValueError(f"public_fraction={public_fraction!r} must be in [0, 1)")
     if n < 1:
         raise ValueError(f"n={n!r}: cannot split an empty training set")
+    seed = integer("seed", seed, low=0, what="a random seed")
     order = np.random.default_rng([int(seed), 5]).permutation(n)
     n_pub = int(round(public_fraction * n))
     if public_fraction > 0:

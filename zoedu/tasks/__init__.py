@@ -27,6 +27,15 @@ def load_task(name: str, *, tokenizer=None, seed: int = 0, **options) -> Task:
     """
     if name not in TASKS:
         raise ValueError(f"task name={name!r} is unknown; allowed: {', '.join(TASKS)}")
+    from ..checks import integer, seed as check_seed
+
+    check_seed("seed", seed)
+    if "max_length" in options:  # before a builder tokenizes with it
+        integer("max_length", options["max_length"], low=2, what="tokens per example after truncation")
+    for key in ("n_train", "n_validation"):  # a number, or (multidomain) one per domain
+        value = options.get(key)
+        for v in (value.values() if isinstance(value, dict) else [] if value is None else [value]):
+            integer(key, v, low=1, what="examples (per domain when a dict)")
     module = import_module(f".{name}", __name__)
     if name != "tabular" and tokenizer is None:
         from ..models import default_tokenizer

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import integer, optional_integer
+
 SPLITS = ("train", "validation")
 KINDS = ("classification", "lm", "tabular")
 
@@ -73,7 +75,8 @@ class Task:
         self.data = splits
         self.tokenizer = tokenizer
         self.num_labels = num_labels
-        self.max_length = int(max_length)
+        # at least 2 tokens: the special tokens a tokenizer adds and one word
+        self.max_length = integer("max_length", max_length, low=2, what="tokens per example after truncation")
         self.domains = list(domains) if domains is not None else None
         self.label_names = list(label_names) if label_names is not None else None
         self.description = description
@@ -208,14 +211,18 @@ class Task:
         pool = np.arange(self.size(split)) if indices is None else np.asarray(indices)
         if pool.size == 0:
             raise ValueError(f"cannot sample from an empty set of examples of task {self.name!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be ≥ 1")
-        chosen = generator.choice(pool, size=batch_size, replace=batch_size > pool.size)
+        integer("batch_size", batch_size, low=1)
+        if batch_size > pool.size:
+            raise ValueError(f"batch_size={batch_size} is larger than the {pool.size} examples to sample from "
+                             f"(split {split!r} of task {self.name!r}); a batch holds distinct examples")
+        chosen = generator.choice(pool, size=batch_size, replace=False)
         return self.batch(split, chosen)
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 max_examples: int | None = None) -> Iterator[dict]:
         """Iterate once over ``split`` in batches (sorted by length when not shuffled, to pad less)."""
+        integer("batch_size", batch_size, low=1)
+        optional_integer("max_examples", max_examples, low=1, what="None: the whole split")
         n = self.size(split)
         if max_examples is not None:
             n = min(n, int(max_examples))
@@ -281,6 +288,8 @@ class Task:
 
         Multi-domain tasks also report ``loss/<domain>`` for every domain.
         """
+        integer("batch_size", batch_size, low=1)
+        optional_integer("max_examples", max_examples, low=1, what="None: the whole split")
         if device is None:
             device = next(model.parameters()).device
         was_training = model.training
