@@ -168,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     (one line naming the flag), 1 a failure while working (one line; ``ZOEDU_DEBUG=1`` shows
     the traceback), 130 interrupted."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # a usage error (already printed, one line): its code; --help/--version: exit
+        if stop.code in (0, None):
+            raise
+        return stop.code if isinstance(stop.code, int) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. compare --nproc re-launches itself
     if not getattr(args, "func", None):
         parser.print_help()

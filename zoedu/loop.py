@@ -79,6 +79,15 @@ def check_loss(loss: torch.Tensor | float, where: str = "the loss") -> float:
     return value
 
 
+def check_weights_finite(params, lr: float, where: str) -> None:
+    """After a step whose loss was not finite: a FloatingPointError if a weight is NaN or
+    infinite (the run diverged and every later step would be skipped), naming the lr."""
+    for p in params:
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise FloatingPointError(f"{where}: the weights are no longer finite, training diverged; lower the "
+                                     f"learning rate (lr={lr:g})")
+
+
 # --------------------------------------------------------------------------- runners
 class FirstOrderRunner:
     """Drive a first-order ``torch.optim.Optimizer``: sample, forward, backward, step."""
@@ -120,7 +129,9 @@ class ZerothOrderRunner:
         finally:
             self.ctx.model.train(was_training)
         fwd = int(getattr(self.optimizer, "forwards_per_step", 2))
+        if not math.isfinite(float(loss)):
+            check_weights_finite(self.ctx.params(), self.ctx.lr, f"step {step}")
         return {"loss": float(loss), "forward_passes": fwd, "backward_passes": 0}
 
 
-__all__ = ["FirstOrderRunner", "FitContext", "ZerothOrderRunner", "check_loss"]
+__all__ = ["FirstOrderRunner", "FitContext", "ZerothOrderRunner", "check_loss", "check_weights_finite"]

@@ -164,7 +164,8 @@ def _compare_and_report(args) -> int:
     if not is_main():  # every rank holds the same table; rank 0 prints and writes
         return 0
     print(format_table(table))
-    diverged = [m for m, h in histories.items() if not np.isfinite(h["loss"].iloc[-1])]
+    diverged = [m for m, h in histories.items() if not np.isfinite(h["loss"].iloc[-1])
+                or not np.isfinite(h.loc[h["eval_accuracy"].notna(), "eval_loss"]).all()]
     if diverged:  # e.g. MeZO skipping every step: the table would show NaN and exit 0
         if args.csv:
             table.to_csv(args.csv, index=False)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+from ..loop import check_weights_finite
 from ..optim.embedding_rows import BatchRows
 from ..optim.mezo import MeZO
 
@@ -50,6 +53,8 @@ class MeZORunner:
             loss = self.optimizer.step(lambda: self._value(batch), rows=self.rows(batch))
         finally:
             model.train(was_training)
+        if not math.isfinite(float(loss)):  # skipped: fine once, but not if the weights themselves diverged
+            check_weights_finite(self.ctx.params(), self.ctx.lr, f"MeZO step {step}")
         out = {"loss": float(loss), "forward_passes": self.optimizer.forwards_per_step, "backward_passes": 0,
                "projected_grad": self.optimizer.last_projected_grad, "skipped_steps": self.optimizer.skipped_steps}
         if self.objective == "accuracy":

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..checks import positive
 from ._state import Checkpointable
 
 
@@ -138,8 +139,7 @@ class Proportional(Sampler):
         super().__init__(sizes.size)
         if not np.all(np.isfinite(sizes)) or np.any(sizes <= 0):
             raise ValueError(f"sizes={sizes.tolist()} must be positive numbers of examples")
-        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature={temperature!r} must be a positive finite number")
+        positive("temperature", temperature)
         self.sizes = sizes
         self.temperature = float(temperature)
         w = sizes ** (1.0 / self.temperature)
