@@ -309,3 +309,19 @@ def test_fit_hands_back_the_history_of_its_completed_steps(tab, how, done):
     fit(again, tab, torch.optim.SGD(again.parameters(), lr=0.1), steps=done, lr=0.1, batch_size=4, quiet=True,
         track_memory=False, eval_every=0)
     assert same(snap(again), snap(model))
+
+
+def test_fit_ctrl_c_leaves_a_checkpoint_to_resume_from(tab, tmp_path):
+    from zoedu.train import fit
+
+    opts = dict(lr=0.1, batch_size=4, quiet=True, track_memory=False, eval_every=0)
+    straight = tab_model(tab)
+    fit(straight, tab, Stopping(straight.parameters(), at=99, how="raise"), steps=5, **opts)
+    model = tab_model(tab)
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, tab, Stopping(model.parameters(), at=3, how="sigint"), steps=5, checkpoint=path, **opts)
+    again = tab_model(tab)
+    h = fit(again, tab, Stopping(again.parameters(), at=99, how="raise"), steps=5, resume=path, **opts)
+    assert h["step"].tolist() == [1, 2, 3, 4, 5]
+    assert same(snap(straight), snap(again))

@@ -294,3 +294,106 @@ def test_load_state_dict_refuses_a_foreign_dict():
         PiKE(3).load_state_dict({"weights": [1, 2, 3]})
     mixer = PiKE(3)
     assert copy.deepcopy(mixer.state_dict())["config"]["n_tasks"] == 3
+
+
+# --------------------------------------------------------------------------- fit
+def _fit_run(task, make_model, method, tmp_path, *, split=None, steps=6, mixer=None, **kw):
+    """fit straight through, or ``split`` steps + checkpoint + a fresh model resumed for the rest."""
+    from zoedu.train import fit
+
+    opts = dict(lr=kw.pop("lr", 1e-3), batch_size=4, seed=3, quiet=True, track_memory=False, eval_every=3,
+                eval_examples=8, **kw)
+    model = make_model()
+    if split is None:
+        return fit(model, task, method, steps=steps, mixer=mixer() if mixer else None, **opts), model
+    path = tmp_path / "run.ckpt"
+    fit(model, task, method, steps=split, checkpoint=path, mixer=mixer() if mixer else None, **opts)
+    again = make_model()
+    torch.manual_seed(1234)  # the checkpoint restores the random streams too
+    h = fit(again, task, method, steps=steps, resume=path, mixer=mixer() if mixer else None, **opts)
+    return h, again
+
+
+def _same_run(a, b):
+    (ha, ma), (hb, mb) = a, b
+    cols = [c for c in ha.columns if c not in ("seconds", "mixer_seconds")]
+    assert list(ha.columns) == list(hb.columns)
+    for c in cols:
+        x, y = ha[c].to_numpy(), hb[c].to_numpy()
+        if x.dtype == object:
+            assert all(np.array_equal(np.asarray(u), np.asarray(v), equal_nan=True) for u, v in zip(x, y)), c
+        else:
+            assert np.array_equal(x, y, equal_nan=True), c
+    for (name, p), q in zip(ma.named_parameters(), mb.parameters()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("method, kw", [
+    ("sgd", {}), ("adam", {}), ("ipsgd", {}), ("mezo", dict(lr=1e-3)), ("mezo", dict(lr=1e-3, estimator="adam")),
+    ("addax", dict(lr=1e-3)),
+], ids=["sgd", "adam", "ipsgd", "mezo", "mezo-adam", "addax"])
+def test_fit_resumes_bit_for_bit(tiny_task, tmp_path, method, kw):
+    from zoedu.models import load_model
+
+    def make():
+        return load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0]
+
+    _same_run(_fit_run(tiny_task, make, method, tmp_path, **kw), _fit_run(tiny_task, make, method, tmp_path,
+                                                                          split=3, **kw))
+
+
+@pytest.mark.parametrize("method", ["semi_dp", "dp_sgd"])
+def test_fit_dp_resumes_bit_for_bit_and_keeps_counting_epsilon(tmp_path, method):
+    from zoedu.tasks import load_task
+
+    task = load_task("tabular", dataset="breast_cancer")
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Linear(30, 2)
+
+    kw = dict(lr=0.5, noise_multiplier=1.0, public_fraction=0.1, **({"beta": 0.5} if method == "semi_dp" else {}))
+    straight = _fit_run(task, make, method, tmp_path, **kw)
+    resumed = _fit_run(task, make, method, tmp_path, split=3, **kw)
+    _same_run(straight, resumed)
+    assert np.all(np.diff(resumed[0]["epsilon"]) > 0)
+
+
+def test_fit_resumes_a_pike_mixer_bit_for_bit(tokenizer, tmp_path):
+    from zoedu.mixing import MixedBatchSource
+    from zoedu.models import load_model
+    from zoedu.tasks import load_task
+
+    corpus = load_task("multidomain", tokenizer=tokenizer, n_train={"prose": 12, "code": 12, "rot13": 8,
+                                                                    "arithmetic": 6}, n_validation=2, max_length=16)
+
+    def make():
+        return load_model("tiny-gpt2", size="1m", seed=0)[0]
+
+    def mixer():
+        return MixedBatchSource("pike", stats_every=2, update_every=2, smoothing=0.5)
+
+    _same_run(_fit_run(corpus, make, "adam", tmp_path, mixer=mixer, lr=3e-3),
+              _fit_run(corpus, make, "adam", tmp_path, split=3, mixer=mixer, lr=3e-3))
+
+
+def test_fit_resume_refuses_another_run(tmp_path):
+    from zoedu.tasks import load_task
+    from zoedu.train import fit
+
+    task = load_task("tabular", dataset="breast_cancer")
+    path = tmp_path / "run.ckpt"
+    fit(nn.Linear(30, 2), task, "sgd", steps=2, lr=0.1, seed=1, quiet=True, track_memory=False, checkpoint=path)
+    for kw, name in [(dict(lr=0.2), "lr"), (dict(seed=2), "seed"), (dict(batch_size=8), "batch_size")]:
+        args = dict(steps=4, lr=0.1, seed=1, quiet=True, track_memory=False, resume=path)
+        args.update(kw)
+        with pytest.raises(ValueError, match=name):
+            fit(nn.Linear(30, 2), task, "sgd", **args)
+    with pytest.raises(ValueError, match="adam"):
+        fit(nn.Linear(30, 2), task, "adam", steps=4, lr=0.1, seed=1, quiet=True, resume=path)
+    with pytest.raises(ValueError, match="already at step 2"):
+        fit(nn.Linear(30, 2), task, "sgd", steps=2, lr=0.1, seed=1, quiet=True, resume=path)
+    with pytest.raises(ValueError, match="resume"):
+        fit(nn.Linear(30, 2), task, "sgd", steps=2, lr=0.1, resume=tmp_path / "missing.ckpt")
+    with pytest.raises(ValueError, match="checkpoint"):
+        fit(nn.Linear(30, 2), task, "sgd", steps=2, lr=0.1, checkpoint=tmp_path / "no" / "such.ckpt")

@@ -214,3 +214,12 @@ def test_fit_refuses_a_text_model_on_a_tabular_task():
     model = load_model("tiny-opt", size="1m", num_labels=2)[0]
     with pytest.raises(ValueError, match="tabular"):
         fit_with(model)
+
+
+def test_fit_refuses_a_feature_model_on_a_text_task():
+    from zoedu.tasks import load_task
+    from zoedu.train import fit
+
+    task = load_task("sentiment", n_train=8, n_validation=4, max_length=16)
+    with pytest.raises(ValueError, match="text task"):
+        fit(nn.Linear(30, 2), task, "sgd", steps=1, lr=0.1, batch_size=2, quiet=True, track_memory=False)

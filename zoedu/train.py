@@ -25,6 +25,7 @@ columns to ``out``; its ``mixer_forward_passes``/``mixer_backward_passes`` count
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -90,6 +91,32 @@ def _runner_for(method, ctx: FitContext, options: dict):
         raise
 
 
+def _runner_state(runner) -> dict | None:
+    """What a checkpoint keeps of a method: its ``state_dict()``, else its optimizer's."""
+    if hasattr(runner, "state_dict"):
+        return runner.state_dict()
+    opt = getattr(runner, "optimizer", None)
+    return None if opt is None else {"optimizer": opt.state_dict()}
+
+
+def _load_runner(runner, state: dict | None) -> None:
+    if hasattr(runner, "load_state_dict"):
+        runner.load_state_dict(state)
+    elif state is not None and getattr(runner, "optimizer", None) is not None:
+        runner.optimizer.load_state_dict(state["optimizer"])
+
+
+def _takes_input_ids(model: nn.Module) -> bool:
+    """Whether ``model(input_ids=..., attention_mask=...)`` can be called (a text model)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True  # cannot tell: let the forward pass decide
+    return "input_ids" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 # --------------------------------------------------------------------------- memory
 def _cuda_peak(device: torch.device) -> int | None:
     if device.type == "cuda":
@@ -102,7 +129,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         seed: int = 0, device="auto", eval_every: int | None = None,
         eval_examples: int | None = None, eval_batch_size: int = 64, mixer=None,
         track_memory: bool = True, quiet: bool = False, progress_desc: str | None = None,
-        parallel=None, **method_options) -> History:
+        parallel=None, checkpoint=None, checkpoint_every: int | None = None, resume=None,
+        **method_options) -> History:
     """Train ``model`` on ``task`` with ``method`` for ``steps`` steps; return the History.
 
     Args:
@@ -130,6 +158,16 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
             or a :class:`zoedu.distributed.Parallel`; see :mod:`zoedu.distributed`. The History
             then gains ``comm_bytes`` (bytes this rank sent in the step) and is rank 0's on
             every rank.
+        checkpoint: a file to save the run to (model, optimizer and method state, mixer,
+            random streams, History so far) every ``checkpoint_every`` steps, after the last
+            step, and when Ctrl-C stops the run between two steps.
+        checkpoint_every: steps between checkpoints (default: only at the end).
+        resume: a checkpoint file written by ``fit(..., checkpoint=...)``: the model and every
+            state are restored and the run continues from the step after it, so a run stopped
+            and resumed gives bit for bit the History (but for ``seconds``) and weights of
+            one run straight through. The method, lr, batch_size, seed and task must be the
+            checkpoint's (a ValueError names the one that differs); the rest of the call
+            (model architecture, method options) must be the same as well.
         **method_options: passed to the method's factory (e.g. ``eps`` for MeZO).
 
     Returns:
@@ -146,6 +184,15 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     optional_integer("eval_every", eval_every, low=0, what="None: after the last step only, 0: never")
     optional_integer("eval_examples", eval_examples, low=1, what="validation examples per evaluation; None: all")
     integer("eval_batch_size", eval_batch_size, low=1)
+    optional_integer("checkpoint_every", checkpoint_every, low=1, what="steps between checkpoints")
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every= needs checkpoint= (the file to write)")
+    if checkpoint is not None:
+        folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+        if not os.path.isdir(folder):
+            raise ValueError(f"checkpoint={os.fspath(checkpoint)!r}: the folder {folder!r} does not exist")
+    if resume is not None and not os.path.isfile(os.fspath(resume)):
+        raise ValueError(f"resume={os.fspath(resume)!r} is not a checkpoint file (fit(..., checkpoint=...) writes one)")
     if not isinstance(task, Task):
         raise ValueError(f"task must be a zoedu.tasks.Task (see zoedu.tasks.load_task), got {type(task).__name__}")
     if not isinstance(model, nn.Module):
@@ -153,6 +200,10 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     if mixer is None and batch_size > task.size("train"):
         raise ValueError(f"batch_size={batch_size} is larger than the {task.size('train')} training examples of task "
                          f"{task.name!r} (a batch holds distinct examples); use batch_size ≤ {task.size('train')}")
+    if task.kind != "tabular" and not _takes_input_ids(model):
+        raise ValueError(f"task {task.name!r} is a text task (token ids) but the model's forward takes no "
+                         f"input_ids ({type(model).__name__}); use a text model (zoedu.models.load_model) or a "
+                         "tabular task")
     if task.kind == "tabular" and hasattr(model, "config") and hasattr(model, "get_input_embeddings"):
         raise ValueError(f"task {task.name!r} is tabular (feature vectors) but the model is a text model "
                          f"({type(model).__name__}); use a text task (sentiment, sst2, multidomain) or a model that "
@@ -189,6 +240,42 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     seconds = 0.0
     fwd = bwd = 0
     peak = 0
+    config = {"method": name, "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed), "task": task.name}
+    if (checkpoint is not None or resume is not None) and par is not None:
+        raise ValueError("checkpoint=/resume= are not supported under torch.distributed (parallel=) yet")
+    start = 1
+    if resume is not None:
+        state = torch.load(os.fspath(resume), map_location=dev, weights_only=False)
+        for key, value in state["config"].items():
+            if config.get(key) != value:
+                raise ValueError(f"resume: the checkpoint was written by a run with {key}={value!r}, this call has "
+                                 f"{key}={config.get(key)!r}; pass {key}={value!r} to continue that run")
+        if state["step"] >= steps:
+            raise ValueError(f"steps={steps}: the checkpoint {os.fspath(resume)!r} is already at step {state['step']}; "
+                             f"pass steps > {state['step']} to continue it")
+        model.load_state_dict(state["model"])
+        _load_runner(runner, state["runner"])
+        if state.get("batch_source") is not None:
+            ctx.batch_source.load_state_dict(state["batch_source"])
+        ctx.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rows = list(state["rows"])
+        seconds, fwd, bwd, peak = state["counters"]
+        start = state["step"] + 1
+
+    def save_checkpoint(step: int) -> None:
+        state = {"format": 1, "step": step, "config": config, "rows": list(rows), "model": model.state_dict(),
+                 "runner": _runner_state(runner),
+                 "batch_source": (ctx.batch_source.state_dict() if ctx.batch_source is not None
+                                  and hasattr(ctx.batch_source, "state_dict") else None),
+                 "rng": ctx.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                 "counters": (seconds, fwd, bwd, peak)}
+        path = os.fspath(checkpoint)
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)  # never a half-written checkpoint
     eval_at = set()
     if eval_every is None:
         eval_at = {steps}
@@ -198,7 +285,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     if not quiet:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=progress_desc or name, leave=False)
+        bar = tqdm(total=steps, desc=progress_desc or name, leave=False, initial=start - 1)
 
     def finish(rows: list[dict], gather: bool = True) -> History:
         if par is not None and gather:
@@ -224,9 +311,11 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     # zeroth-order optimizers then still put their perturbation back)
     guard = DeferredInterrupt(deferring=False, urgent_second=True, on_hold=on_hold)
     done_row: dict | None = None  # a completed step whose row is not in `rows` yet (evaluation running)
+    between = False               # between two steps: every state is a completed step's
     try:
         with guard:
-            for step in range(1, steps + 1):
+            for step in range(start, steps + 1):
+                between = False
                 guard.hold()
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
@@ -234,7 +323,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 t0 = time.perf_counter()
                 if par is not None:
                     par.begin_step(step)
-                if track_memory and dev.type == "cpu" and step == 1:
+                if track_memory and dev.type == "cpu" and step == start:
                     from .memory import measure
 
                     out: dict = {}
@@ -271,9 +360,14 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
+                between = True
+                if checkpoint is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+                    save_checkpoint(step)
                 guard.allow()  # a held Ctrl-C stops here, between steps
     except BaseException as err:
         # the History of the completed steps travels with the exception: `err.history`
+        if checkpoint is not None and between and isinstance(err, KeyboardInterrupt):
+            save_checkpoint(len(rows) and rows[-1]["step"])  # stopped between steps: resumable from here
         try:
             err.history = finish(rows + ([done_row] if done_row is not None else []), gather=False)
             err.history.attrs["interrupted_at_step"] = len(err.history) + 1

@@ -123,6 +123,17 @@ class SemiDPRunner:
             clip_public=clip_public, expected_batch_size=self.batch_size, per_sample=per_sample,
             weight_decay=weight_decay, **rule)
 
+    def state_dict(self) -> dict:
+        """For ``fit(..., checkpoint=)``: the optimizer (noise generator included) and the privacy
+        spent so far (the accountant's history), so a resumed run keeps counting ε."""
+        return {"optimizer": self.optimizer.state_dict(), "accountant": self.accountant.history,
+                "budget_exceeded": self.budget_exceeded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.accountant.opacus.history = [tuple(h) for h in state["accountant"]]
+        self.budget_exceeded = bool(state["budget_exceeded"])
+
     def _private_batch(self) -> dict | None:
         rng = self.ctx.rng
         if self.poisson:
