@@ -26,6 +26,11 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert after_venv in ci
     assert "set -euo pipefail" in ci and "python3 -m venv" in ci
     assert ci.index("torch==2.13.0") < ci.index('-e ".[test')
+    # the browser test (tests/test_ui.py) needs chromium, which CI installs when missing,
+    # and every notebook runs its FAST size there
+    assert "apt-get install -y" in ci and "chromium" in ci and "ZOEDU_FAST=1" in ci
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert any(d.startswith("playwright") for d in test_extra)
 
 
 def test_pyproject_declares_the_runtime_and_test_dependencies():
