@@ -4,9 +4,10 @@
     python benchmarks/bench_memory.py --quick    # tiny-opt 1m only
     python benchmarks/bench_memory.py --minilm   # the bundled pretrained MiniLM (slow: minutes)
 
-1. One training step of every ``fit`` method on the tiny models, measured on CPU with
-   :func:`zoedu.memory.measure` (bytes), next to :func:`zoedu.memory.estimate` for the same
-   batch shape.
+1. A steady-state training step (step 2: Adam's moments exist) of every ``fit`` method on
+   the tiny models, measured on CPU with :func:`zoedu.memory.measure` (bytes), next to
+   :func:`zoedu.memory.estimate` for the same batch shape; the MiniLM table also shows
+   Adam's first step (no moments during its forward pass).
 2. Estimates for OPT-125m … 66b and Llama-2 (fp16, batch 1, 400 tokens: the MeZO paper's
    MultiRC setting) per method, in GB, and the GPUs (24 / 40 / 80 GB) each fits on.
 3. The cost of measuring: a step with and without ``measure``, alternated in one run.
@@ -53,14 +54,16 @@ def tiny_rows(quick: bool) -> list[str]:
 
 def minilm_rows() -> list[str]:
     model, tok = load_model("minilm", num_labels=2)
-    out = ["| max length | method | batch | measured (bytes) | estimated (bytes) | estimate / measure |",
-           "| --- | --- | --- | ---: | ---: | ---: |"]
+    out = ["| max length | method | step | batch | measured (bytes) | estimated (bytes) | estimate / measure |",
+           "| --- | --- | --- | --- | ---: | ---: | ---: |"]
     for max_length in (64, 128):
         task = load_task("sentiment", tokenizer=tok, n_train=200, n_validation=20, max_length=max_length)
         df = measure_table(model, task, ["inference", "adam", "sgd", "ipsgd", "mezo"], batch_size=16)
-        for _, r in df.iterrows():
-            out.append(f"| {max_length} | {r['method']} | {r['batch']} | {int(r['measured']):,} | "
-                       f"{int(r['estimated']):,} | {r['ratio']:.3f} |")
+        first = measure_table(model, task, ["adam"], batch_size=16, first_step=True)
+        for step, part in (("2+", df.iloc[:2]), ("1", first), ("2+", df.iloc[2:])):
+            for _, r in part.iterrows():
+                out.append(f"| {max_length} | {r['method']} | {step} | {r['batch']} | {int(r['measured']):,} | "
+                           f"{int(r['estimated']):,} | {r['ratio']:.3f} |")
     return out
 
 

@@ -148,9 +148,11 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         eval_examples: evaluate on at most this many validation examples.
         mixer: a data mixer for multi-domain tasks (a name such as ``"uniform"`` or
             ``"pike"``, a sampler or a PiKE object; see :mod:`zoedu.mixing`).
-        track_memory: record ``peak_memory`` (bytes): on CUDA each step's peak from the
-            allocator; on CPU the first step is measured with :func:`zoedu.memory.measure`
-            (steps after it have the same footprint) and the column holds the running max.
+        track_memory: record ``peak_memory`` (bytes), the running max of the steps' peaks:
+            on CUDA each step's peak from the allocator; on CPU the first two steps (of this
+            call) are measured with :func:`zoedu.memory.measure` (from step 2 on, the steady
+            state: Adam's moments live through the forward and backward; later steps have the
+            same footprint). ``attrs["first_step_peak_memory"]`` keeps step 1's peak alone.
         quiet: no progress bar (ranks other than 0 never show one).
         parallel: under an initialised ``torch.distributed`` process group (torchrun):
             ``"data"`` (the default there: each rank a shard of every batch),
@@ -240,6 +242,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     seconds = 0.0
     fwd = bwd = 0
     peak = 0
+    first_peak = None
     config = {"method": name, "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed), "task": task.name}
     if (checkpoint is not None or resume is not None) and par is not None:
         raise ValueError("checkpoint=/resume= are not supported under torch.distributed (parallel=) yet")
@@ -299,6 +302,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         history.attrs.update(method=name, lr=float(lr), seed=seed, batch_size=int(batch_size),
                              device=str(dev), task=task.name, parameters=count_parameters(model),
                              trainable_parameters=count_parameters(model, trainable_only=True))
+        if track_memory and first_peak is not None:
+            history.attrs["first_step_peak_memory"] = first_peak
         if par is not None:
             history.attrs.update(parallel=par.mode, world_size=par.world)
         return history
@@ -323,13 +328,15 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 t0 = time.perf_counter()
                 if par is not None:
                     par.begin_step(step)
-                if track_memory and dev.type == "cpu" and step == start:
+                if track_memory and dev.type == "cpu" and step <= start + 1:
                     from .memory import measure
 
                     out: dict = {}
                     footprint = measure(lambda: out.update(runner.step(step)), model=model,
                                         optimizer=getattr(runner, "optimizer", None))
                     peak = max(peak, int(footprint.total))
+                    if step == 1:
+                        first_peak = int(footprint.total)
                 else:
                     out = runner.step(step)
                 if ctx.batch_source is not None and hasattr(ctx.batch_source, "after_step"):
@@ -342,6 +349,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 seconds += time.perf_counter() - t0
                 if track_memory and dev.type == "cuda":
                     peak = max(peak, _cuda_peak(dev))
+                    if step == 1:
+                        first_peak = peak
                 if "loss" not in out:
                     raise RuntimeError(f"method {name!r} returned no 'loss' from its step")
                 fwd += int(out.pop("forward_passes", 0)) + int(out.get("mixer_forward_passes", 0))

@@ -109,11 +109,15 @@ class _RecordingContext:
 
 
 def measure_step(model: torch.nn.Module, task, method: str, *, batch_size: int = 8, lr: float = 1e-4,
-                 seed: int = 0, **method_options) -> tuple[Footprint, list]:
-    """Measure one training step of ``fit``'s ``method`` on a copy of ``model`` (on CPU).
+                 seed: int = 0, first_step: bool = False, **method_options) -> tuple[Footprint, list]:
+    """Measure a training step of ``fit``'s ``method`` on a copy of ``model`` (on CPU).
+
+    The steady state by default: step 1 runs unmeasured, then step 2 is measured on the
+    same batches as step 1 (the sampler is re-seeded), with Adam's moments alive from its
+    start. ``first_step=True`` measures step 1 instead (no optimizer state yet).
 
     Returns the :class:`~zoedu.memory.Footprint` and the ``(batch, seq_len)`` shape of
-    every batch the step drew (Addax draws a zeroth-order and a first-order batch).
+    every batch the measured step drew (Addax draws a zeroth-order and a first-order batch).
     """
     from ..loop import FitContext
     from ..train import methods as fit_methods
@@ -129,13 +133,20 @@ def measure_step(model: torch.nn.Module, task, method: str, *, batch_size: int =
     recorder = _RecordingContext(ctx)
     runner = table[method](ctx, **method_options)
     optimizer = getattr(runner, "optimizer", None)
-    fp = measure(lambda: runner.step(1), model=model, optimizer=optimizer)
+    step = 1
+    if not first_step:  # warm up: the state of step 1 exists when step 2 starts
+        runner.step(1)
+        ctx.rng = np.random.default_rng(seed)  # step 2 draws step 1's batches again
+        recorder.shapes.clear()
+        step = 2
+    fp = measure(lambda: runner.step(step), model=model, optimizer=optimizer)
     if hasattr(optimizer, "remove_hooks"):  # IP-SGD and Addax hook the (discarded) copy's parameters
         optimizer.remove_hooks()
     return fp, recorder.shapes
 
 
-def _estimate_for(model, method: str, shapes: list, method_options: dict) -> Footprint | None:
+def _estimate_for(model, method: str, shapes: list, method_options: dict,
+                  first_step: bool = False) -> Footprint | None:
     if method not in METHODS or not shapes or any(s is None for s in shapes):
         return None
     if method == "addax":
@@ -146,12 +157,12 @@ def _estimate_for(model, method: str, shapes: list, method_options: dict) -> Foo
         return estimate(model, "addax", batch_size=k0, seq_len=max(t0, t1), k0=k0, k1=k1,
                         length_threshold=t1, device="cpu")
     b, s = shapes[0]
-    return estimate(model, method, batch_size=b, seq_len=s, device="cpu")
+    return estimate(model, method, batch_size=b, seq_len=s, device="cpu", first_step=first_step)
 
 
 def measure_table(model: torch.nn.Module, task, methods=None, *, batch_size: int = 8, lr: float = 1e-4,
-                  seed: int = 0, method_options: dict | None = None) -> pd.DataFrame:
-    """Measured footprint of one training step per method, next to its estimate.
+                  seed: int = 0, method_options: dict | None = None, first_step: bool = False) -> pd.DataFrame:
+    """Measured footprint of a training step per method (the steady state: step 2), next to its estimate.
 
     Args:
         model: a small model (e.g. ``load_model("tiny-opt", size="1m")[0]``); each method
@@ -160,6 +171,8 @@ def measure_table(model: torch.nn.Module, task, methods=None, *, batch_size: int
         methods: ``fit`` method names (default: every method in ``zoedu.train.methods()``
             that :func:`zoedu.memory.estimate` also knows, plus ``"inference"``).
         method_options: ``{method: {option: value}}`` passed to the method's factory.
+        first_step: measure (and estimate) the first step instead, before Adam's moments
+            exist (see :func:`measure_step`).
 
     Returns one row per method: ``method``, ``batch`` (the shapes drawn), the measured
     categories and ``total`` (bytes), ``measured`` (= total), ``estimated`` and
@@ -176,8 +189,9 @@ def measure_table(model: torch.nn.Module, task, methods=None, *, batch_size: int
         if method == "inference":
             fp, shapes = _measure_inference(model, task, batch_size=batch_size, seed=seed)
         else:
-            fp, shapes = measure_step(model, task, method, batch_size=batch_size, lr=lr, seed=seed, **opts)
-        est = _estimate_for(model, method, shapes, opts)
+            fp, shapes = measure_step(model, task, method, batch_size=batch_size, lr=lr, seed=seed,
+                                      first_step=first_step, **opts)
+        est = _estimate_for(model, method, shapes, opts, first_step=first_step)
         rows.append({"method": method, "batch": " + ".join(f"{b}×{s}" for b, s in shapes),
                      **fp.to_dict(), "measured": fp.total,
                      "estimated": est.total if est is not None else math.nan,

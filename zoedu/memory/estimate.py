@@ -1,4 +1,4 @@
-"""``estimate(model, method, batch_size=, seq_len=)``: a step's peak memory on paper (a :class:`Footprint`)."""
+"""``estimate(model, method, batch_size=, seq_len=)``: a step's steady-state peak memory on paper (a :class:`Footprint`)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,14 @@ ZO_CHUNK = 1 << 15
 def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, num_labels: int | None = None,
              size: str = "5m", device: str = "cuda", mixed_precision: bool = False, k0: int | None = None,
              k1: int | None = None, length_threshold: int | None = None,
-             exact_restore: bool = False, sparse_embedding: bool = True, chunk: int = ZO_CHUNK) -> Footprint:
-    """The peak memory of one training step of ``method``, on paper (a :class:`Footprint`).
+             exact_restore: bool = False, sparse_embedding: bool = True, chunk: int = ZO_CHUNK,
+             first_step: bool = False) -> Footprint:
+    """The peak memory of a training step of ``method`` in the steady state, on paper (a :class:`Footprint`).
+
+    The steady state is step 2 onward: Adam's moments, created by the first update, live
+    through every later forward and backward pass. That is what a user must provision and
+    what the MeZO paper's Table 22 compares; ``first_step=True`` gives the first step's
+    peak instead (no moments during its forward pass).
 
     Args:
         model: a known name (:func:`known_models`: the OPT family ``facebook/opt-125m`` …
@@ -53,6 +59,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         exact_restore: MeZO's bit-exact restoration (``zoedu.optim.MeZO``'s argument, off by
             default): adds :data:`EXACT_RESTORE_BYTES` per perturbed weight.
         chunk: elements per random stream of the CPU passes (the optimizers' ``chunk``).
+        first_step: the first step's peak instead of the steady state's (they differ for
+            Adam only: its moments do not exist yet while the first forward pass runs).
         sparse_embedding: MeZO in ``fit`` perturbs only the input-embedding rows a batch
             reads when the embedding is not tied to an LM head (``fit``'s default): at most
             ``batch_size × seq_len`` rows of it count as perturbed.
@@ -77,17 +85,20 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
       run. The language-model loss adds ``N·vocab·(e + 8)``: the logits, their fp32
       shifted copy and the fp32 log-softmax of the cross-entropy, which dominate small
       models with a 30 522-token vocabulary.
-    * The peak of a step is the larger of the end of the forward pass (weights +
-      activations + loss) and the optimizer update (weights + gradients + state +
-      the update's temporaries, ``other``).
+    * The peak of a step is the larger of the end of the forward pass (weights + optimizer
+      state + activations + loss) and the optimizer update (weights + gradients + state +
+      the update's temporaries, ``other``). In the first step (``first_step=True``) the
+      forward pass holds no optimizer state.
     * ``ipsgd``: no stored gradient: each is applied and freed as soon as it is
       accumulated (Addax Algorithm 1, first-order update), so the peak is the larger of
       the forward peak and one parameter's gradient (the embedding's, which arrives last,
       when the activations are gone).
     * ``mezo`` (MeZO Algorithm 1): inference memory; the random direction ``z`` is
-      regenerated from its seed, never stored: ``zoedu.optim`` draws it into scratch slots
-      per stream (on CPU one, two with exact restoration; counted as two on CUDA) (on CUDA a stream is a parameter, on CPU a chunk of
-      ``chunk`` elements per worker thread); the peak is the larger of the
+      regenerated from its seed, never stored: ``zoedu.optim`` draws it into one scratch
+      slot per stream (two with exact restoration, whose fused restore-and-update pass
+      needs two directions at once); on CUDA a stream is a parameter (the fused Triton
+      passes draw ``z`` inside the kernel and need none: an upper bound there), on CPU a
+      chunk of ``chunk`` elements per worker thread; the peak is the larger of the
       forward pass and those slots. With exact restoration (``exact_restore=True``) the
       lists of the weights whose round trip misses live through the forwards:
       :data:`EXACT_RESTORE_BYTES` per weight (data-dependent; see ``zoedu.optim.exact``).
@@ -144,10 +155,10 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
                 perturbed -= (a.vocab - min(a.vocab, b * s)) * a.embed_dim
             f = Footprint(params=f.params, activations=f.activations,
                           other=f.other + int(EXACT_RESTORE_BYTES * perturbed))
-        if device == "cuda":  # one stream per parameter, two scratch slots (not re-measured on a GPU)
-            z = 2 * a.largest * w
-        else:  # streams of `chunk` elements per worker thread; the plain path's passes use one
-            slots = 2 if keeper and exact else 1  # slot each, the exact mode's update pass two
+        slots = 2 if keeper and exact else 1  # the plain passes use one slot, the exact update pass two
+        if device == "cuda":  # one stream per parameter, one worker (not measured on a GPU here)
+            z = slots * a.largest * w
+        else:  # streams of `chunk` elements per worker thread
             z = slots * min(a.largest, int(chunk)) * w * torch.get_num_threads()
         if z > f.activations:
             return Footprint(params=f.params, other=f.other + z)
@@ -161,11 +172,14 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         return f
 
     def first_order(b, s, adam: bool):
+        state = 2 * a.params * w if adam else 0  # Adam's two moments
         f = forward(b, s, True)
+        if not first_step:  # from step 2 on the moments live through the forward pass too
+            f = Footprint(params=f.params, optimizer=state, activations=f.activations, other=f.other)
         temps = 0
         if adam:
             temps = a.params * w if device == "cuda" else 2 * a.largest * w
-        step = Footprint(params=a.params * w, grads=a.params * w, optimizer=2 * a.params * w if adam else 0,
+        step = Footprint(params=a.params * w, grads=a.params * w, optimizer=state,
                          other=batch_bytes(b, s) + temps)
         return max(f, step, key=lambda fp: fp.total)
 
