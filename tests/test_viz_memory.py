@@ -64,8 +64,11 @@ def test_gpu_capacity_and_fits_table():
     fig = vmem.gpu_capacity_figure(_estimates())
     assert [t.name for t in fig.data] == ["MeZO", "Adam"]
     np.testing.assert_allclose(fig.data[0].y, [0.25, 26, 132])
-    assert len(fig.layout.shapes) == 3  # 24, 40, 80 GB lines, in log10 units on the log axis
-    np.testing.assert_allclose(sorted(s.y0 for s in fig.layout.shapes), np.log10([24, 40, 80]))
+    # 24, 40, 80 GB lines: plotly.js places shapes at data values on a log axis, annotations
+    # at log10 values; each label sits on its line
+    assert len(fig.layout.shapes) == 3
+    np.testing.assert_allclose(sorted(s.y0 for s in fig.layout.shapes), [24, 40, 80])
+    np.testing.assert_allclose(sorted(a.y for a in fig.layout.annotations), np.log10([24, 40, 80]))
     assert vmem.smallest_gpu(30e9) == "40 GB (A100-40G)"
     assert vmem.smallest_gpu(100e9) == "none"
     table = vmem.fits_table_figure(_estimates())
@@ -76,11 +79,18 @@ def test_gpu_capacity_and_fits_table():
         vmem.gpu_capacity_figure(_estimates(), gpus={"broken": 0})
 
 
+def test_dashboard_slider_labels_are_not_cut():
+    dash = vmem.FootprintDashboard(lambda b, t: {"adam": {"params": b * t, "activations": t}})
+    for control in dash.controls.values():  # "sequence length", not "sequence …"
+        assert control.style.description_width == "initial"
+
+
 def test_estimate_vs_measure_and_common_helpers():
     data = pd.DataFrame({"method": ["adam", "mezo"], "estimated": [10 * MiB, 3 * MiB], "measured": [11 * MiB, 3 * MiB]})
     fig = vmem.estimate_vs_measure_figure(data)
     adam = [t for t in fig.data if t.name == "Adam"][0]
     assert adam.x == (11.0,) and adam.y == (10.0,)
+    assert all("text" not in t.mode for t in fig.data)  # no method names to overlap; the legend names them
     assert common.format_bytes(512) == "512 B" and common.format_bytes(3 * 2 ** 30) == "3 GiB"
     assert common.method_color("IP-SGD") == common.METHOD_COLORS["ipsgd"]
     assert common.method_label("ipsgd") == "IP-SGD"
@@ -92,5 +102,27 @@ def test_estimate_vs_measure_and_common_helpers():
     try:
         assert common.setup_notebook(renderer="json") is None
         assert pio.renderers.default == "json" and pio.templates.default == common.TEMPLATE
+    finally:
+        pio.renderers.default = before
+
+
+def test_plotly_js_is_embedded_once_per_notebook(monkeypatch):
+    """setup_notebook's "notebook" renderer embeds plotly.js (for the static HTML) when it is
+    activated; dashboards and figures together must activate it once, not once each."""
+    import plotly.io as pio
+    import plotly.io._base_renderers as base
+
+    shown = []
+    monkeypatch.setattr(base.ipython_display, "display_html", lambda html, raw=True: shown.append(len(html)))
+    before = pio.renderers.default
+    try:
+        common.setup_notebook()
+        dash = vmem.FootprintDashboard(lambda b, t: {"adam": {"params": b * t, "activations": t}})
+        for _ in range(2):
+            bundle = dash._repr_mimebundle_()
+            assert "application/vnd.plotly.v1+json" in bundle and "text/html" in bundle
+        fig = vmem.footprint_bars({"adam": {"params": 1, "activations": 2}})
+        pio.renderers._build_mime_bundle(fig.to_plotly_json())  # what fig.show() does in a notebook
+        assert len(shown) == 1 and shown[0] > 1_000_000  # one copy of plotly.js
     finally:
         pio.renderers.default = before

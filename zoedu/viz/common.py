@@ -172,6 +172,19 @@ def setup_notebook(*, renderer: str | None = None, quiet: bool = True) -> None:
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
 
 
+def static_bundle(fig: go.Figure) -> dict:
+    """``fig``'s display bundle for the default renderers, loading plotly.js at most once.
+
+    ``go.Figure._repr_mimebundle_`` passes the renderer names explicitly, which makes plotly
+    activate the "notebook" renderer again, i.e. embed all of plotly.js (≈ 4.8 MB) in the
+    output every time, and still leaves it pending for the next ``fig.show()``: a notebook
+    with two dashboards carried three copies. Building the bundle for the default renderers
+    activates the pending ones once, shared with every later figure.
+    """
+    fig_dict = fig.to_plotly_json()
+    return pio.renderers._build_mime_bundle(fig_dict) or {}
+
+
 class Dashboard:
     """Base of every zoedu dashboard: ``figure`` is a ``go.FigureWidget``, ``controls`` the widgets.
 
@@ -188,6 +201,9 @@ class Dashboard:
 
     def _observe(self) -> None:
         for control in self.controls.values():
+            style = getattr(control, "style", None)
+            if style is not None and hasattr(style, "description_width"):
+                style.description_width = "initial"  # the whole label ("sequence length", not "sequence …")
             control.observe(lambda change: self.update(), names="value")
 
     @property
@@ -204,7 +220,7 @@ class Dashboard:
         self._widget = value
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        bundle = dict(go.Figure(self.figure.to_dict())._repr_mimebundle_(include, exclude) or {})
+        bundle = dict(static_bundle(go.Figure(self.figure.to_dict())))
         bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
         return bundle
 

@@ -132,8 +132,8 @@ def gpu_capacity_figure(estimates: pd.DataFrame, *, gpus: Mapping[str, float] | 
     for name, gb in gpus.items():
         if not gb > 0:
             raise ValueError(f"gpus[{name!r}]={gb!r} must be a positive number of GB")
-        # shapes on a log axis are placed in log10 units
-        fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=np.log10(gb), y1=np.log10(gb),
+        # on a log axis plotly.js places shapes at data values but annotations at log10 values
+        fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=gb, y1=gb,
                       line=dict(color="black", dash="dash", width=1))
         fig.add_annotation(xref="paper", x=0.0, xanchor="left", yref="y", y=np.log10(gb), yanchor="bottom",
                            text=name, showarrow=False, font=dict(size=11))
@@ -196,9 +196,15 @@ def estimate_vs_measure_figure(data: pd.DataFrame, *, unit: str = "MiB", title: 
     hi = float(np.nanmax(np.r_[est, meas])) * 1.1
     fig = go.Figure(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", name="estimate = measurement",
                                line=dict(color="gray", dash="dash")))
+    # several methods land on almost the same point (SGD, IP-SGD, Addax): named in the
+    # legend and on hover, not by text labels that would overlap
+    symbols = ("circle", "diamond", "square", "triangle-up", "x", "star", "cross", "pentagon")
     for i, (m, e, v) in enumerate(zip(data["method"].astype(str), est, meas)):
-        fig.add_trace(go.Scatter(x=[v], y=[e], mode="markers+text", name=method_label(m), text=[method_label(m)],
-                                 textposition="top center", marker=dict(size=12, color=method_color(m, i))))
+        fig.add_trace(go.Scatter(x=[v], y=[e], mode="markers", name=method_label(m),
+                                 marker=dict(size=12, color=method_color(m, i), symbol=symbols[i % len(symbols)],
+                                             line=dict(width=1, color="white")),
+                                 hovertemplate=f"{method_label(m)}<br>measured %{{x:.4g}} {unit}"
+                                               f"<br>estimated %{{y:.4g}} {unit}<extra></extra>"))
     fig.update_xaxes(title_text=f"measured ({unit})", range=[0, hi])
     fig.update_yaxes(title_text=f"estimated ({unit})", range=[0, hi])
     return apply_theme(fig, title=title or "The estimator against the measurement", height=height)
