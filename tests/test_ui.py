@@ -170,20 +170,25 @@ def browser(lab):
 
 
 # --------------------------------------------------------------------------- page helpers
+NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"  # the notebook in the visible tab
+
 ALL_CELLS_RAN = """() => {
-  const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+  const nb = document.querySelector('%s');
   if (!nb) return false;
-  const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
+  const indicator = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator')
+                    || document.querySelector('.jp-Notebook-ExecutionIndicator');
   if (indicator && indicator.getAttribute('data-status') !== 'idle') return false;
   const prompts = [...nb.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
   return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()));
-}"""
+}""" % NOTEBOOK
 
-PROMPTS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]
-                    .map(p => p.textContent.trim())"""
+PROMPTS = """() => [...document.querySelectorAll('%s .jp-CodeCell .jp-InputArea-prompt')]
+                    .map(p => p.textContent.trim())""" % NOTEBOOK
 
+# what a slider may change: the traces (values, but also emphasis: width, opacity, colour),
+# the title, the shapes and annotations
 PLOT_DATA = """cell => JSON.stringify([...cell.querySelectorAll('.js-plotly-plot')]
-                    .map(el => (el.data || []).map(t => [t.x, t.y, t.z, t.text, t.visible, t.base])))"""
+                    .map(el => [el.data || [], el.layout?.title, el.layout?.shapes, el.layout?.annotations]))"""
 
 
 def _menu(page, menu: str, item: str) -> None:
@@ -230,7 +235,8 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser):
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     stem = path.stem
     try:
-        page.goto(f"{lab.url}/lab/tree/{path.name}?token={lab.token}", timeout=UI_S * 2000)
+        # ?reset: a fresh workspace, so the notebooks opened before are not reopened as tabs
+        page.goto(f"{lab.url}/lab/tree/{path.name}?reset&token={lab.token}", timeout=UI_S * 2000)
         page.wait_for_function(
             "() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent || '')",
             timeout=KERNEL_IDLE_S * 1000)
@@ -243,13 +249,14 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser):
             pytest.fail(f"{path.name}: not every code cell ran within {RUN_ALL_S} s; prompts: "
                         f"{page.evaluate(PROMPTS)}; screenshot in {SCREENSHOTS}")
         page.wait_for_timeout(2000)  # widgets render after the kernel is idle
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+        errors = page.locator(f"{NOTEBOOK} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
                               has_text="Traceback")
         assert errors.count() == 0, f"{path.name}: a cell shows an error:\n{errors.first.inner_text()[:2000]}"
         broken = page.get_by_text("Error displaying widget")
         assert broken.count() == 0, f"{path.name}: {broken.count()} output(s) read 'Error displaying widget'"
 
-        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        assert page.locator(".jp-NotebookPanel").count() == 1, "another notebook is open in the page"
+        cells = page.locator(f"{NOTEBOOK} .jp-CodeCell")
         for i in range(cells.count()):
             cell = cells.nth(i)
             if cell.locator(".js-plotly-plot").count():
@@ -260,10 +267,10 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser):
                       if cells.nth(i).locator(".widget-slider").count() and cells.nth(i).locator(".js-plotly-plot").count()]
         for cell in dashboards:
             before, after = _move_first_slider(page, cell)
-            assert before != "[]", f"{path.name}: a dashboard's figure has no data before its slider moved"
+            assert any(plot[0] for plot in json.loads(before)), (
+                f"{path.name}: a dashboard's figure has no data before its slider moved")
             assert after != before, (f"{path.name}: moving a dashboard's first slider did not change its figure "
                                      f"within {SLIDER_S} s")
-        page.evaluate("() => document.querySelector('.jp-WindowedPanel-outer')?.scrollTo(0, 0)")
         page.screenshot(path=str(SCREENSHOTS / f"{stem}.png"))
         assert not problems, f"{path.name}: the browser reported errors:\n" + "\n".join(problems[:20])
     finally:

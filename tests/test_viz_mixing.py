@@ -162,3 +162,31 @@ def test_dashboards_display_as_widget_with_a_static_figure_fallback(monkeypatch)
     assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab: the live widget
     static = bundle["application/vnd.plotly.v1+json"]  # nbconvert and other frontends: the current figure
     assert "step 10" in static["layout"]["title"]["text"] and "step 5" in before["layout"]["title"]["text"]
+
+
+def test_log_axes_label_few_ticks_and_reference_labels_do_not_overlap():
+    from zoedu.viz.common import log_ticks
+
+    narrow = log_ticks([0.31, 0.9])  # less than a decade: 1-2-5 ticks, not "2 3 4 5 6 7 8 9"
+    assert narrow["tickvals"] == [0.2, 0.5, 1.0] and narrow["ticktext"] == ["0.2", "0.5", "1"]
+    wide = log_ticks([1e-6, 1e3])
+    assert len(wide["tickvals"]) <= 8 and all(np.log10(t).is_integer() for t in wide["tickvals"])
+    assert log_ticks([0, -1]) == {}
+    results = pd.DataFrame({"cosine": 1.0, "method": "pike", "step": [1, 2, 3],
+                            "average": [0.9, 0.5, 0.31], "worst": [0.95, 0.6, 0.4]})
+    fig = vm.conflict_figure(results)
+    assert fig.layout.yaxis.tickvals == (0.2, 0.5, 1.0)
+    sweep = pd.DataFrame({"tau": [0.1, 1.0, 10.0, 100.0], "average": [1.0] * 4, "worst": [2.0, 1.9, 1.8, 1.7]})
+    tau = vm.tau_figure(sweep, reference={"uniform": 1.80, "pike": 1.82})
+    assert tau.layout.xaxis.tickvals == (0.1, 1.0, 10.0, 100.0)
+    positions = [a.yanchor + a.xanchor for a in tau.layout.annotations]
+    assert len(set(positions)) == len(positions) == 2
+
+
+def test_mixing_weights_stay_visible_when_they_coincide():
+    h = pd.DataFrame({"step": [1, 2], "weight/prose": [0.25, 0.25], "weight/code": [0.25, 0.25],
+                      "weight/rot13": [0.25, 0.25], "weight/arithmetic": [0.25, 0.25]})
+    fig = vm.mixing_weights_figure(h)
+    lines = [t.line for t in fig.data]
+    assert len({ln.dash for ln in lines}) == 4
+    assert [ln.width for ln in lines] == sorted((ln.width for ln in lines), reverse=True)  # first drawn, widest

@@ -108,6 +108,7 @@ def test_variance_figure_and_dashboard_follow_n():
     law = [t for t in fig.data if t.name == "(d+n−1)/n, n=4"][0]
     np.testing.assert_allclose(law.y, (np.array([10, 100, 1000]) + 3) / 4)
     dash = vo.VarianceDashboard(measure, n=1)
+    assert dash.figure.layout.title.text != fig.layout.title.text  # two charts, two titles
     np.testing.assert_allclose(dash.figure.data[0].y, [10, 100, 1000])
     dash.controls["n"].value = 10
     np.testing.assert_allclose(dash.figure.data[0].y, (np.array([10, 100, 1000]) + 9) / 10)
@@ -132,6 +133,9 @@ def test_length_threshold_dashboard_splits_examples_and_memory():
     bars = dash.figure.data[2]
     np.testing.assert_allclose(bars.y, np.array([80e6, 2e6]) / 2 ** 20)
     assert "80%" in dash.figure.layout.title.text
+    # the memory panel: labels unrotated, room above the bars for their values
+    assert dash.figure.layout.xaxis2.tickangle == 0 and bars.cliponaxis is False
+    assert dash.figure.layout.yaxis2.range[1] >= 1.15 * max(bars.y)
     with pytest.raises(ValueError, match="lengths is empty"):
         vo.length_histogram([], 3)
     with pytest.raises(ValueError, match="threshold"):
@@ -141,11 +145,18 @@ def test_length_threshold_dashboard_splits_examples_and_memory():
 def test_alpha_dashboard_highlights_the_selected_run():
     runs = {a: _history(list(np.linspace(1, 1 - a, 5))) for a in (0.1, 0.5, 0.9)}
     dash = vo.AlphaDashboard(runs, selected=0.5)
-    widths = lambda: [t.line.width for t in dash.figure.data]  # noqa: E731
-    assert widths() == [1.5, 3.5, 1.5]
+    widths = lambda: {t.name: t.line.width for t in dash.figure.data}  # noqa: E731
+    assert widths() == {"α = 0.1": 2, "α = 0.5": 3.5, "α = 0.9": 2}
     dash.controls["alpha"].value = 0.9
-    assert widths() == [1.5, 1.5, 3.5]
-    assert dash.figure.data[2].opacity == 1.0 and dash.figure.data[0].opacity < 1
+    assert widths() == {"α = 0.1": 2, "α = 0.5": 2, "α = 0.9": 3.5}
+    assert dash.figure.data[-1].name == "α = 0.9" and dash.figure.data[-1].opacity == 1.0  # drawn on top
+    assert dash.figure.data[0].opacity < 1
+    # every α keeps its colour and dash whichever is selected; none is a pale colour
+    styles = {t.name: (t.line.color, t.line.dash) for t in dash.figure.data}
+    assert len(set(styles.values())) == 3
+    for color, _ in styles.values():
+        r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+        assert 0.2126 * r + 0.7152 * g + 0.0722 * b < 160, color
     with pytest.raises(ValueError, match="selected"):
         vo.alpha_figure(runs, selected=0.3)
 
@@ -159,3 +170,12 @@ def test_replay_and_final_metrics():
     bar = vo.final_metrics_bar(table)
     assert list(bar.data[0].x) == ["Adam", "MeZO"]
     np.testing.assert_allclose(bar.data[0].y, [0.9, 0.6])
+
+
+def test_spsa_figure_names_an_estimate_too_short_to_see():
+    grid = np.linspace(-1, 1, 5)
+    values = np.add.outer(grid, grid)
+    tiny = vo.spsa_figure(grid, grid, values, (0, 0), (1.0, 2.0), (0.01, -0.02))
+    assert any("ĝ ≈ 0" in a.text for a in tiny.layout.annotations)
+    clear = vo.spsa_figure(grid, grid, values, (0, 0), (1.0, 2.0), (1.1, 1.8))
+    assert not clear.layout.annotations

@@ -101,6 +101,11 @@ def test_epsilon_figure_one_line_per_group_and_budget_line():
     assert len(fig.data) == 2 and fig.data[0].name == "σ = 1"
     assert fig.data[1].y[-1] == pytest.approx(0.5 * np.sqrt(10))
     assert fig.layout.shapes[0].y0 == 2.0
+    # the budget line looks like no curve: a colour and a dash no accountant line uses
+    two = curve.assign(accountant=np.where(np.arange(20) % 2, "rdp", "prv"))
+    fig2 = vp.epsilon_figure(two, group=["noise_multiplier", "accountant"], target=2.0)
+    budget = fig2.layout.shapes[0].line
+    assert budget.color not in {t.line.color for t in fig2.data} and budget.dash not in {t.line.dash for t in fig2.data}
     with pytest.raises(ValueError, match="curve is missing"):
         vp.epsilon_figure(curve, group="accountant")
 

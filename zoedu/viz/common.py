@@ -129,6 +129,36 @@ def format_bytes(n: float) -> str:
     return f"{n:.3g} TiB"  # pragma: no cover
 
 
+def log_ticks(values, max_ticks: int = 8) -> dict:
+    """Tick values and labels for a log axis over ``values``: 1-2-5 (or 1-3, or 1) per
+    decade, as dense as ``max_ticks`` allows, so that plotly does not label every minor
+    tick ("2 3 4 5 6 7 8 9") when the data span a decade or less. ``{}`` without positive data."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float).reshape(-1)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return {}
+    lo, hi = float(v.min()), float(v.max())
+    e0, e1 = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    ticks: list[float] = []
+    for mults in ((1, 2, 5), (1, 3), (1,)):
+        all_ticks = [m * 10.0 ** e for e in range(e0, e1 + 1) for m in mults]
+        inside = [t for t in all_ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        if len(inside) < 2:  # a narrow range: the nearest ticks either side too
+            below = [t for t in all_ticks if t < lo][-1:]
+            above = [t for t in all_ticks if t > hi][:1]
+            inside = below + inside + above
+        ticks = inside
+        if len(ticks) <= max_ticks:
+            break
+    if len(ticks) > max_ticks:  # many decades: every k-th power of ten
+        decades = [10.0 ** e for e in range(e0, e1 + 1)]
+        step = -(-len(decades) // max_ticks)
+        ticks = decades[::step]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+
+
 def require_columns(df, columns: Iterable[str], argument: str = "data") -> None:
     """Raise a ValueError naming ``argument`` when ``df`` lacks any of ``columns``."""
     missing = [c for c in columns if c not in df.columns]

@@ -26,7 +26,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import apply_theme, method_color, method_label, require_columns
+from .common import apply_theme, log_ticks, method_color, method_label, require_columns
 from .common import Dashboard as _Dashboard
 
 MIXERS = ("uniform", "proportional", "round_robin", "random_task", "pcgrad", "mgda", "pike",
@@ -34,6 +34,7 @@ MIXERS = ("uniform", "proportional", "round_robin", "random_task", "pcgrad", "mg
 """The mixers in the order they are drawn (others follow in the order they appear)."""
 
 DOMAIN_COLORS = {"prose": "#0072B2", "code": "#D55E00", "rot13": "#009E73", "arithmetic": "#CC79A7"}
+DOMAIN_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
 def _key(name) -> str:
@@ -106,7 +107,11 @@ def conflict_figure(results: pd.DataFrame, *, cosine: float | None = None, knob:
                 hovertemplate=f"{_mixer_label(mixer)}<br>step=%{{x}}<br>{col}=%{{y:.4g}}<extra></extra>"),
                 row=1, col=j + 1)
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(type="log" if log_y else "linear")
+    # ticks from every level's losses, so the dashboard's axes stay labelled as the slider moves
+    if log_y:
+        fig.update_yaxes(type="log", **log_ticks(results[list(losses)].to_numpy()))
+    else:
+        fig.update_yaxes(type="linear")
     fig.update_yaxes(title_text="excess loss L_k − L_k*", row=1, col=1)
     suffix = f" — task gradients at cosine {level:+g}" if level is not None else ""
     return apply_theme(fig, title=title or "Synthetic multi-task problem" + suffix, height=420)
@@ -133,7 +138,8 @@ def conflict_summary_figure(results: pd.DataFrame, *, knob: str = "cosine", by: 
                                  mode="lines+markers", name=_mixer_label(mixer),
                                  line=dict(color=method_color(_key(mixer)), width=2.5)))
     fig.update_xaxes(title_text=KNOB_TITLE if knob == "cosine" else knob, autorange="reversed")
-    fig.update_yaxes(title_text=f"final {loss.replace('_', ' ')} excess loss", type="log" if log_y else "linear")
+    fig.update_yaxes(title_text=f"final {loss.replace('_', ' ')} excess loss", type="log" if log_y else "linear",
+                     **(log_ticks(final[loss].to_numpy()) if log_y else {}))
     return apply_theme(fig, title=title or "Which method wins depends on the conflict level", height=400)
 
 
@@ -304,9 +310,12 @@ def mixing_weights_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame], 
         for i, col in enumerate(cols):
             domain = col[len(prefix):]
             part = h[["step", col]].dropna()
+            # weights often coincide (uniform at the start, or two domains alike): the lines drawn
+            # first are wider and each has its own dash, so none hides under the next
             fig.add_trace(go.Scatter(x=part["step"].to_numpy(float), y=part[col].to_numpy(float),
                                      mode="lines", name=domain, legendgroup=domain, showlegend=j == 0,
-                                     line=dict(color=domain_color(domain, i), width=2.5, shape="hv")),
+                                     line=dict(color=domain_color(domain, i), width=2 + 2 * (len(cols) - 1 - i),
+                                               dash=DOMAIN_DASHES[i % len(DOMAIN_DASHES)], shape="hv")),
                           row=1, col=j + 1)
         fig.add_hline(y=1.0 / len(cols), line=dict(color="#7F7F7F", dash="dash"),
                       annotation_text="uniform 1/K" if j == 0 else None, row=1, col=j + 1)
@@ -401,10 +410,16 @@ def tau_figure(sweep: pd.DataFrame, *, tau: str = "tau", average: str = "average
     fig.add_trace(go.Scatter(x=part[tau].to_numpy(float), y=part[average].to_numpy(float),
                              mode="lines+markers", name="Balanced-PiKE: average over tasks",
                              line=dict(color=colour, width=2.5, dash="dot")))
-    for label, value in (reference or {}).items():
+    # reference lines often lie close together: their labels alternate above and below the
+    # line, and left and right, so that they do not overlap
+    positions = ("top right", "bottom left", "bottom right", "top left")
+    for k, (label, value) in enumerate((reference or {}).items()):
         fig.add_hline(y=float(value), line=dict(color=method_color(_key(label)), dash="dash"),
-                      annotation_text=f"{_mixer_label(label)}: worst task", annotation_position="top right")
-    fig.update_xaxes(title_text="τ (log scale)", type="log")
+                      annotation_text=f"{_mixer_label(label)}: worst task",
+                      annotation_position=positions[k % len(positions)],
+                      annotation_font_color=method_color(_key(label)))
+    taus = sorted(set(part[tau].to_numpy(float)))  # label the τ that were run, nothing else
+    fig.update_xaxes(title_text="τ (log scale)", type="log", tickvals=taus, ticktext=[f"{t:g}" for t in taus])
     fig.update_yaxes(title_text=y_title)
     return apply_theme(fig, title=title or "Balanced-PiKE: larger τ protects the worst domain", height=400)
 

@@ -42,6 +42,8 @@ from .common import (
 
 FIRST_ORDER_COLOR = "#009E73"   # short examples: in-place first-order gradients
 ZEROTH_ORDER_COLOR = "#D55E00"  # long examples: zeroth-order (SPSA) estimates
+ALPHA_COLORS = ("#332288", "#117733", "#AA3377", "#CC6600", "#0077BB", "#882255")  # dark enough on white
+ALPHA_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,7 +75,7 @@ def smooth(values, window: int) -> np.ndarray:
 
 _AXIS_TITLES = {"step": "step", "seconds": "wall seconds", "forward_passes": "forward passes",
                 "loss": "training loss", "eval_loss": "validation loss",
-                "eval_accuracy": "validation accuracy"}
+                "eval_accuracy": "validation accuracy", "train_accuracy": "batch accuracy (training)"}
 
 
 # --------------------------------------------------------------------------- convergence
@@ -188,6 +190,11 @@ def spsa_figure(grid_x, grid_y, values, point, true_grad, estimate, directions=N
     fig.update_xaxes(title_text="θ₁", range=[gx.min(), gx.max()], constrain="domain")
     fig.update_yaxes(title_text="θ₂", range=[gy.min(), gy.max()], scaleanchor="x", scaleratio=1, constrain="domain")
     cos = float(g @ ghat / max(np.linalg.norm(g) * np.linalg.norm(ghat), 1e-12))
+    if np.linalg.norm(ghat) < 0.1 * np.linalg.norm(g):  # the arrow is too short to see: say so
+        fig.add_annotation(x=p[0], y=p[1], ax=40, ay=-40, showarrow=True, arrowcolor=method_color("mezo"),
+                           text=f"ĝ ≈ 0 (|ĝ| = {np.linalg.norm(ghat) / np.linalg.norm(g):.0%} of |∇L|):<br>"
+                                "z is almost ⟂ ∇L", font=dict(color=method_color("mezo")),
+                           bgcolor="rgba(255,255,255,0.8)")
     fig.update_layout(legend=dict(orientation="h", y=-0.15))
     return apply_theme(fig, title=title or f"SPSA estimate vs true gradient (cosine {cos:+.2f})", height=height)
 
@@ -237,8 +244,8 @@ def length_histogram(lengths, threshold: float, *, nbins: int = 60, memory: Mapp
     bins = dict(start=lo - 0.5, end=hi + 0.5, size=size)
     short, long_ = lengths[lengths <= threshold], lengths[lengths > threshold]
     cols = 2 if memory else 1
-    fig = make_subplots(rows=1, cols=cols, column_widths=[0.75, 0.25] if memory else None,
-                        horizontal_spacing=0.1)
+    fig = make_subplots(rows=1, cols=cols, column_widths=[0.66, 0.34] if memory else None,
+                        horizontal_spacing=0.12)
     fig.add_trace(go.Histogram(x=short, xbins=bins, autobinx=False, name=f"first-order (≤ L_T): {short.size}",
                                marker_color=FIRST_ORDER_COLOR), row=1, col=1)
     fig.add_trace(go.Histogram(x=long_, xbins=bins, autobinx=False, name=f"zeroth-order (> L_T): {long_.size}",
@@ -252,10 +259,14 @@ def length_histogram(lengths, threshold: float, *, nbins: int = 60, memory: Mapp
         vals = np.array([float(memory[k]) for k in names]) / 2 ** 20
         colors = [FIRST_ORDER_COLOR if "first" in k else ZEROTH_ORDER_COLOR if "zeroth" in k
                   else MEMORY_COLORS["other"] for k in names]
-        fig.add_trace(go.Bar(x=names, y=vals, marker_color=colors, showlegend=False,
-                             text=[format_bytes(float(memory[k])) for k in names], textposition="outside"),
+        labels = [k.replace(" part", "").replace("-order", "-<br>order") for k in names]  # short, unrotated
+        fig.add_trace(go.Bar(x=labels, y=vals, marker_color=colors, showlegend=False,
+                             text=[format_bytes(float(memory[k])) for k in names], textposition="outside",
+                             cliponaxis=False, hovertext=names, hoverinfo="text+y"),
                       row=1, col=2)
-        fig.update_yaxes(title_text="memory (MiB)", row=1, col=2)
+        fig.update_yaxes(title_text="memory (MiB)", range=[0, 1.2 * float(np.nanmax(vals))], row=1, col=2)
+        fig.update_xaxes(tickangle=0, row=1, col=2)
+        fig.update_layout(legend=dict(orientation="h", x=0, y=-0.22))
     frac = short.size / lengths.size
     return apply_theme(fig, title=title or f"L_T = {threshold:g}: {frac:.0%} of examples go first-order",
                        height=height)
@@ -273,16 +284,19 @@ def alpha_figure(histories_by_alpha: Mapping[float, pd.DataFrame], *, selected: 
     if selected is not None and selected not in histories_by_alpha:
         raise ValueError(f"selected={selected!r} is not one of the alphas {alphas}")
     fig = go.Figure()
-    import plotly.colors as pc
-
-    ramp = pc.sample_colorscale("Viridis", [i / max(1, len(alphas) - 1) for i in range(len(alphas))])
-    for a, color in zip(alphas, ramp):
+    # dark, distinct colours (no pale end of a colour ramp) and a dash per α, so lines that
+    # coincide stay visible; the selected α is drawn last, on top
+    order = [a for a in alphas if a != selected] + ([selected] if selected is not None else [])
+    for a in order:
+        i = alphas.index(a)
         h = histories_by_alpha[a].dropna(subset=[y])
         require_columns(h, [x, y], f"histories_by_alpha[{a!r}]")
         bold = selected is None or a == selected
         fig.add_trace(go.Scatter(x=h[x], y=smooth(h[y], window), mode="lines", name=f"α = {a:g}",
-                                 line=dict(color=color, width=3.5 if (selected is not None and bold) else 1.5),
-                                 opacity=1.0 if bold else 0.3))
+                                 legendrank=i + 1,
+                                 line=dict(color=ALPHA_COLORS[i % len(ALPHA_COLORS)], dash=ALPHA_DASHES[i % len(ALPHA_DASHES)],
+                                           width=3.5 if (selected is not None and bold) else 2),
+                                 opacity=1.0 if bold else 0.55))
     fig.update_xaxes(title_text=_AXIS_TITLES.get(x, x))
     fig.update_yaxes(title_text=_AXIS_TITLES.get(y, y))
     return apply_theme(fig, title=title or "Addax: the weight α of the zeroth-order estimate", height=height)
@@ -356,18 +370,20 @@ class VarianceDashboard(_Dashboard):
     :func:`zoedu.experiments.zeroth_order.variance_vs_dimension`).
     """
 
-    def __init__(self, measure: Callable[[int], pd.DataFrame], *, n: int = 1, max_n: int = 64):
+    def __init__(self, measure: Callable[[int], pd.DataFrame], *, n: int = 1, max_n: int = 64,
+                 title: str | None = None):
         import ipywidgets as w
 
-        self.measure = measure
+        self.measure, self.title = measure, title
         self.controls = {"n": w.IntSlider(value=n, min=1, max=max_n, description="directions n",
                                           continuous_update=False)}
         self.figure = go.FigureWidget(self.build())
         self._observe()
 
     def build(self) -> go.Figure:
-        self.data = self.measure(int(self.controls["n"].value))
-        return variance_figure(self.data)
+        n = int(self.controls["n"].value)
+        self.data = self.measure(n)
+        return variance_figure(self.data, title=self.title or f"Gaussian directions, n = {n}: measured against (d+n−1)/n")
 
     def update(self) -> None:
         self._replace(self.build())

@@ -32,6 +32,7 @@ MEAN_METHODS = ("throw_away", "treat_as_private", "semi_dp")
 """The mean estimators of the paper's Section 3, in the order they are drawn."""
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+BUDGET_COLOR = "#4D4D4D"  # a limit line: no accountant's or method's colour
 
 
 def _methods_in(df: pd.DataFrame, column: str = "method") -> list[str]:
@@ -319,8 +320,11 @@ def epsilon_figure(curve: pd.DataFrame, *, x: str = "step", y: str = "epsilon",
                                  name=name, line=dict(width=2.5, color=colour, dash=dash),
                                  hovertemplate=f"{name}<br>{x}=%{{x}}<br>ε=%{{y:.3g}}<extra></extra>"))
     if target is not None:
-        fig.add_hline(y=float(target), line=dict(color="#C44E52", dash="dash"),
-                      annotation_text=f"budget ε = {_fmt(float(target))}", annotation_position="top left")
+        # the budget is a limit, not a curve: thick, grey, dotted, labelled in its colour (a dashed
+        # coloured line looked like an accountant's dashed curve)
+        fig.add_hline(y=float(target), line=dict(color=BUDGET_COLOR, dash="dot", width=3),
+                      annotation_text=f"budget ε = {_fmt(float(target))}", annotation_position="top left",
+                      annotation_font_color=BUDGET_COLOR)
     fig.update_xaxes(title_text=_axis_title(x))
     fig.update_yaxes(title_text="ε spent", rangemode="tozero")
     return apply_theme(fig, title=title or "Privacy spent: ε against training steps", height=400)
