@@ -12,6 +12,8 @@ an idle kernel, runs all cells from the menu, and checks what a person would see
 
 A screenshot of the page and of every output holding a figure goes to the folder named by
 ``ZOEDU_UI_SCREENSHOTS`` (default: ``<tmp>/zoedu-ui-screenshots``, printed in the output).
+``ZOEDU_UI_LESSON=1`` runs the notebooks at their lesson size instead (what a person gets;
+minutes each), to look at the screenshots.
 
 Skipped, with the reason, when chromium (``ZOEDU_CHROMIUM`` or ``chromium`` on the PATH) or
 the ``playwright`` package is missing; never downloads a browser. Every wait has a timeout,
@@ -42,7 +44,8 @@ SCREENSHOTS = Path(os.environ.get("ZOEDU_UI_SCREENSHOTS") or Path(tempfile.gette
 
 SERVER_START_S = 90      # JupyterLab answering /api/status
 KERNEL_IDLE_S = 120      # the status bar reading "Idle" after the notebook opens
-RUN_ALL_S = 300          # every cell run (FAST is ≤ 60 s alone; CI shares 2 cores with the other tests)
+LESSON = os.environ.get("ZOEDU_UI_LESSON", "0") not in ("0", "")
+RUN_ALL_S = 900 if LESSON else 300  # every cell run (FAST is ≤ 60 s alone; CI shares 2 cores with the other tests)
 SLIDER_S = 30            # a dashboard's figure redrawn after its slider moved
 UI_S = 30                # a menu, a dialog, a page load
 
@@ -89,7 +92,7 @@ class Lab:
         for name, value in LAB_SETTINGS.items():
             (settings / name).parent.mkdir(parents=True, exist_ok=True)
             (settings / name).write_text(json.dumps(value))
-        env = {**os.environ, "ZOEDU_FAST": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        env = {**os.environ, "ZOEDU_FAST": "0" if LESSON else "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
                "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.log = (home / "jupyterlab.log").open("w")
@@ -207,9 +210,13 @@ def _dismiss_toasts(page) -> None:
 def _move_first_slider(page, cell) -> tuple[str, str]:
     """Move the cell's first slider one step (right, or left at the end); return the plot
     data before and after (after: as soon as it differs, or at the timeout)."""
-    before = cell.evaluate(PLOT_DATA)
     handle = cell.locator(".widget-slider .noUi-handle").first
     handle.scroll_into_view_if_needed(timeout=UI_S * 1000)
+    before = cell.evaluate(PLOT_DATA)
+    deadline = time.monotonic() + SLIDER_S
+    while not any(plot[0] for plot in json.loads(before)) and time.monotonic() < deadline:
+        page.wait_for_timeout(500)  # a busy machine: the live figure is still being drawn
+        before = cell.evaluate(PLOT_DATA)
     handle.click(timeout=UI_S * 1000)
     after = before
     for key in ("ArrowRight", "ArrowLeft", "ArrowLeft"):
