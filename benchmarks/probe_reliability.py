@@ -721,7 +721,7 @@ def cli_probe(argv, flag, root):
         return "ok" if r.returncode == 0 else f"unclear: exit {r.returncode}: {err.splitlines()[-1][:100] if err else ''}"
     if r.returncode == 0:
         return "silent: exit 0"
-    lines = [x for x in err.splitlines() if x.strip()]
+    lines = [x for x in err.splitlines() if x.strip() and ": warning: " not in x]  # warnings: one line each
     if r.returncode in (1, 2) and len(lines) == 1 and flag in lines[0]:
         return "clear"  # 2: a usage error; 1: a failure while working (a diverged run), named
     return f"unclear: exit {r.returncode}, {len(lines)} lines: {lines[-1][:100] if lines else ''}"

@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from importlib import import_module
 
 from . import __version__, checks
@@ -180,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = f"zoedu {args.command}"
     debug = os.environ.get("ZOEDU_DEBUG", "") not in ("", "0")
+    with warnings.catch_warnings():  # restores the warning display after an in-process call
+        if not debug:  # a warning is one line too, not Python's file:line + source line
+            warnings.showwarning = lambda message, category, *a, **k: print(
+                f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        return _run(args, prog, debug)
+
+
+def _run(args, prog: str, debug: bool) -> int:
     try:
         check_flags(args)
         code = int(args.func(args) or 0)
