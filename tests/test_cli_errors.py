@@ -42,6 +42,8 @@ BAD = [
     (["mix", "--cosines", "2"], "--cosines"),
     (["mix", "--seed", "-1"], "--seed"),
     (["mix", "--csv", "/nonexistent/folder/x.csv"], "--csv"),
+    (["mix", "--task", "tabular"], "--task"),
+    (["mix", "--task", "synthetic", "--mixers", "proportional"], "--mixers"),
     # privacy
     (["privacy", "epsilon", "--steps", "-5"], "--steps"),
     (["privacy", "epsilon", "--delta", "0.5"], "--delta"),
@@ -130,6 +132,12 @@ def test_fit_stops_a_mezo_run_whose_weights_are_not_finite():
         fit(model, load_task("tabular", dataset="breast_cancer"), "mezo", steps=5, lr=0.1, batch_size=8,
             quiet=True, track_memory=False, eval_every=0)
     assert len(info.value.history) == 0
+
+
+def test_mix_synthetic_fast_runs_its_own_defaults(capsys):
+    code, out = run(["mix", "--task", "synthetic", "--fast", "--steps", "2", "--cosines", "0"], capsys)
+    assert code == 0, out.err
+    assert "balanced-pike" in out.out
 
 
 def test_no_traceback_from_a_real_process():

@@ -192,15 +192,20 @@ from .multidomain import (
 
 
 # --------------------------------------------------------------------------- CLI
+#: ``zoedu mix``'s mixers when --mixers is not given, per task.
+CLI_DEFAULT_MIXERS = {"multidomain": "uniform,proportional,pike,balanced-pike",
+                      "synthetic": "uniform,pike,balanced-pike"}
+
+
 def _run(args) -> int:
-    mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
+    mixers = [m.strip() for m in (args.mixers or CLI_DEFAULT_MIXERS[args.task]).split(",") if m.strip()]
     if args.task == "synthetic":
         methods = [m for m in mixers if m in SYNTHETIC_METHODS]
         bad = [m for m in mixers if m not in SYNTHETIC_METHODS]
         if bad:
             raise ValueError(f"--mixers {bad} unknown for the synthetic task; allowed: {', '.join(SYNTHETIC_METHODS)}")
         cosines = [float(c) for c in args.cosines.split(",")]
-        table = conflict_sweep(cosines, methods=methods, steps=args.steps or 100, seed=args.seed)
+        table = conflict_sweep(cosines, methods=methods, steps=args.steps or (20 if args.fast else 100), seed=args.seed)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.csv:
             table.to_csv(args.csv, index=False)
@@ -238,10 +243,12 @@ def add_cli(subparsers) -> None:
                     "validation loss, its average and worst, train seconds and the statistics' overhead; or, "
                     "with --task synthetic, sweep the gradient-conflict knob of the synthetic K-task problem.",
     )
-    p.add_argument("--task", default="multidomain", help="multidomain or synthetic (default: multidomain)")
-    p.add_argument("--mixers", default="uniform,proportional,pike,balanced-pike",
-                   help=f"comma-separated; multidomain: {', '.join(MULTIDOMAIN_MIXERS)}; "
-                        f"synthetic: {', '.join(SYNTHETIC_METHODS)}")
+    p.add_argument("--task", default="multidomain", choices=tuple(CLI_DEFAULT_MIXERS),
+                   help="multidomain or synthetic (default: multidomain)")
+    p.add_argument("--mixers", default=None,
+                   help=f"comma-separated; multidomain: {', '.join(MULTIDOMAIN_MIXERS)} (default: "
+                        f"{CLI_DEFAULT_MIXERS['multidomain']}); synthetic: {', '.join(SYNTHETIC_METHODS)} "
+                        f"(default: {CLI_DEFAULT_MIXERS['synthetic']})")
     p.add_argument("--domains", default=None,
                    help="multidomain: comma-separated domains (prose, code, rot13, arithmetic, noise, duplicated, "
                         "reversed; default: the first four)")
