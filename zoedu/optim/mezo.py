@@ -53,14 +53,38 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ..checks import (choice, integer, non_negative, optional_integer, positive, positive_int, same_config, scalar,
-                      unit_interval)
+from ..checks import (
+    choice,
+    integer,
+    non_negative,
+    optional_integer,
+    positive,
+    positive_int,
+    same_config,
+    scalar,
+    unit_interval,
+)
 from ..interrupt import DeferredInterrupt
-from ._perturb import CHUNK, DIRECTIONS, LOW_PRECISION, Perturber, Stream, direction_seed, row_map
+from ._perturb import (
+    CHUNK,
+    DIRECTIONS,
+    LOW_PRECISION,
+    Perturber,
+    Stream,
+    direction_seed,
+    row_map,
+)
 from .estimators import ESTIMATORS, UpdateRule, decays
-from .exact import ExactKeeper, flip_exact, perturb_keeping, restore_exact
 from .fused import FusedPasses, fused_passes_for
-from .trajectory import OK, SKIP_BASE, SKIP_MINUS, SKIP_OVERFLOW, SKIP_PLUS, Trajectory, replay
+from .trajectory import (
+    OK,
+    SKIP_MINUS,
+    SKIP_OVERFLOW,
+    SKIP_PLUS,
+    Trajectory,
+    replay,
+)
+from .variants import variant_step
 
 
 # --------------------------------------------------------------------------- Algorithm 1
@@ -322,91 +346,7 @@ class MeZO(torch.optim.Optimizer):
             self.update_count += 1
             self._record(t, OK, [g], group_lrs)
             return 0.5 * (plus + minus)
-        return self._variant_step(loss, t, streams, self._fused(params) if fused else None, group_lrs, failed)
-
-    def _variant_step(self, loss: Callable[[], float], t: int, streams, fp: FusedPasses | None,
-                      lrs: list[float], failed: list | None = None) -> float:
-        """Algorithm 1 with n directions, one-sided differences, another estimator, exact
-        restoration or the fused passes (each optional; see the module docstring)."""
-        eps, n = self.eps, self.n_perturb
-        seeds = [direction_seed(self.seed, t, j) for j in range(n)]
-        restore_scale = -eps if self.one_sided else eps
-        grads: list[float] = []
-        losses: list[float] = []
-        rule = self._rule()
-        rule.prepare()  # optimizer state is made before the forwards (and counted as such)
-        keeper = ExactKeeper() if self._exact else None
-        perturber = self.perturber
-
-        def restore(seed: int, scale: float) -> None:  # undo +(-scale)·z
-            if fp is not None:
-                fp.add(seed, scale)
-            elif keeper is not None:
-                restore_exact(perturber, keeper, seed, scale, streams)
-            else:
-                perturber.add(seed, scale, streams)
-
-        at: tuple | None = None  # (seed, scale, status) while the weights are θ + scale·z(seed)
-        try:
-            base = loss() if self.one_sided else None
-            if base is not None and not math.isfinite(base):
-                return self._skip(t, SKIP_BASE, base, grads)
-            mine = range(n) if self.share is None else self.share.directions(n)
-            for j in mine:
-                s = seeds[j]
-                if keeper is not None:
-                    perturb_keeping(perturber, keeper, s, eps, self.one_sided, streams)  # θ + εz, misses noted
-                elif fp is not None:
-                    fp.add(s, eps)
-                else:
-                    perturber.add(s, eps, streams)                      # θ + εz        (line 5)
-                at = (s, eps, SKIP_PLUS)
-                plus = loss()                                           # ℓ₊            (line 6)
-                if not math.isfinite(plus):
-                    restore(s, -eps)
-                    return self._skip(t, SKIP_PLUS, plus, grads)
-                if self.one_sided:
-                    grads.append((plus - base) / eps)
-                    losses.append(base)
-                else:
-                    if fp is not None:
-                        fp.add_twice(s, -eps)
-                    elif keeper is not None:
-                        flip_exact(perturber, keeper, s, eps, streams)
-                    else:
-                        perturber.add_twice(s, -eps, streams)           # θ − εz        (line 7)
-                    at = (s, -eps, SKIP_MINUS)
-                    minus = loss()                                      # ℓ₋            (line 8)
-                    if not math.isfinite(minus):
-                        restore(s, eps)
-                        return self._skip(t, SKIP_MINUS, minus, grads)
-                    grads.append((plus - minus) / (2 * eps))            # g             (line 10)
-                    losses.append(0.5 * (plus + minus))
-                if j != mine[-1]:
-                    restore(s, restore_scale)                           # θ             (line 9)
-                    at = None
-        except BaseException:
-            if failed is not None and failed[0]:  # the closure raised: back to θ, as for a NaN loss
-                if at is not None:
-                    restore(at[0], -at[1])
-                self._interrupted(t, SKIP_BASE if at is None else at[2], grads)
-            raise
-        if self.share is not None:  # every rank gets every direction's g_j (all-gather)
-            grads, losses = self.share.exchange(grads, losses)
-            if not all(math.isfinite(v) for v in grads + losses):
-                restore(seeds[mine[-1]], restore_scale)
-                return self._skip(t, SKIP_PLUS, math.nan, grads, shared=True)
-        self.update_count += 1
-        wds = [float(g["weight_decay"]) for g in self.param_groups]
-        # restore (line 9) fused with the update (lines 11–15): one pass, one draw of z
-        if fp is not None:
-            fp.update(seeds[0], restore_scale, grads[0], lrs, wds, self._flat_params()[1])
-        else:
-            perturber.run(rule.kernel(seeds, grads, lrs, wds, self.update_count,
-                                      restore=(seeds[mine[-1]], restore_scale, keeper)), slots=2,
-                          streams=streams)
-        self._record(t, OK, grads, lrs)
-        return float(losses[0] if self.one_sided else sum(losses) / n)
+        return variant_step(self, loss, t, streams, self._fused(params) if fused else None, group_lrs, failed)
 
     def _interrupted(self, t: int, status: int, grads: list[float]) -> None:
         """The closure raised: the weights are back at θ; log the step as skipped (replay and a
