@@ -130,6 +130,58 @@ def test_bad_values_are_refused_naming_the_argument(case):
     check()
 
 
+# --------------------------------------------------------------------------- memory and models
+_MODEL = {}
+
+
+def tiny_opt():
+    if not _MODEL:
+        from zoedu.models import load_model
+
+        _MODEL["m"] = load_model("tiny-opt", size="1m", num_labels=2)[0]
+    return _MODEL["m"]
+
+
+def estimate_with(**kw):
+    from zoedu.memory import estimate
+
+    args = dict(batch_size=2, seq_len=8)
+    args.update(kw)
+    return estimate(tiny_opt(), args.pop("method", "mezo"), **args)
+
+
+def load_with(**kw):
+    from zoedu.models import load_model
+
+    return load_model("tiny-opt", **{"size": "1m", **kw})
+
+
+OTHER_CASES = {
+    "estimate.batch_size": (lambda v: estimate_with(batch_size=v), "batch_size", BAD_POSITIVE_INT),
+    "estimate.seq_len": (lambda v: estimate_with(seq_len=v), "seq_len", BAD_POSITIVE_INT),
+    "estimate.method": (lambda v: estimate_with(method=v), "method",
+                        st.sampled_from(["adamw", "", "MEZO", None])),
+    "load_model.size": (lambda v: load_with(size=v), "size", st.sampled_from(["3m", "", "1M", None, 5])),
+    "load_model.num_labels": (lambda v: load_with(num_labels=v), "num_labels",
+                              st.one_of(st.integers(max_value=1), FRACTIONAL, NON_FINITE)),
+    "load_model.dtype": (lambda v: load_with(dtype=v), "dtype", st.sampled_from(["float8", "int8", "half-ish"])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_CASES))
+def test_memory_and_models_refuse_bad_values(case):
+    make, name, values = OTHER_CASES[case]
+
+    @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(value=values)
+    def check(value):
+        with pytest.raises((ValueError, TypeError)) as info:
+            make(value)
+        assert name in str(info.value), f"{name}={value!r}: {info.value}"
+
+    check()
+
+
 # --------------------------------------------------------------------------- fit and tasks
 _TAB = {}
 
