@@ -12,7 +12,7 @@ from torch import nn
 
 from zoedu import mixing, optim, privacy
 
-FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 NON_NUMBERS = st.sampled_from(["1e-3", None, [], {}, object(), True, 1j])
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
