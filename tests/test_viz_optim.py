@@ -177,5 +177,7 @@ def test_spsa_figure_names_an_estimate_too_short_to_see():
     values = np.add.outer(grid, grid)
     tiny = vo.spsa_figure(grid, grid, values, (0, 0), (1.0, 2.0), (0.01, -0.02))
     assert any("ĝ ≈ 0" in a.text for a in tiny.layout.annotations)
+    note = tiny.layout.annotations[0]
+    assert note.ax < 0 and note.ay > 0  # placed away from the gradient (up and right): it hides no arrow
     clear = vo.spsa_figure(grid, grid, values, (0, 0), (1.0, 2.0), (1.1, 1.8))
     assert not clear.layout.annotations

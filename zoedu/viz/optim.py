@@ -191,7 +191,9 @@ def spsa_figure(grid_x, grid_y, values, point, true_grad, estimate, directions=N
     fig.update_yaxes(title_text="θ₂", range=[gy.min(), gy.max()], scaleanchor="x", scaleratio=1, constrain="domain")
     cos = float(g @ ghat / max(np.linalg.norm(g) * np.linalg.norm(ghat), 1e-12))
     if np.linalg.norm(ghat) < 0.1 * np.linalg.norm(g):  # the arrow is too short to see: say so
-        fig.add_annotation(x=p[0], y=p[1], ax=40, ay=-40, showarrow=True, arrowcolor=method_color("mezo"),
+        # the label points at θ from the side away from the gradient, so it covers no arrow
+        fig.add_annotation(x=p[0], y=p[1], ax=-70 if g[0] > 0 else 70, ay=50 if g[1] > 0 else -50,
+                           showarrow=True, arrowcolor=method_color("mezo"),
                            text=f"ĝ ≈ 0 (|ĝ| = {np.linalg.norm(ghat) / np.linalg.norm(g):.0%} of |∇L|):<br>"
                                 "z is almost ⟂ ∇L", font=dict(color=method_color("mezo")),
                            bgcolor="rgba(255,255,255,0.8)")
