@@ -185,3 +185,21 @@ def test_the_ablation_direction_prompt_head_beats_linear_head_in_the_same_mezo_b
 def test_hub_prompt_models_fail_offline_naming_the_offline_choices():
     with pytest.raises(ValueError, match="offline choices: tiny-opt, tiny-gpt2, minilm"):
         load_model("roberta-base", head="prompt", labels=SENTIMENT)
+
+
+def test_zeroth_order_steps_on_the_embedding_head_perturb_only_the_rows_a_batch_reads(sentiment):
+    """The prompt classifier exposes the encoder's token embedding, so MeZO under ``fit``
+    (``sparse_embedding``) perturbs and updates only the looked-up rows; a causal LM's tied
+    head reads every row, so its prompt classifier exposes no untied embedding."""
+    from zoedu.optim.embedding_rows import untied_input_embedding
+    from zoedu.train import fit
+
+    model, _ = load_model("minilm", head="prompt", labels=task_prompt("sentiment"))
+    emb = model.encoder.get_input_embeddings().weight
+    assert untied_input_embedding(model) is emb
+    assert untied_input_embedding(load_model("tiny-opt", size="1m", head="prompt", labels=["bad", "good"])[0]) is None
+    before = emb.detach().clone()
+    fit(model, sentiment, "mezo", steps=1, lr=1e-3, batch_size=4, seed=0, device="cpu", quiet=True,
+        track_memory=False, eval_examples=None)
+    moved = int((emb.detach() != before).any(dim=1).sum())
+    assert 0 < moved <= 4 * sentiment.max_length < emb.shape[0]  # at most the batch's tokens, of 30,522 rows

@@ -183,6 +183,19 @@ class _ClassifierOutput(dict):
         return self["logits"]
 
 
+def _input_embeddings(inner: nn.Module):
+    """The wrapped model's input embedding (``None`` where it has none)."""
+    get = getattr(inner, "get_input_embeddings", None)
+    return get() if callable(get) else None
+
+
+def _output_embeddings(inner: nn.Module):
+    """The wrapped model's output embedding: a tied LM head reads every row of the input
+    embedding, and :func:`zoedu.optim.embedding_rows.untied_input_embedding` must see it."""
+    get = getattr(inner, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
 class LabelWordClassifier(nn.Module):
     """Class logits = the language model's logits of the label words where the label goes.
 
@@ -205,6 +218,12 @@ class LabelWordClassifier(nn.Module):
     @property
     def num_labels(self) -> int:
         return int(self.label_ids.numel())
+
+    def get_input_embeddings(self):
+        return _input_embeddings(self.lm)
+
+    def get_output_embeddings(self):
+        return _output_embeddings(self.lm)
 
     def read_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per row, the position whose logits score the label words."""
@@ -248,6 +267,14 @@ class EmbeddingSimilarityClassifier(nn.Module):
     @property
     def num_labels(self) -> int:
         return int(self.label_embeddings.shape[0])
+
+    def get_input_embeddings(self):
+        """The encoder's token embedding: MeZO and Addax then perturb only the rows a batch
+        looks up (``fit``'s ``sparse_embedding``), as for the encoder alone."""
+        return _input_embeddings(self.encoder)
+
+    def get_output_embeddings(self):
+        return _output_embeddings(self.encoder)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean of the last hidden states over the real tokens (sentence-transformers' pooling)."""
