@@ -284,20 +284,24 @@ def _():
     return "ok" if same(before, snap(m)) else "silent: weights changed"
 
 
+def nan_backward(m):
+    """A first-order closure whose loss (and hence every gradient) is NaN."""
+    def closure():
+        loss = loss_of(m) * math.nan
+        loss.backward()
+        return loss
+    return closure
+
+
 @probe("numerical", "IP-SGD direct use, NaN loss: no NaN written")
 def _():
     from zoedu.optim import IPSGD
 
     m = net()
 
-    def closure():
-        loss = loss_of(m) * math.nan
-        loss.backward()
-        return loss
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        IPSGD(m.parameters(), lr=0.1).step(closure)
+        IPSGD(m.parameters(), lr=0.1).step(nan_backward(m))
     return "ok" if finite(m) else "silent: NaN written into the weights"
 
 
@@ -307,14 +311,9 @@ def _():
 
     m = net()
 
-    def fo():
-        loss = loss_of(m) * math.nan
-        loss.backward()
-        return loss
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Addax(m.parameters(), lr=0.1, alpha=0.5).step(lambda: loss_of(m), fo)
+        Addax(m.parameters(), lr=0.1, alpha=0.5).step(lambda: loss_of(m), nan_backward(m))
     return "ok" if finite(m) else "silent: NaN written into the weights"
 
 
@@ -439,7 +438,7 @@ def _():
         return loss
 
     try:
-        IPSGD(m.parameters(), lr=0.1).step(closure)
+        IPSGD(m.parameters(), lr=0.1).step(nan_backward(m))
     except KeyboardInterrupt:
         pass
     return "ok" if same(snap(ref), snap(m)) else "silent: some parameters updated, others not"
