@@ -5,6 +5,14 @@
     python benchmarks/bench_prompt.py lr --steps 300 --lrs 3e-6,1e-5,3e-5 # MeZO (full, prompt head) over learning rates
     python benchmarks/bench_prompt.py lr --steps 300 --lrs 1e-4,3e-4,1e-3 --peft lora
     python benchmarks/bench_prompt.py addax --steps 300 --addax-steps 100  # Addax's time to MeZO's final accuracy
+    python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 1e-5 --csv long.csv  # the long run
+    python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 3e-4 --peft lora --csv long-lora.csv
+
+``long`` is one MeZO run of ``--steps`` steps (the first ``--lrs`` value), evaluated on 400
+validation examples every ``--every`` steps and checkpointed then (``fit(checkpoint=,
+resume=)``): stopped (Ctrl-C, a kill) and started again with the same command, it continues
+from its last checkpoint, bit for bit the run it would have been; each evaluation is
+appended to ``--csv`` as it happens.
 
 Every run: ``sentiment`` (2000 training reviews, ``max_length`` 64 unless ``--max-length``),
 batch 16, 400 validation examples scored at step 0 (the untrained model) and every ¼ of
@@ -85,9 +93,47 @@ def _addax(args) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _long(args) -> None:
+    """One long MeZO run with the prompt head, resumable, evaluated every ``--every`` steps."""
+    import torch
+
+    from zoedu.experiments.optim import load_models
+    from zoedu.train import fit
+
+    if not args.csv:
+        raise SystemExit("long: --csv is required (the evaluations are appended to it as they happen)")
+    lr = float(args.lrs.split(",")[0])
+    seed = int(args.seeds.split(",")[0])
+    ckpt = args.csv + ".ckpt"
+    options = {"peft": args.peft} if args.peft else None
+    load, task = load_models("minilm", "sentiment", head="prompt", seed=seed, model_options=options,
+                             task_options={"max_length": args.max_length, "n_validation": 400})
+    model = load()
+    done = 0
+    if os.path.exists(ckpt):
+        done = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+    else:
+        zs = task.evaluate(model, "validation", max_examples=400, device="cpu")
+        pd.DataFrame([{"step": 0, "eval_accuracy": zs["accuracy"], "eval_loss": zs["loss"], "seconds": 0.0,
+                       "cpu_s": 0.0}]).to_csv(args.csv, index=False)
+        print(f"step 0 (zero-shot): accuracy {zs['accuracy']:.4f}", flush=True)
+    for target in range(done + args.every, args.steps + 1, args.every):
+        c0 = time.process_time()
+        h = fit(model, task, "mezo", steps=target, lr=lr, seed=seed, device="cpu", eval_every=args.every,
+                eval_examples=400, checkpoint=ckpt, checkpoint_every=args.every,
+                resume=ckpt if os.path.exists(ckpt) else None, quiet=True, track_memory=False)
+        last = h.dropna(subset=["eval_accuracy"]).iloc[-1]
+        row = {"step": int(last["step"]), "eval_accuracy": float(last["eval_accuracy"]),
+               "eval_loss": float(last["eval_loss"]), "seconds": float(last["seconds"]),
+               "cpu_s": time.process_time() - c0}
+        pd.DataFrame([row]).to_csv(args.csv, mode="a", header=False, index=False)
+        print(f"step {row['step']}: accuracy {row['eval_accuracy']:.4f} loss {row['eval_loss']:.4f} "
+              f"({row['seconds']:.0f} s of training)", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("ablation", "lr", "addax"))
+    p.add_argument("part", choices=("ablation", "lr", "addax", "long"))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", default="0")
     p.add_argument("--max-length", type=int, default=64)
@@ -96,8 +142,12 @@ def main() -> None:
     p.add_argument("--peft", default=None, help="lora or prompt (lr)")
     p.add_argument("--addax-steps", type=int, default=100, help="addax: Addax's steps")
     p.add_argument("--addax-every", type=int, default=10, help="addax: evaluate Addax every N steps")
+    p.add_argument("--every", type=int, default=500, help="long: evaluate and checkpoint every N steps")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
+    if args.part == "long":
+        _long(args)
+        return
     if args.part == "addax":
         table = _addax(args)
         if args.csv:
