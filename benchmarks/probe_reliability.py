@@ -707,7 +707,7 @@ CLI_CASES = [
 
 
 def cli_probe(argv, flag, root):
-    env = dict(os.environ, PYTHONPATH=root, ZOEDU_FAST="1")
+    env = dict(os.environ, PYTHONPATH=root, ZOEDU_SIZE="fast")
     try:
         r = subprocess.run([sys.executable, "-m", "zoedu", *argv], capture_output=True, text=True, timeout=240,
                            cwd=root, env=env)

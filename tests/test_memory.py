@@ -1,6 +1,8 @@
 """zoedu.memory: measure() on known allocations, estimate() against measure() and the papers."""
 
+import gc
 import math
+import sys
 
 import pytest
 import torch
@@ -480,3 +482,18 @@ def test_memory_chunk_is_the_optimizers_chunk():
     from zoedu.optim import CHUNK
 
     assert ZO_CHUNK == CHUNK
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's (Linux)")
+def test_release_memory_hands_freed_heap_pages_back():
+    psutil = pytest.importorskip("psutil")
+    from zoedu.memory import release_memory
+
+    me = psutil.Process()
+    chunks = [torch.ones(16_000) for _ in range(3000)]  # 64 KB each: from the heap, not mmap (~190 MB)
+    held = me.memory_info().rss
+    del chunks
+    gc.collect()
+    assert me.memory_info().rss > held - 50 * 2**20  # freed, but the C allocator keeps the pages
+    assert release_memory() is True
+    assert me.memory_info().rss < held - 100 * 2**20

@@ -2,8 +2,9 @@
 
 Every notebook under notebooks/ (assignments/ excluded) must:
 - start with a Markdown title, cite its paper(s) and state the idea with equations;
-- have a first code cell tagged ``parameters`` that sets ``FAST`` from ``ZOEDU_FAST``
-  (so nbval, which injects nothing, runs the FAST version);
+- have a first code cell tagged ``parameters`` that sets ``SIZE`` from ``ZOEDU_SIZE``, default
+  ``"lesson"`` (what a person's Run All gets), and ``FAST``/``FULL`` from it (nbval injects
+  nothing: the repository's conftest.py sets ``ZOEDU_SIZE=fast`` for pytest);
 - have at least one ``# NBVAL_CHECK_OUTPUT`` cell, whose committed output is the reference;
 - carry no other outputs (``zoedu notebooks strip`` enforces this);
 - keep code cells short: calls into zoedu, not algorithms.
@@ -41,12 +42,18 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_first_code_cell_is_the_fast_parameters_cell(path):
+def test_first_code_cell_is_the_size_parameters_cell(path):
     first = _code_cells(_read(path))[0]
     assert "parameters" in first.metadata.get("tags", []), f"{path.name}: first code cell must be tagged 'parameters'"
     src = first.source
-    assert re.search(r"^FAST\s*=", src, re.M), f"{path.name}: the parameters cell must set FAST"
-    assert "ZOEDU_FAST" in src, f"{path.name}: FAST must default from the ZOEDU_FAST environment variable"
+    assert 'SIZE = os.environ.get("ZOEDU_SIZE", "lesson")' in src, (
+        f"{path.name}: SIZE must default from ZOEDU_SIZE, and to the lesson size")
+    # (papermill skips a line with two '=', so not SIZE == "fast")
+    assert re.search(r'^FAST = SIZE in \("fast",\)$', src, re.M) and re.search(r'^FULL = SIZE in \("full",\)$', src, re.M)
+    # every size-dependent value names all three sizes
+    for line in src.splitlines():
+        if "[SIZE]" in line:
+            assert all(f'"{s}":' in line for s in znb.SIZES), f"{path.name}: {line!r} must give fast, lesson and full"
     from papermill.translators import PythonTranslator
 
     import logging
@@ -69,8 +76,25 @@ def test_first_code_cell_is_the_fast_parameters_cell(path):
     # papermill warns "Unable to parse line" for a multi-line value, a call with keyword
     # arguments or an '=' in a comment: every line of the parameters cell must be one it reads
     assert not catch.messages, f"{path.name}: papermill cannot read the parameters cell: {catch.messages}"
-    assert "FAST" in found, (f"{path.name}: papermill cannot parse the FAST line (it cannot read '!='); write "
-                             f'FAST = os.environ.get("ZOEDU_FAST", "1") not in ("0", "false")')
+    assert {"SIZE", "FAST", "FULL"} <= set(found), f"{path.name}: papermill must read the SIZE, FAST and FULL lines"
+
+
+def test_pytest_runs_the_notebooks_at_the_fast_size(monkeypatch):
+    import os
+    import runpy
+
+    # the repository's conftest.py: nbval (the README's test command) runs the CI size unless told otherwise
+    monkeypatch.delenv("ZOEDU_SIZE", raising=False)
+    runpy.run_path(str(ROOT / "conftest.py"))
+    assert os.environ["ZOEDU_SIZE"] == "fast"
+    monkeypatch.setenv("ZOEDU_SIZE", "lesson")
+    runpy.run_path(str(ROOT / "conftest.py"))
+    assert os.environ["ZOEDU_SIZE"] == "lesson"
+
+
+def test_run_refuses_an_unknown_size(tmp_path):
+    with pytest.raises(ValueError, match="size='medium': allowed are 'fast', 'lesson', 'full'"):
+        znb.run_notebooks(None, size="medium", directory=tmp_path)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -130,13 +154,13 @@ def test_binder_installs_every_runtime_dependency():
 # --------------------------------------------------------------------------- the runner
 def _toy_notebook(path: Path) -> Path:
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('import os\nFAST = os.environ.get("ZOEDU_FAST", "1") not in ("0", "false")\n'
-                                       'SIZE = 2 if FAST else 200')
+    params = nbformat.v4.new_code_cell('import os\nSIZE = os.environ.get("ZOEDU_SIZE", "lesson")\n'
+                                       'N = {"fast": 2, "lesson": 20, "full": 200}[SIZE]')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
         nbformat.v4.new_markdown_cell("# Toy"),
         params,
-        nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('FAST', FAST, 'SIZE', SIZE)"),
+        nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('SIZE', SIZE, 'N', N)"),
         nbformat.v4.new_code_cell("print('noise')"),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -155,14 +179,14 @@ def test_find_notebooks_by_name_and_bad_names(tmp_path):
         znb.find_notebooks(None, tmp_path / "missing")
 
 
-def test_run_injects_fast_and_the_sizes_follow_then_strip_keeps_check_outputs(tmp_path, capsys):
+def test_run_injects_the_size_and_the_sizes_follow_then_strip_keeps_check_outputs(tmp_path, capsys):
     src = _toy_notebook(tmp_path / "nb" / "00_toy.ipynb") if (tmp_path / "nb").mkdir() is None else None
-    table = znb.run_notebooks(None, fast=False, out_dir=tmp_path / "out", directory=tmp_path / "nb")
+    table = znb.run_notebooks(None, size="lesson", out_dir=tmp_path / "out", directory=tmp_path / "nb")
     assert list(table["status"]) == ["ok"] and table.loc[0, "seconds"] > 0
     assert "00_toy.ipynb" in capsys.readouterr().out  # a line per notebook with its time
     executed = _read(tmp_path / "out" / "00_toy.ipynb")
     printed = [c for c in executed.cells if znb.is_check_cell(c)][0].outputs[0]["text"]
-    assert printed.strip() == "FAST False SIZE 200"
+    assert printed.strip() == "SIZE lesson N 20"
     # adopt the check output into the source; everything else stays stripped
     znb.adopt_outputs(tmp_path / "out" / "00_toy.ipynb", src)
     nb = _read(src)

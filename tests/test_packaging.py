@@ -28,7 +28,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert ci.index("torch==2.13.0") < ci.index('-e ".[test')
     # the browser test (tests/test_ui.py) needs chromium, which CI installs when missing,
     # and every notebook runs its FAST size there
-    assert "apt-get install -y" in ci and "chromium" in ci and "ZOEDU_FAST=1" in ci
+    assert "apt-get install -y" in ci and "chromium" in ci and "ZOEDU_SIZE=fast" in ci
     test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
     assert any(d.startswith("playwright") for d in test_extra)
 

@@ -1,6 +1,6 @@
 """The notebooks in a real browser: JupyterLab driven by Debian's chromium through Playwright.
 
-One JupyterLab server (127.0.0.1, a random token, ``ZOEDU_FAST=1`` in its environment)
+One JupyterLab server (127.0.0.1, a random token, ``ZOEDU_SIZE=fast`` in its environment)
 serves a copy of ``notebooks/`` for the whole module; for every notebook the test waits for
 an idle kernel, runs all cells from the menu, and checks what a person would see:
 
@@ -45,7 +45,7 @@ SCREENSHOTS = Path(os.environ.get("ZOEDU_UI_SCREENSHOTS") or Path(tempfile.gette
 SERVER_START_S = 90      # JupyterLab answering /api/status
 KERNEL_IDLE_S = 120      # the status bar reading "Idle" after the notebook opens
 LESSON = os.environ.get("ZOEDU_UI_LESSON", "0") not in ("0", "")
-RUN_ALL_S = 900 if LESSON else 300  # every cell run (FAST is ≤ 60 s alone; CI shares 2 cores with the other tests)
+RUN_ALL_S = 900 if LESSON else 300  # every cell run (fast is ≤ 60 s alone; CI shares 2 cores with the other tests)
 SLIDER_S = 30            # a dashboard's figure redrawn after its slider moved
 DRAW_S = 120             # a live figure drawn at all (slow on a loaded machine)
 UI_S = 30                # a menu, a dialog, a page load
@@ -93,7 +93,7 @@ class Lab:
         for name, value in LAB_SETTINGS.items():
             (settings / name).parent.mkdir(parents=True, exist_ok=True)
             (settings / name).write_text(json.dumps(value))
-        env = {**os.environ, "ZOEDU_FAST": "0" if LESSON else "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        env = {**os.environ, "ZOEDU_SIZE": "lesson" if LESSON else "fast", "JUPYTERLAB_SETTINGS_DIR": str(settings),
                "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.log = (home / "jupyterlab.log").open("w")

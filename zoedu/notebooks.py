@@ -1,12 +1,21 @@
 """Run, validate and tidy the notebooks headlessly: ``zoedu notebooks run|check|strip``.
 
-- :func:`run_notebooks` executes notebooks with papermill, injecting ``FAST`` (and setting
-  ``ZOEDU_FAST`` in the kernel's environment, which the parameters cell reads, so the
-  sizes derived from ``FAST`` follow), and returns one row per notebook with its wall
-  seconds and the peak resident memory of the kernel process tree.
+Every notebook has three sizes, chosen by ``ZOEDU_SIZE`` in the kernel's environment:
+
+- ``"lesson"`` (the default, what a person gets from Run All in JupyterLab or on Binder):
+  large enough that every claim in the notebook's text shows in its figures, ≤ 3 min on
+  2 CPU cores and ≤ 1.5 GB (benchmarks/README.md, "Notebooks", times each);
+- ``"fast"`` (CI, nbval, papermill by default): ≤ 60 s, to check that every cell runs;
+- ``"full"``: the benchmark's size (minutes; a GPU is used when present).
+
+- :func:`run_notebooks` executes notebooks with papermill at one size (it sets
+  ``ZOEDU_SIZE`` in the kernel's environment, which the parameters cell reads, and injects
+  ``SIZE``) and returns one row per notebook with its wall and CPU seconds and the peak
+  resident memory of the kernel process tree.
 - :func:`check_notebooks` runs ``pytest --nbval-lax`` on the notebooks: every cell must
   run, and cells marked ``# NBVAL_CHECK_OUTPUT`` must print what the committed notebook
-  holds. nbval injects no parameters, so it runs the FAST default.
+  holds. nbval injects no parameters; the repository's ``conftest.py`` sets
+  ``ZOEDU_SIZE=fast`` for any pytest run that has not set it.
 - :func:`strip_outputs` enforces the output policy of the committed notebooks: outputs
   and execution counts are removed from every cell except those marked
   ``# NBVAL_CHECK_OUTPUT``, whose text outputs are kept (they are the reference nbval
@@ -15,10 +24,12 @@
 The parameters cell of every notebook (tagged ``parameters``, the first code cell)::
 
     import os
-    FAST = os.environ.get("ZOEDU_FAST", "1") not in ("0", "false")  # True: ≤ 60 s on 2 CPU cores
-    STEPS = 20 if FAST else 300                                     # sizes derived from FAST
+    SIZE = os.environ.get("ZOEDU_SIZE", "lesson")           # lesson, fast or full
+    FAST = SIZE in ("fast",)
+    FULL = SIZE in ("full",)
+    STEPS = {"fast": 20, "lesson": 100, "full": 300}[SIZE]  # sizes derived from SIZE
 
-(papermill cannot parse ``!=`` in a parameter line, hence ``not in``.)
+(papermill skips a line with more than one ``=``: hence ``SIZE in ("fast",)``, not ``==``.)
 """
 
 from __future__ import annotations
@@ -34,6 +45,9 @@ from pathlib import Path
 import pandas as pd
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+SIZES = ("fast", "lesson", "full")
+"""The notebooks' sizes (``ZOEDU_SIZE``): CI's, a person's Run All, the benchmark's."""
+SIZE_ENV = "ZOEDU_SIZE"
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 """The repository's ``notebooks/`` folder (a source checkout; pass ``directory=`` otherwise)."""
 
@@ -104,7 +118,7 @@ class _PeakRSS:
 
 
 # --------------------------------------------------------------------------- running
-def run_notebooks(names: Iterable[str] | None = None, *, fast: bool = True, out_dir: str | Path = "executed",
+def run_notebooks(names: Iterable[str] | None = None, *, size: str = "fast", out_dir: str | Path = "executed",
                   directory: str | Path | None = None, kernel_name: str | None = None,
                   timeout: int | None = None, parameters: dict | None = None,
                   quiet: bool = False) -> pd.DataFrame:
@@ -112,7 +126,9 @@ def run_notebooks(names: Iterable[str] | None = None, *, fast: bool = True, out_
 
     Args:
         names: notebooks to run (see :func:`find_notebooks`); ``None`` runs all.
-        fast: inject ``FAST=fast`` (and set ``ZOEDU_FAST``) — ``True`` is the ≤ 60 s version.
+        size: ``"fast"`` (≤ 60 s each, CI's), ``"lesson"`` (≤ 3 min each, what Run All gives a
+            person) or ``"full"``; set as ``ZOEDU_SIZE`` in the kernel's environment and
+            injected as ``SIZE``.
         out_dir: where the executed notebooks are written (same file names).
         directory: the folder holding the notebooks (default: the repository's ``notebooks/``).
         kernel_name: Jupyter kernel (default: the notebook's own, i.e. ``python3``).
@@ -128,12 +144,14 @@ def run_notebooks(names: Iterable[str] | None = None, *, fast: bool = True, out_
     """
     import papermill as pm
 
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: allowed are {', '.join(map(repr, SIZES))}")
     paths = find_notebooks(names, directory)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = {"FAST": bool(fast), **(parameters or {})}
-    env_before = os.environ.get("ZOEDU_FAST")
-    os.environ["ZOEDU_FAST"] = "1" if fast else "0"
+    params = {"SIZE": size, **(parameters or {})}
+    env_before = os.environ.get(SIZE_ENV)
+    os.environ[SIZE_ENV] = size
     rows = []
     try:
         for path in paths:
@@ -155,19 +173,20 @@ def run_notebooks(names: Iterable[str] | None = None, *, fast: bool = True, out_
                       flush=True)
     finally:
         if env_before is None:
-            os.environ.pop("ZOEDU_FAST", None)
+            os.environ.pop(SIZE_ENV, None)
         else:
-            os.environ["ZOEDU_FAST"] = env_before
+            os.environ[SIZE_ENV] = env_before
     return pd.DataFrame(rows)
 
 
 def check_notebooks(names: Iterable[str] | None = None, *, directory: str | Path | None = None,
                     extra_args: Iterable[str] = ()) -> int:
-    """Run ``pytest --nbval-lax`` on the notebooks (FAST by default); return pytest's exit code."""
+    """Run ``pytest --nbval-lax`` on the notebooks (at ``ZOEDU_SIZE``, ``"fast"`` unless set); return
+    pytest's exit code."""
     paths = find_notebooks(names, directory)
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:randomly", "-q",
            "--nbval-current-env", *map(str, paths), *extra_args]
-    env = {**os.environ, "ZOEDU_FAST": os.environ.get("ZOEDU_FAST", "1")}
+    env = {**os.environ, SIZE_ENV: os.environ.get(SIZE_ENV, "fast")}
     return subprocess.call(cmd, env=env)
 
 
@@ -276,7 +295,8 @@ def export_html(executed: str | Path, out_dir: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- CLI
 def _cmd_run(args) -> int:
-    table = run_notebooks(args.names or None, fast=not args.full, out_dir=args.out, directory=args.dir,
+    size = "full" if args.full else "lesson" if args.lesson else "fast"
+    table = run_notebooks(args.names or None, size=size, out_dir=args.out, directory=args.dir,
                           timeout=args.timeout)
     total = table["seconds"].sum()
     print(f"{'total':32s} {total:7.1f} s wall  {table['cpu_seconds'].sum():7.1f} s CPU  "
@@ -313,8 +333,10 @@ def add_cli(subparsers) -> None:
     r.add_argument("names", **common)
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--fast", action="store_true", default=True,
-                      help="FAST=True: the small version, ≤ 60 s each on 2 CPU cores (default)")
-    mode.add_argument("--full", action="store_true", help="FAST=False: the full version (≤ 10 min each; uses a GPU if present)")
+                      help="SIZE='fast': the check size, ≤ 60 s each on 2 CPU cores (default)")
+    mode.add_argument("--lesson", action="store_true",
+                      help="SIZE='lesson': what Run All gives a person, ≤ 3 min each on 2 CPU cores")
+    mode.add_argument("--full", action="store_true", help="SIZE='full': the benchmark size (minutes each; uses a GPU if present)")
     r.add_argument("--out", default="executed", help="folder for the executed notebooks (default: ./executed)")
     r.add_argument("--dir", default=None, help="folder holding the notebooks (default: the repository's notebooks/)")
     r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
@@ -324,7 +346,7 @@ def add_cli(subparsers) -> None:
                    help="copy the NBVAL_CHECK_OUTPUT outputs of the run into the source notebooks")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("check", help="validate the notebooks with pytest --nbval-lax (FAST mode)")
+    c = sub.add_parser("check", help="validate the notebooks with pytest --nbval-lax (ZOEDU_SIZE, 'fast' unless set)")
     c.add_argument("names", **common)
     c.add_argument("--dir", default=None, help="folder holding the notebooks")
     c.set_defaults(func=_cmd_check)
@@ -336,5 +358,5 @@ def add_cli(subparsers) -> None:
     s.set_defaults(func=_cmd_strip)
 
 
-__all__ = ["CHECK_MARK", "NOTEBOOK_DIR", "find_notebooks", "run_notebooks", "check_notebooks", "is_check_cell",
+__all__ = ["CHECK_MARK", "NOTEBOOK_DIR", "SIZES", "SIZE_ENV", "find_notebooks", "run_notebooks", "check_notebooks", "is_check_cell",
            "strip_outputs", "adopt_outputs", "export_html", "add_cli"]

@@ -391,5 +391,12 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
             bar.close()
         if par is not None:
             par.close()
-    return finish(rows)
+    history = finish(rows)
+    # the optimizer's state, gradients and activations are garbage now: give their pages back, so
+    # that the next fit in the same process (a notebook comparing methods) starts from a small footprint
+    del runner, ctx
+    from .memory import release_memory
+
+    release_memory()
+    return history
 
