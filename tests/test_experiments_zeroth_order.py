@@ -58,3 +58,25 @@ def test_mezo_accuracy_is_a_fit_method(tokenizer):
     lm = load_task("multidomain", tokenizer=tokenizer, n_train=4, n_validation=2, max_length=16)
     with pytest.raises(ValueError, match="classification"):
         fit(load_model("tiny-opt", size="1m")[0], lm, "mezo-accuracy", steps=1, lr=1e-3, quiet=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mezo_on_accuracy_alone_improves_a_linear_classifier(seed):
+    # MeZO §3.3, as notebook 01 shows it: the objective is -accuracy(B), a step function with no
+    # gradient, yet the finite differences carry signal (breast cancer, a linear classifier). Seed 1
+    # starts predicting one class for every example: no ±εz flips a prediction, g = 0, and the run sits
+    # on that plateau for ~250 steps before a perturbation flips one — the objective's failure mode
+    import torch
+
+    from zoedu.tasks import load_task
+    from zoedu.train import fit
+
+    task = load_task("tabular", dataset="breast_cancer", seed=seed)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(30, 2)
+    start = task.evaluate(model, "validation")["accuracy"]
+    h = fit(model, task, "mezo-accuracy", steps=400, lr=0.1, eps=0.1, batch_size=64, seed=seed, quiet=True,
+            track_memory=False, device="cpu")
+    assert h["backward_passes"].iloc[-1] == 0
+    assert h["eval_accuracy"].iloc[-1] > max(start + 0.05, 0.85)
+    assert h["train_accuracy"].iloc[-20:].mean() > h["train_accuracy"].iloc[:20].mean() + 0.05

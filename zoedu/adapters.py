@@ -9,6 +9,7 @@ tokens for prefix and prompt tuning.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from torch import nn
@@ -63,4 +64,8 @@ def apply_peft(model: nn.Module, method, *, keep: Sequence[str] = ()) -> nn.Modu
     import peft
 
     config = method if isinstance(method, peft.PeftConfig) else peft_config(method, model, keep=keep)
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks transformers' deprecated `is_gradient_checkpointing`: a FutureWarning about
+        # peft's code, not the user's, that would otherwise print under every notebook cell
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft.get_peft_model(model, config)

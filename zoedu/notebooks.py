@@ -76,10 +76,14 @@ def find_notebooks(names: Iterable[str] | None = None, directory: str | Path | N
 
 
 # --------------------------------------------------------------------------- memory
-class _PeakRSS:
-    """Poll the resident memory and CPU time of this process's children (the kernel and
-    what it spawns): ``peak`` is the largest summed RSS seen, ``cpu`` the CPU seconds
-    (user + system) they used, as of the last poll before each exited."""
+class _PeakMemory:
+    """Poll the memory and CPU time of this process's children (the kernel and what it
+    spawns): ``peak`` is the largest summed proportional set size (PSS: each shared page
+    counted once across the processes, as a container's memory limit counts it; resident
+    size where the system has no PSS) seen, ``cpu`` the CPU seconds (user + system) they
+    used, as of the last poll before each exited. Summing resident sizes instead would
+    count torch's shared libraries once per process: a notebook that launches two workers
+    (06) would read about 0.4 GB more than it uses."""
 
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
@@ -89,6 +93,13 @@ class _PeakRSS:
     @property
     def cpu(self) -> float:
         return sum(self._cpu.values())
+
+    @staticmethod
+    def _size(process) -> int:
+        try:
+            return int(process.memory_full_info().pss)
+        except (AttributeError, NotImplementedError):  # no PSS on this system
+            return int(process.memory_info().rss)
 
     def _run(self):
         try:
@@ -100,10 +111,10 @@ class _PeakRSS:
             total = 0
             for child in me.children(recursive=True):
                 try:
-                    total += child.memory_info().rss
+                    total += self._size(child)
                     t = child.cpu_times()
                     self._cpu[child.pid] = t.user + t.system
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
@@ -139,8 +150,9 @@ def run_notebooks(names: Iterable[str] | None = None, *, size: str = "fast", out
     Returns:
         A DataFrame with ``notebook``, ``seconds`` (wall, kernel start included),
         ``cpu_seconds`` (CPU time of the kernel process tree: a timing that a busy machine
-        does not inflate as much as wall time), ``peak_rss_mb`` (peak resident memory of the kernel process tree, polled every
-        0.2 s), ``status`` (``"ok"`` or the error's first line) and ``output``.
+        does not inflate as much as wall time), ``peak_mb`` (peak memory of the kernel process
+        tree in MiB, proportional set size: shared pages counted once; polled every 0.2 s),
+        ``status`` (``"ok"`` or the error's first line) and ``output``.
     """
     import papermill as pm
 
@@ -158,7 +170,7 @@ def run_notebooks(names: Iterable[str] | None = None, *, size: str = "fast", out
             target = out / path.name
             status = "ok"
             t0 = time.perf_counter()
-            with _PeakRSS() as mem:
+            with _PeakMemory() as mem:
                 try:
                     pm.execute_notebook(str(path), str(target), parameters=params, kernel_name=kernel_name,
                                         cwd=str(path.parent), progress_bar=False, execution_timeout=timeout,
@@ -167,7 +179,7 @@ def run_notebooks(names: Iterable[str] | None = None, *, size: str = "fast", out
                     status = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             seconds = time.perf_counter() - t0
             rows.append({"notebook": path.name, "seconds": round(seconds, 1), "cpu_seconds": round(mem.cpu, 1),
-                         "peak_rss_mb": round(mem.peak / 2 ** 20, 0), "status": status, "output": str(target)})
+                         "peak_mb": round(mem.peak / 2 ** 20, 0), "status": status, "output": str(target)})
             if not quiet:
                 print(f"{path.name:32s} {seconds:7.1f} s wall  {mem.cpu:7.1f} s CPU  {mem.peak / 2 ** 20:6.0f} MB  {status}",
                       flush=True)
@@ -300,7 +312,7 @@ def _cmd_run(args) -> int:
                           timeout=args.timeout)
     total = table["seconds"].sum()
     print(f"{'total':32s} {total:7.1f} s wall  {table['cpu_seconds'].sum():7.1f} s CPU  "
-          f"{table['peak_rss_mb'].max():6.0f} MB (max)")
+          f"{table['peak_mb'].max():6.0f} MB (max)")
     if args.html:
         for _, row in table[table["status"] == "ok"].iterrows():
             print(f"wrote {export_html(row['output'], args.html)}")

@@ -31,9 +31,9 @@ class MeZORunner:
     def __init__(self, ctx, optimizer: MeZO, objective: str = "loss", sparse_embedding: bool = True):
         if objective not in self.OBJECTIVES:
             raise ValueError(f"objective={objective!r} is unknown; allowed: {', '.join(self.OBJECTIVES)}")
-        if objective == "accuracy" and ctx.task.kind != "classification":
-            raise ValueError(f"objective='accuracy' needs a classification task; task {ctx.task.name!r} "
-                             f"is {ctx.task.kind!r}")
+        if objective == "accuracy" and ctx.task.kind not in ("classification", "tabular"):
+            raise ValueError(f"objective='accuracy' needs a classification task (kind 'classification' or "
+                             f"'tabular'); task {ctx.task.name!r} is {ctx.task.kind!r}")
         self.ctx, self.optimizer, self.objective = ctx, optimizer, objective
         self.sparse_embedding = bool(sparse_embedding)
         self.rows = BatchRows(ctx.model, optimizer, self.sparse_embedding)
