@@ -52,6 +52,17 @@ def test_convergence_figure_one_line_per_method_and_panel():
         vo.convergence_figure([1, 2])
 
 
+def test_convergence_figure_reference_lines_in_every_panel():
+    hs = {"adam": _history([1.0, 0.5, 0.2], eval_accuracy=[np.nan, 0.6, 0.8])}
+    fig = vo.convergence_figure(hs, y="eval_accuracy", reference={"zero-shot": 0.65})
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == 2 and all(s.y0 == s.y1 == 0.65 for s in lines)  # one per panel (steps, seconds)
+    assert {s.xref for s in lines} == {"x domain", "x2 domain"}
+    assert [a.text for a in fig.layout.annotations if "zero-shot" in (a.text or "")] == ["zero-shot 0.65"]
+    with pytest.raises(ValueError, match="reference\\['zero-shot'\\]"):
+        vo.convergence_figure(hs, y="eval_accuracy", reference={"zero-shot": float("nan")})
+
+
 def test_spsa_figure_arrows_start_at_the_point():
     gx = gy = np.linspace(-2, 2, 11)
     X, Y = np.meshgrid(gx, gy)

@@ -81,7 +81,7 @@ _AXIS_TITLES = {"step": "step", "seconds": "wall seconds", "forward_passes": "fo
 # --------------------------------------------------------------------------- convergence
 def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"), y: str = "loss",
                 window: int = 1, log_y: bool = False, title: str | None = None,
-                height: int = 380) -> go.Figure:
+                reference: dict[str, float] | None = None, height: int = 380) -> go.Figure:
     """``y`` against each of ``x`` (side-by-side panels), one coloured line per method.
 
     Args:
@@ -92,9 +92,14 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
             ``"eval_accuracy"`` shows the eval steps only).
         window: trailing moving-average window applied to ``y`` (noisy zeroth-order losses).
         log_y: logarithmic y axis.
+        reference: ``{label: value}`` drawn as labelled dotted horizontal lines in every panel
+            (e.g. ``{"zero-shot": 0.685}`` under a validation-accuracy curve).
     """
     runs = _as_histories(histories)
     xs = [x] if isinstance(x, str) else list(x)
+    for label, value in (reference or {}).items():
+        if not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+            raise ValueError(f"reference[{label!r}] = {value!r}: a finite number is needed")
     if not xs:
         raise ValueError("x must name at least one column, e.g. 'step' or 'seconds'")
     for name, h in runs.items():
@@ -112,6 +117,11 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
             ), row=1, col=j)
             fig.update_xaxes(title_text=_AXIS_TITLES.get(col, col), row=1, col=j)
     fig.update_yaxes(title_text=_AXIS_TITLES.get(y, y), row=1, col=1)
+    for label, value in (reference or {}).items():
+        for j in range(1, len(xs) + 1):
+            fig.add_hline(y=float(value), line=dict(color="#555", width=1.5, dash="dot"), row=1, col=j,
+                          annotation_text=f"{label} {float(value):.3g}" if j == len(xs) else None,
+                          annotation_position="bottom right")
     if log_y:
         fig.update_yaxes(type="log")
     default = f"{_AXIS_TITLES.get(y, y)} against " + " and ".join(_AXIS_TITLES.get(c, c) for c in xs)
