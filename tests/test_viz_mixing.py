@@ -98,6 +98,10 @@ def test_mixing_weights_figure_draws_one_line_per_domain_and_the_uniform_referen
     assert len(fig.data) == 4
     assert fig.data[0].name == "prose" and list(fig.data[0].y) == [0.5, 0.6, 0.7]
     assert fig.layout.shapes[0].y0 == pytest.approx(0.5)
+    # one label, on the first panel: no plotly placeholder "new text" on the others
+    # (an annotation without text is what plotly.js draws as "new text")
+    assert all(a.text for a in fig.layout.annotations)
+    assert [a.text for a in fig.layout.annotations].count("uniform 1/K") == 1
     with pytest.raises(ValueError, match="weight/"):
         vm.mixing_weights_figure(h.drop(columns=["weight/prose", "weight/code"]))
 

@@ -58,7 +58,7 @@ def test_convergence_figure_reference_lines_in_every_panel():
     lines = [s for s in fig.layout.shapes if s.type == "line"]
     assert len(lines) == 2 and all(s.y0 == s.y1 == 0.65 for s in lines)  # one per panel (steps, seconds)
     assert {s.xref for s in lines} == {"x domain", "x2 domain"}
-    assert [a.text for a in fig.layout.annotations if "zero-shot" in (a.text or "")] == ["zero-shot 0.65"]
+    assert [a.text for a in fig.layout.annotations] == ["zero-shot 0.65"]  # no plotly "new text" in panel 1
     with pytest.raises(ValueError, match="reference\\['zero-shot'\\]"):
         vo.convergence_figure(hs, y="eval_accuracy", reference={"zero-shot": float("nan")})
 

@@ -317,8 +317,9 @@ def mixing_weights_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame], 
                                      line=dict(color=domain_color(domain, i), width=2 + 2 * (len(cols) - 1 - i),
                                                dash=DOMAIN_DASHES[i % len(DOMAIN_DASHES)], shape="hv")),
                           row=1, col=j + 1)
-        fig.add_hline(y=1.0 / len(cols), line=dict(color="#7F7F7F", dash="dash"),
-                      annotation_text="uniform 1/K" if j == 0 else None, row=1, col=j + 1)
+        # the label on the first panel only (annotation_text=None would draw plotly's "new text")
+        label = {"annotation_text": "uniform 1/K"} if j == 0 else {}
+        fig.add_hline(y=1.0 / len(cols), line=dict(color="#7F7F7F", dash="dash"), row=1, col=j + 1, **label)
         fig.update_xaxes(title_text="step", row=1, col=j + 1)
     fig.update_yaxes(title_text="mixing weight w_k", rangemode="tozero", row=1, col=1)
     return apply_theme(fig, title=title or "Mixing weights over training (dashed: uniform)", height=400)

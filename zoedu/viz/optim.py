@@ -119,9 +119,10 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
     fig.update_yaxes(title_text=_AXIS_TITLES.get(y, y), row=1, col=1)
     for label, value in (reference or {}).items():
         for j in range(1, len(xs) + 1):
-            fig.add_hline(y=float(value), line=dict(color="#555", width=1.5, dash="dot"), row=1, col=j,
-                          annotation_text=f"{label} {float(value):.3g}" if j == len(xs) else None,
-                          annotation_position="bottom right")
+            # labelled in the last panel only (annotation_text=None would draw plotly's "new text")
+            text = {"annotation_text": f"{label} {float(value):.3g}", "annotation_position": "bottom right"} \
+                if j == len(xs) else {}
+            fig.add_hline(y=float(value), line=dict(color="#555", width=1.5, dash="dot"), row=1, col=j, **text)
     if log_y:
         fig.update_yaxes(type="log")
     default = f"{_AXIS_TITLES.get(y, y)} against " + " and ".join(_AXIS_TITLES.get(c, c) for c in xs)
