@@ -11,7 +11,7 @@ Every notebook has three sizes, chosen by ``ZOEDU_SIZE`` in the kernel's environ
 - :func:`run_notebooks` executes notebooks with papermill at one size (it sets
   ``ZOEDU_SIZE`` in the kernel's environment, which the parameters cell reads, and injects
   ``SIZE``) and returns one row per notebook with its wall and CPU seconds and the peak
-  resident memory of the kernel process tree.
+  memory (PSS) of the kernel process tree.
 - :func:`check_notebooks` runs ``pytest --nbval-lax`` on the notebooks: every cell must
   run, and cells marked ``# NBVAL_CHECK_OUTPUT`` must print what the committed notebook
   holds. nbval injects no parameters; the repository's ``conftest.py`` sets
