@@ -15,6 +15,18 @@ from torch import nn
 from zoedu.optim import IPSGD, Addax, MeZO, replay
 
 
+@pytest.fixture(autouse=True)
+def python_ctrl_c():
+    """A real Ctrl-C needs Python's own SIGINT handler (KeyboardInterrupt). Under pytest-xdist
+    a test that ran earlier in the same worker can leave SIGINT ignored or replaced (a
+    subprocess launcher, a kernel client), and os.kill(SIGINT) would then do nothing: these
+    tests set the handler a person's Python process has, and put the previous one back."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def net(dtype=torch.float32):
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).to(dtype)
