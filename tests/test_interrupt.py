@@ -17,10 +17,11 @@ from zoedu.optim import IPSGD, Addax, MeZO, replay
 
 @pytest.fixture(autouse=True)
 def python_ctrl_c():
-    """A real Ctrl-C needs Python's own SIGINT handler (KeyboardInterrupt). Under pytest-xdist
-    a test that ran earlier in the same worker can leave SIGINT ignored or replaced (a
-    subprocess launcher, a kernel client), and os.kill(SIGINT) would then do nothing: these
-    tests set the handler a person's Python process has, and put the previous one back."""
+    """A real Ctrl-C needs Python's own SIGINT handler (KeyboardInterrupt). A process started
+    as a background job of a non-interactive shell (``.ci/run &``, ``nohup … &``) inherits
+    SIGINT ignored, Python then installs no handler, and os.kill(SIGINT) does nothing (seen:
+    7 failures in such a CI run). These tests set the handler a person's Python process has
+    (zoedu's DeferredInterrupt rightly leaves an ignored SIGINT alone) and put the old one back."""
     before = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
