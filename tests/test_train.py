@@ -149,3 +149,19 @@ def test_bad_task_and_model(tabular):
         fit(_linear(tabular), "sentiment", "sgd", steps=1, lr=0.1)
     with pytest.raises(ValueError, match="model must be"):
         fit("minilm", tabular, "sgd", steps=1, lr=0.1)
+
+
+def test_fit_hands_memory_back_only_for_models_where_it_matters(tabular, monkeypatch):
+    # zoedu.memory.release_memory (a full garbage collection and malloc_trim) after a CPU run whose
+    # parameters reach RELEASE_MIN_BYTES; a small model's fit does not pay its ~150 ms
+    import zoedu.memory
+    import zoedu.train
+
+    calls = []
+    monkeypatch.setattr(zoedu.memory, "release_memory", lambda: calls.append(1) or True)
+    fit(torch.nn.Linear(30, 2), tabular, "sgd", steps=1, lr=0.1, quiet=True, device="cpu")
+    assert calls == []
+    width = zoedu.train.RELEASE_MIN_BYTES // 4 // 30 + 1  # first layer alone reaches the threshold
+    big = torch.nn.Sequential(torch.nn.Linear(30, width), torch.nn.Linear(width, 2))
+    fit(big, tabular, "sgd", steps=1, lr=0.1, quiet=True, device="cpu", track_memory=False)
+    assert calls == [1]

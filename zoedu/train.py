@@ -118,6 +118,11 @@ def _takes_input_ids(model: nn.Module) -> bool:
 
 
 # --------------------------------------------------------------------------- memory
+#: ``fit`` on CPU hands freed heap pages back to the system (:func:`zoedu.memory.release_memory`)
+#: when it returns, for models of at least this many bytes of parameters (MiniLM: 87 MiB).
+RELEASE_MIN_BYTES = 16 * 2**20
+
+
 def _cuda_peak(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -392,11 +397,14 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         if par is not None:
             par.close()
     history = finish(rows)
-    # the optimizer's state, gradients and activations are garbage now: give their pages back, so
-    # that the next fit in the same process (a notebook comparing methods) starts from a small footprint
+    # the optimizer's state, gradients and activations are garbage now: on CPU give their pages back,
+    # so that the next fit in the same process (a notebook comparing methods) starts from a small
+    # footprint. Only for models where that matters: the full garbage collection it needs costs
+    # ~150 ms in a process holding transformers, more than a whole fit of a small model.
     del runner, ctx
-    from .memory import release_memory
+    if dev.type == "cpu" and sum(p.numel() * p.element_size() for p in model.parameters()) >= RELEASE_MIN_BYTES:
+        from .memory import release_memory
 
-    release_memory()
+        release_memory()
     return history
 
