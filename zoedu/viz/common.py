@@ -159,6 +159,16 @@ def log_ticks(values, max_ticks: int = 8) -> dict:
     return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
 
 
+def hline(fig: go.Figure, y: float, line: dict, *, label: str | None = None, row=None, col=None,
+          **annotation) -> None:
+    """A horizontal line at ``y``, labelled only when ``label`` is given (``annotation_*``
+    options, e.g. ``position="bottom right"``, apply then). Panels of one figure often share a
+    line but not its label; ``fig.add_hline(annotation_text=None)`` would draw plotly.js's
+    placeholder "new text" on every unlabelled one."""
+    text = {"annotation_text": label, **{f"annotation_{k}": v for k, v in annotation.items()}} if label else {}
+    fig.add_hline(y=float(y), line=line, row=row, col=col, **text)
+
+
 def require_columns(df, columns: Iterable[str], argument: str = "data") -> None:
     """Raise a ValueError naming ``argument`` when ``df`` lacks any of ``columns``."""
     missing = [c for c in columns if c not in df.columns]

@@ -26,7 +26,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import apply_theme, log_ticks, method_color, method_label, require_columns
+from .common import apply_theme, hline, log_ticks, method_color, method_label, require_columns
 from .common import Dashboard as _Dashboard
 
 MIXERS = ("uniform", "proportional", "round_robin", "random_task", "pcgrad", "mgda", "pike",
@@ -317,9 +317,8 @@ def mixing_weights_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame], 
                                      line=dict(color=domain_color(domain, i), width=2 + 2 * (len(cols) - 1 - i),
                                                dash=DOMAIN_DASHES[i % len(DOMAIN_DASHES)], shape="hv")),
                           row=1, col=j + 1)
-        # the label on the first panel only (annotation_text=None would draw plotly's "new text")
-        label = {"annotation_text": "uniform 1/K"} if j == 0 else {}
-        fig.add_hline(y=1.0 / len(cols), line=dict(color="#7F7F7F", dash="dash"), row=1, col=j + 1, **label)
+        hline(fig, 1.0 / len(cols), dict(color="#7F7F7F", dash="dash"), label="uniform 1/K" if j == 0 else None,
+              row=1, col=j + 1)
         fig.update_xaxes(title_text="step", row=1, col=j + 1)
     fig.update_yaxes(title_text="mixing weight w_k", rangemode="tozero", row=1, col=1)
     return apply_theme(fig, title=title or "Mixing weights over training (dashed: uniform)", height=400)

@@ -29,12 +29,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..checks import number
 from .common import (
     Dashboard as _Dashboard,
     MEMORY_COLORS,
     apply_theme,
     check_choice,
     format_bytes,
+    hline,
     method_color,
     method_label,
     require_columns,
@@ -98,8 +100,7 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
     runs = _as_histories(histories)
     xs = [x] if isinstance(x, str) else list(x)
     for label, value in (reference or {}).items():
-        if not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
-            raise ValueError(f"reference[{label!r}] = {value!r}: a finite number is needed")
+        number(f"reference[{label!r}]", value)
     if not xs:
         raise ValueError("x must name at least one column, e.g. 'step' or 'seconds'")
     for name, h in runs.items():
@@ -118,11 +119,9 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
             fig.update_xaxes(title_text=_AXIS_TITLES.get(col, col), row=1, col=j)
     fig.update_yaxes(title_text=_AXIS_TITLES.get(y, y), row=1, col=1)
     for label, value in (reference or {}).items():
-        for j in range(1, len(xs) + 1):
-            # labelled in the last panel only (annotation_text=None would draw plotly's "new text")
-            text = {"annotation_text": f"{label} {float(value):.3g}", "annotation_position": "bottom right"} \
-                if j == len(xs) else {}
-            fig.add_hline(y=float(value), line=dict(color="#555", width=1.5, dash="dot"), row=1, col=j, **text)
+        for j in range(1, len(xs) + 1):  # labelled in the last panel only
+            hline(fig, value, dict(color="#555", width=1.5, dash="dot"), row=1, col=j,
+                  label=f"{label} {float(value):.3g}" if j == len(xs) else None, position="bottom right")
     if log_y:
         fig.update_yaxes(type="log")
     default = f"{_AXIS_TITLES.get(y, y)} against " + " and ".join(_AXIS_TITLES.get(c, c) for c in xs)
