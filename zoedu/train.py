@@ -182,7 +182,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         ``eval_accuracy`` (NaN except at eval steps), ``seconds`` (cumulative training
         wall time, evaluation excluded), ``forward_passes`` and ``backward_passes``
         (cumulative), ``peak_memory``, and the method's own columns. ``attrs`` holds the
-        method, lr, seed, device and parameter count.
+        method, lr, seed, device and parameter count, and ``settings``, the method's choices
+        with its defaults resolved, where it has any (Addax: ``k0``, ``k1``, ``length_threshold``).
     """
     integer("steps", steps, low=1, what="optimizer steps")
     positive("lr", lr, "fit's learning rate; an optimizer instance may take 0")
@@ -307,6 +308,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         history.attrs.update(method=name, lr=float(lr), seed=seed, batch_size=int(batch_size),
                              device=str(dev), task=task.name, parameters=count_parameters(model),
                              trainable_parameters=count_parameters(model, trainable_only=True))
+        if hasattr(runner, "settings"):  # what the method chose by default, e.g. Addax's length threshold
+            history.attrs["settings"] = runner.settings()
         if track_memory and first_peak is not None:
             history.attrs["first_step_peak_memory"] = first_peak
         if par is not None:

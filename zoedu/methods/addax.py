@@ -29,6 +29,11 @@ class AddaxRunner:
         self.sparse_embedding = bool(sparse_embedding)
         self.rows = BatchRows(ctx.model, optimizer, self.sparse_embedding)  # the zeroth-order part's rows=
 
+    def settings(self) -> dict:
+        """The split this run uses, defaults resolved (``fit`` puts it in ``History.attrs["settings"]``;
+        :func:`zoedu.memory.estimate` takes the same keywords)."""
+        return {"k0": self.k0, "k1": self.k1, "length_threshold": self.length_threshold}
+
     def step(self, step: int) -> dict:
         ctx, opt = self.ctx, self.optimizer
         zo_batch = ctx.sample(self.k0, indices=self.zo_pool) if opt.alpha > 0 else None
