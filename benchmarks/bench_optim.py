@@ -125,18 +125,21 @@ def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None
     threads = sorted({1, torch.get_num_threads()})
     mezo = {w: MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=w, exact_restore=True) for w in threads}
     inexact = MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=threads[-1], exact_restore=False)
+    signs = MeZO(model.parameters(), lr=1e-7, eps=1e-3, workers=threads[-1], directions="rademacher")
     ref = ReferenceMeZO(model.parameters(), lr=1e-7)
     rows = embedding_rows(model, b)  # the input-embedding rows this batch reads (fit's default)
     w_last = threads[-1]
     times = {"forward": [], "reference": [], **{f"mezo[w={w}]": [] for w in mezo},
              **{f"mezo-rows[w={w}]": [] for w in mezo},
-             f"mezo-inexact[w={w_last}]": [], f"mezo-rows-inexact[w={w_last}]": []}
+             f"mezo-inexact[w={w_last}]": [], f"mezo-rows-inexact[w={w_last}]": [],
+             f"mezo-rows-rademacher[w={w_last}]": []}
     with torch.no_grad():
         closure()  # warm-up
         for w, opt in mezo.items():
             opt.step(closure)
             opt.step(closure, rows=rows)
         inexact.step(closure)
+        signs.step(closure, rows=rows)
         ref.step(closure)
         for _ in range(rounds):  # interleaved, so a busy machine hits every variant alike
             times["forward"].append(_timeit(closure, device))
@@ -146,6 +149,7 @@ def bench_speed(size="25m", batch=8, seq=128, rounds=7, device="cpu", dtype=None
             times[f"mezo-inexact[w={w_last}]"].append(_timeit(lambda: inexact.step(closure), device))
             times[f"mezo-rows-inexact[w={w_last}]"].append(
                 _timeit(lambda: inexact.step(closure, rows=rows), device))
+            times[f"mezo-rows-rademacher[w={w_last}]"].append(_timeit(lambda: signs.step(closure, rows=rows), device))
             times["reference"].append(_timeit(lambda: ref.step(closure), device))
     med = {k: statistics.median(v) for k, v in times.items()}
     n_params = sum(p.numel() for p in model.parameters())

@@ -187,8 +187,8 @@ def test_fit_records_the_split_addax_chose(tiny):
     h = fit(make(), task, "addax", steps=1, lr=1e-2, batch_size=4, quiet=True, eval_every=0, track_memory=False,
             k0=2, k1=3, length_threshold=20)
     assert h.attrs["settings"] == {"k0": 2, "k1": 3, "length_threshold": 20}
-    assert "settings" not in fit(make(), task, "mezo", steps=1, lr=1e-3, quiet=True, eval_every=0,
-                                 track_memory=False).attrs
+    assert "settings" not in fit(make(), task, "adam", steps=1, lr=1e-3, quiet=True, eval_every=0,
+                                 track_memory=False).attrs  # a method without choices records none
 
 
 def test_fit_addax_refuses_an_empty_pool(tiny):

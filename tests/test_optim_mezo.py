@@ -130,6 +130,37 @@ def test_rademacher_directions_are_unbiased_with_a_smaller_variance():
     assert var["rademacher"] == pytest.approx(5 * a2, rel=0.15) and var["gaussian"] == pytest.approx(7 * a2, rel=0.15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rademacher_draw_uses_every_bit_fairly_and_independently(dtype):
+    """The byte-table draw: only ±1, each of the 64 bit positions of a word (entry i % 64)
+    is +1 half the time, neighbours are uncorrelated, a length that is not a multiple of 8
+    fills exactly that many entries, and the same generator seed gives the same entries."""
+    from zoedu.optim._perturb import _padded, rademacher_
+
+    n, draws = 61, 4000
+    buf = torch.full((_padded(n),), 7.0, dtype=dtype)
+    gen = torch.Generator()
+    rows = []
+    for seed in range(draws):
+        gen.manual_seed(seed)
+        rows.append(rademacher_(buf, n, gen).clone())
+    z = torch.stack(rows).double()
+    assert z.shape == (draws, n) and set(z.unique().tolist()) == {-1.0, 1.0}
+    se = 1 / math.sqrt(draws)
+    assert (z.mean(0).abs() < 4.5 * se).all(), z.mean(0)  # each position fair
+    corr = (z[:, :-1] * z[:, 1:]).mean(0)
+    assert (corr.abs() < 4.5 * se).all(), corr  # neighbours (within and across bytes) independent
+    gen.manual_seed(3)
+    again = rademacher_(buf, n, gen).clone()
+    assert torch.equal(again.double(), z[3])
+    # a long draw: every bit of the 64-bit words is used (mean over many words of each position)
+    m = 64 * 2000
+    big = torch.empty(_padded(m), dtype=torch.float32)
+    gen.manual_seed(0)
+    per_bit = rademacher_(big, m, gen).view(2000, 64).mean(0)
+    assert (per_bit.abs() < 4.5 / math.sqrt(2000)).all(), per_bit
+
+
 # --------------------------------------------------------------------------- the plain path
 def test_the_default_step_is_mezo_step_bit_for_bit():
     """MeZO's plain configuration runs Algorithm 1 as :func:`mezo_step` prints it."""

@@ -165,3 +165,20 @@ def test_fit_hands_memory_back_only_for_models_where_it_matters(tabular, monkeyp
     big = torch.nn.Sequential(torch.nn.Linear(30, width), torch.nn.Linear(width, 2))
     fit(big, tabular, "sgd", steps=1, lr=0.1, quiet=True, device="cpu", track_memory=False)
     assert calls == [1]
+
+
+def test_fit_draws_mezo_directions_as_rademacher_on_cpu(tabular):
+    """fit's MeZO on CPU: ±1 directions (the cheap draw) unless asked otherwise; the choice is
+    in attrs["settings"], the default run is the explicit rademacher run bit for bit, and an
+    explicit "gaussian" is another run."""
+    runs = {}
+    for label, opts in (("default", {}), ("rademacher", {"directions": "rademacher"}),
+                        ("gaussian", {"directions": "gaussian"})):
+        model = _linear(tabular)
+        h = fit(model, tabular, "mezo", steps=5, lr=1e-2, batch_size=8, quiet=True, track_memory=False, **opts)
+        runs[label] = (h, model.weight.detach().clone())
+    assert runs["default"][0].attrs["settings"]["directions"] == "rademacher"
+    assert runs["gaussian"][0].attrs["settings"]["directions"] == "gaussian"
+    assert torch.equal(runs["default"][1], runs["rademacher"][1])
+    assert list(runs["default"][0]["loss"]) == list(runs["rademacher"][0]["loss"])
+    assert not torch.equal(runs["default"][1], runs["gaussian"][1])
