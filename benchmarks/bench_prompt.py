@@ -7,6 +7,10 @@
     python benchmarks/bench_prompt.py addax --steps 300 --addax-steps 100  # Addax's time to MeZO's final accuracy
     python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 1e-5 --csv long.csv  # the long run
     python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 3e-4 --peft lora --csv long-lora.csv
+    python benchmarks/bench_prompt.py noise --max-length 32                # the gradient noise scale (why batch 64)
+    python benchmarks/bench_prompt.py goal --steps 300 --every 50 --lrs 1e-4 --batch-size 64 --max-length 32 --seeds 0
+    python benchmarks/bench_prompt.py goal --steps 850 --every 170 --lrs 1e-5 --batch-size 16 --max-length 32 \
+        --heads prompt --directions gaussian --seeds 0     # the previous default in the same CPU budget
 
 ``long`` is one MeZO run of ``--steps`` steps (the first ``--lrs`` value), evaluated on 400
 validation examples every ``--every`` steps and checkpointed then (``fit(checkpoint=,
@@ -14,8 +18,13 @@ resume=)``): stopped (Ctrl-C, a kill) and started again with the same command, i
 from its last checkpoint, bit for bit the run it would have been; each evaluation is
 appended to ``--csv`` as it happens.
 
+``goal`` is the issue's measurement: per seed, MeZO with the prompt head from the zero-shot
+model and, in the same number of steps and batch, MeZO with a fresh linear head (the
+ablation), one torch thread per process so that CPU seconds are the budget (run seeds as
+parallel processes). ``noise`` measures the gradient noise scale behind MeZO's batch of 64.
+
 Every run: ``sentiment`` (2000 training reviews, ``max_length`` 64 unless ``--max-length``),
-batch 16, 400 validation examples scored at step 0 (the untrained model) and every ¼ of
+batch 16 (``goal``: ``--batch-size``; ``addax``: each method's default), 400 validation examples scored at step 0 (the untrained model) and every ¼ of
 the run; seconds are the training steps' (``fit``'s ``seconds`` column), CPU s the
 process's CPU time. The results table is in benchmarks/README.md, "MeZO with a prompt".
 """
@@ -28,6 +37,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from zoedu.experiments.prompts import DEFAULT_VARIANTS, prompt_ablation  # noqa: E402
@@ -61,12 +71,14 @@ def _to_target(h: pd.DataFrame, target: float):
 
 def _addax(args) -> pd.DataFrame:
     """MeZO for ``--steps`` (its final accuracy is the target), then Addax evaluated every
-    ``--addax-every`` steps: steps, seconds and CPU seconds to the target, peak memory."""
-    from zoedu.defaults import PROMPT_LR
+    ``--addax-every`` steps: steps, seconds and CPU seconds to the target, peak memory.
+    Each method at its defaults with the prompt head (MeZO: batch 64, lr 1e-4; Addax:
+    batch 16, K⁰ = K¹ = 4, lr 1e-3)."""
+    from zoedu.defaults import default_batch_size, default_lr
     from zoedu.experiments.optim import run_methods, zero_shot
 
     task_options = {"max_length": args.max_length, "n_validation": 400}
-    common = dict(batch_size=16, device="cpu", eval_examples=400, task_options=task_options, head="prompt")
+    common = dict(device="cpu", eval_examples=400, task_options=task_options, head="prompt")
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         start = zero_shot("minilm", "sentiment", seed=seed, eval_examples=400, device="cpu",
@@ -75,8 +87,9 @@ def _addax(args) -> pd.DataFrame:
         for label, method, steps, every in (("MeZO", "mezo", args.steps, max(1, args.steps // 4)),
                                             ("Addax", "addax", args.addax_steps, args.addax_every)):
             c0 = time.process_time()
-            h = run_methods("minilm", "sentiment", {label: {"method": method, "lr": PROMPT_LR[method]}}, steps,
-                            seed=seed, eval_every=every, **common)[label]
+            spec = {"method": method, "lr": default_lr(method, "prompt"),
+                    "batch_size": default_batch_size(method, "prompt")}
+            h = run_methods("minilm", "sentiment", {label: spec}, steps, seed=seed, eval_every=every, **common)[label]
             runs[label] = (h, time.process_time() - c0)
         target = float(runs["MeZO"][0].dropna(subset=["eval_accuracy"])["eval_accuracy"].iloc[-1])
         for label, (h, cpu) in runs.items():
@@ -120,7 +133,7 @@ def _long(args) -> None:
     for target in range(done + args.every, args.steps + 1, args.every):
         c0 = time.process_time()
         h = fit(model, task, "mezo", steps=target, lr=lr, seed=seed, device="cpu", eval_every=args.every,
-                eval_examples=400, checkpoint=ckpt, checkpoint_every=args.every,
+                eval_examples=400, directions="gaussian", checkpoint=ckpt, checkpoint_every=args.every,
                 resume=ckpt if os.path.exists(ckpt) else None, quiet=True, track_memory=False)
         last = h.dropna(subset=["eval_accuracy"]).iloc[-1]
         row = {"step": int(last["step"]), "eval_accuracy": float(last["eval_accuracy"]),
@@ -131,9 +144,83 @@ def _long(args) -> None:
               f"({row['seconds']:.0f} s of training)", flush=True)
 
 
+def _goal(args) -> pd.DataFrame:
+    """Issue 11's goal: MeZO with the prompt head against the zero-shot model within a CPU
+    budget, beside the linear-head ablation under the same budget. One thread per process
+    (``--threads``), so its CPU seconds are the budget; run seeds as parallel processes."""
+    import torch
+
+    from zoedu.defaults import default_lr
+    from zoedu.experiments.optim import load_models
+    from zoedu.train import fit
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        heads = {"prompt": float(args.lrs.split(",")[0]), "linear": default_lr("mezo")}
+        for head, lr in ((h, heads[h]) for h in args.heads.split(",")):
+            load, task = load_models("minilm", "sentiment", head=head, seed=seed,
+                                     task_options={"max_length": args.max_length, "n_validation": 400})
+            model = load()
+            start = task.evaluate(model, "validation", max_examples=400, device="cpu")
+            c0 = time.process_time()
+            options = {"directions": args.directions} if args.directions else {}
+            h = fit(model, task, "mezo", steps=args.steps, lr=lr, batch_size=args.batch_size, seed=seed,
+                    device="cpu", eval_every=args.every, eval_examples=400, quiet=True, track_memory=False,
+                    **options)
+            cpu = time.process_time() - c0
+            ev = h.dropna(subset=["eval_accuracy"])
+            rows.append({"seed": seed, "head": head, "lr": lr, "batch_size": args.batch_size,
+                         "directions": h.attrs["settings"]["directions"], "steps": args.steps,
+                         "start": start["accuracy"], "final": float(ev["eval_accuracy"].iloc[-1]),
+                         "change": float(ev["eval_accuracy"].iloc[-1]) - start["accuracy"],
+                         "start_loss": start["loss"], "final_loss": float(ev["eval_loss"].iloc[-1]),
+                         "cpu_s": cpu,
+                         "curve": " ".join(f"{a:.3f}" for a in [start["accuracy"], *ev["eval_accuracy"]])})
+            print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
+    return pd.DataFrame(rows)
+
+
+def _noise(args) -> None:
+    """Why MeZO wants a bigger batch: the gradient noise scale of the prompt head's loss.
+
+    ``‖∇L‖²`` on all 2000 training reviews, the mean per-example ``‖∇ℓᵢ‖²`` and
+    ``E‖∇L_B‖²`` at batch 16 and 64 (autograd). MeZO's update is ``(∇L_B·z) z``, and
+    ``E[(∇L_B·z)²] = ‖∇L_B‖² ≈ ‖∇L‖² + tr Σ / B``, so where ``tr Σ / ‖∇L‖²`` (the noise
+    scale) is large, a small batch spends MeZO's variance budget on minibatch noise.
+    """
+    import torch
+
+    from zoedu.experiments.optim import load_models
+
+    torch.set_num_threads(args.threads)
+    load, task = load_models("minilm", "sentiment", head="prompt", seed=0,
+                             task_options={"max_length": args.max_length, "n_validation": 400})
+    model = load().eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad(indices):
+        g = torch.autograd.grad(task.loss(model, task.batch("train", indices)), params, allow_unused=True)
+        return torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)])
+
+    def norm2(indices) -> float:
+        g = grad(indices)
+        return float(g @ g)
+
+    n = task.size("train")
+    full = sum(grad(list(range(k, min(n, k + 100)))) * len(range(k, min(n, k + 100))) for k in range(0, n, 100)) / n
+    g2 = float(full @ full)
+    per = float(np.mean([norm2([i]) for i in range(1000, 1048)]))
+    print(f"‖∇L‖² over {n} reviews: {g2:.3f}; mean per-example ‖∇ℓᵢ‖²: {per:.1f}; "
+          f"noise scale ≈ {(per - g2) / g2:.0f}")
+    for b in (16, 64):
+        sq = [norm2(list(range(b * k, b * k + b))) for k in range(6)]
+        print(f"batch {b}: E‖∇L_B‖² = {np.mean(sq):.2f} ({np.mean(sq) / g2:.1f}× ‖∇L‖²)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("ablation", "lr", "addax", "long"))
+    p.add_argument("part", choices=("ablation", "lr", "addax", "long", "goal", "noise"))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", default="0")
     p.add_argument("--max-length", type=int, default=64)
@@ -143,13 +230,17 @@ def main() -> None:
     p.add_argument("--addax-steps", type=int, default=100, help="addax: Addax's steps")
     p.add_argument("--addax-every", type=int, default=10, help="addax: evaluate Addax every N steps")
     p.add_argument("--every", type=int, default=500, help="long: evaluate and checkpoint every N steps")
+    p.add_argument("--batch-size", type=int, default=64, help="goal: MeZO's batch size")
+    p.add_argument("--threads", type=int, default=1, help="goal: torch threads per process")
+    p.add_argument("--heads", default="prompt,linear", help="goal: prompt, linear or both (the ablation)")
+    p.add_argument("--directions", default=None, help="goal: gaussian or rademacher (default: fit's)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
-    if args.part == "long":
-        _long(args)
+    if args.part in ("noise", "long"):
+        {"noise": _noise, "long": _long}[args.part](args)
         return
-    if args.part == "addax":
-        table = _addax(args)
+    if args.part in ("goal", "addax"):
+        table = {"goal": _goal, "addax": _addax}[args.part](args)
         if args.csv:
             table.to_csv(args.csv, index=False)
         print(table.drop(columns="curve").to_string(index=False))

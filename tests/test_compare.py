@@ -92,3 +92,36 @@ def test_one_defaults_table():
     assert compare_module.DEFAULT_LR is defaults.DEFAULT_LR is optim.DEFAULT_LR
     assert defaults.default_options("addax")["k1"] == 4 and "lr" not in defaults.default_options("mezo")
     assert parse_lr(None, ["sgd", "lion"]) == {"sgd": defaults.DEFAULT_LR["sgd"], "lion": defaults.FALLBACK_LR}
+
+
+def test_mezo_trains_on_its_own_batch_size_with_the_prompt_head():
+    """batch_size=None: MeZO 64 with the prompt head (the MeZO paper's protocol), the others 16;
+    its learning rate is the one for that batch; the zero-shot row measures inference memory on
+    the largest batch; a number sets every method's batch and a method's own option wins."""
+    from zoedu import defaults
+
+    kw = dict(model="tiny-opt", model_options={"size": "1m"}, eval_examples=8,
+              task_options={"n_train": 80, "n_validation": 8, "max_length": 16})
+    table, hist = compare(["adam", "mezo"], steps=1, **kw)
+    assert hist["mezo"].attrs["batch_size"] == 64 and hist["adam"].attrs["batch_size"] == 16
+    assert hist["mezo"].attrs["lr"] == defaults.default_lr("mezo", "prompt") == 1e-4
+    assert list(table["batch_size"]) == [64, 16, 64]  # zero-shot row: the largest batch
+    table, hist = compare(["adam", "mezo"], steps=1, batch_size=8, **kw)
+    assert {h.attrs["batch_size"] for h in hist.values()} == {8}
+    assert hist["mezo"].attrs["lr"] == defaults.default_lr("mezo", "prompt", 8) == 1e-5
+    _, hist = compare(["mezo"], steps=1, batch_size=8, method_options={"mezo": {"batch_size": 32}},
+                      zero_shot=False, **kw)
+    assert hist["mezo"].attrs["batch_size"] == 32 and hist["mezo"].attrs["lr"] == 5e-5
+    _, hist = compare(["mezo"], steps=1, head="linear", zero_shot=False, **kw)  # the linear head: 16, its own lr
+    assert hist["mezo"].attrs["batch_size"] == 16 and hist["mezo"].attrs["lr"] == defaults.DEFAULT_LR["mezo"]
+    with pytest.raises(ValueError, match="batch_size"):
+        compare(["mezo"], steps=1, batch_size=0, **kw)
+
+
+def test_mezo_prompt_learning_rate_follows_the_batch():
+    from zoedu.defaults import default_lr
+
+    assert [default_lr("mezo", "prompt", b) for b in (1, 16, 31, 32, 63, 64, 256)] == \
+        [1e-5, 1e-5, 1e-5, 5e-5, 5e-5, 1e-4, 1e-4]
+    assert default_lr("mezo", "linear", 64) == default_lr("mezo") == 1e-3  # the linear head: no batch rule
+    assert default_lr("adam", "prompt", 64) == default_lr("adam", "prompt", 4)

@@ -12,13 +12,14 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from ..defaults import DEFAULT_LR, default_lr
+from ..defaults import DEFAULT_LR, default_batch_size, default_lr
 
 
-def parse_lr(text: str | float | None, methods: list[str], head: str | None = None) -> dict[str, float]:
+def parse_lr(text: str | float | None, methods: list[str], head: str | None = None,
+             batch_sizes: dict[str, int] | None = None) -> dict[str, float]:
     """``"1e-4"`` (all methods) or ``"adam=1e-4,mezo=1e-6"`` → ``{method: lr}`` (the others:
-    :func:`zoedu.defaults.default_lr` for ``head``)."""
-    lrs = {m: default_lr(m, head) for m in methods}
+    :func:`zoedu.defaults.default_lr` for ``head`` and the method's batch size in ``batch_sizes``)."""
+    lrs = {m: default_lr(m, head, (batch_sizes or {}).get(m)) for m in methods}
     if text is None or text == "":
         return lrs
     if isinstance(text, (int, float)):
@@ -39,7 +40,8 @@ def parse_lr(text: str | float | None, methods: list[str], head: str | None = No
 
 
 def summarize(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per method: final loss and validation metrics, wall seconds, peak memory."""
+    """One row per method: steps and batch size, final loss and validation metrics, wall
+    seconds, peak memory."""
     rows = []
     for name, h in histories.items():
         last = h.iloc[-1]
@@ -48,6 +50,7 @@ def summarize(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
         rows.append({
             "method": name,
             "steps": int(last["step"]),
+            "batch_size": int(h.attrs.get("batch_size", 0)) or np.nan,
             "train_loss": float(h["loss"].tail(max(1, len(h) // 10)).mean()),
             "eval_loss": float(final.get("eval_loss", np.nan)),
             "eval_accuracy": float(final.get("eval_accuracy", np.nan)),
@@ -60,7 +63,7 @@ def summarize(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: int = 50,
-            lr=None, batch_size: int = 16, seed: int = 0, device="auto", eval_every: int | None = None,
+            lr=None, batch_size: int | None = None, seed: int = 0, device="auto", eval_every: int | None = None,
             eval_examples: int | None = 200, task_options: dict | None = None,
             model_options: dict | None = None, method_options: dict | None = None,
             head: str | None = "prompt", zero_shot: bool = True,
@@ -70,8 +73,11 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     Every method starts from the same weights (same seed) and sees batches drawn with the
     same seed (:func:`zoedu.experiments.optim.run_methods` runs them). ``lr`` is a float for
     all methods, a ``{method: lr}`` dict, or a string as in :func:`parse_lr`; missing methods
-    use :data:`zoedu.defaults.DEFAULT_LR`. ``method_options`` maps a method name to keyword
-    options for it (on top of :data:`zoedu.defaults.METHOD_DEFAULTS`).
+    use :func:`zoedu.defaults.default_lr` (for their head and batch size). ``method_options``
+    maps a method name to keyword options for it (on top of
+    :data:`zoedu.defaults.METHOD_DEFAULTS`; a ``batch_size`` there wins). ``batch_size=None``
+    gives each method its default (:func:`zoedu.defaults.default_batch_size`: MeZO 64 with
+    the prompt head, as in the MeZO paper, else 16); a number sets every method's.
 
     ``head="prompt"`` (the default for tasks with a prompt) fine-tunes the task's prompt
     classifier, which is the zero-shot classifier before training (the MeZO paper's
@@ -89,14 +95,24 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     methods = list(methods)
     if head == "prompt" and isinstance(task, str) and task_prompt(task) is None:
         head = None  # e.g. multidomain (language modelling) or tabular: no prompt to use
-    lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods, head)
-    specs = {m: dict((method_options or {}).get(m, {}), lr=lrs.get(m, default_lr(m, head))) for m in methods}
-    histories = run_methods(model, task, specs, steps, batch_size=batch_size, seed=seed, device=device,
+    if batch_size is not None:
+        from ..checks import integer
+
+        integer("batch_size", batch_size, low=1, what="examples per step for every method; None: each method's default")
+    batches = {m: int((method_options or {}).get(m, {}).get(
+        "batch_size", default_batch_size(m, head) if batch_size is None else batch_size)) for m in methods}
+    lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods, head, batches)
+    specs = {m: {**(method_options or {}).get(m, {}), "batch_size": batches[m],
+                 "lr": lrs.get(m, default_lr(m, head, batches[m]))}
+             for m in methods}
+    histories = run_methods(model, task, specs, steps, seed=seed, device=device,
                             eval_every=eval_every, eval_examples=eval_examples, model_options=model_options,
                             task_options=task_options, head=head, quiet=quiet)
     table = summarize(histories)
     if zero_shot:
-        row = zero_shot_row(model, task, head=head, seed=seed, batch_size=batch_size, eval_examples=eval_examples,
+        # inference memory at the largest batch a method trains on (MeZO's, where it runs)
+        largest = max(spec["batch_size"] for spec in specs.values())
+        row = zero_shot_row(model, task, head=head, seed=seed, batch_size=largest, eval_examples=eval_examples,
                             device=device, model_options=model_options, task_options=task_options)
         if head != "prompt":
             row["method"] = "untrained"  # a fresh linear head: chance, not zero-shot
@@ -106,7 +122,7 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
 
 def format_table(table: pd.DataFrame) -> str:
     """The summary as aligned text."""
-    fmt = {"train_loss": "{:.4f}".format, "eval_loss": "{:.4f}".format, "eval_accuracy": "{:.3f}".format,
+    fmt = {"batch_size": lambda v: "" if v != v else f"{v:.0f}", "train_loss": "{:.4f}".format, "eval_loss": "{:.4f}".format, "eval_accuracy": "{:.3f}".format,
            "seconds": "{:.1f}".format, "peak_memory_mb": "{:.1f}".format}
     return table.to_string(index=False, formatters=fmt)
 
@@ -224,7 +240,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--methods", default="adam,sgd", type=_methods, help="comma-separated methods (default: adam,sgd)")
     p.add_argument("--steps", type=_positive_int, default=50, help="training steps per method (default: 50)")
     p.add_argument("--lr", default=None, help="learning rate for all methods, or per method: adam=5e-5,mezo=1e-3")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="examples per step for every method (default: each method's own: MeZO 64 with the "
+                        "prompt head, as in the MeZO paper; the others 16)")
     p.add_argument("--max-length", type=_positive_int, default=128, help="truncate examples to this many tokens (default: 128)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: only at the end)")
     p.add_argument("--eval-examples", type=int, default=200, help="validation examples per evaluation (default: 200)")

@@ -45,6 +45,7 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
         methods: names, a comma-separated string, or ``{label: options}`` (see the module
             docstring).
         steps: steps per method (an entry's ``steps`` overrides it).
+        batch_size: examples per step (an entry's ``batch_size`` overrides it).
         lr: one learning rate, ``{label: lr}``, or ``None`` for :data:`zoedu.defaults.DEFAULT_LR`.
             An entry's options are added to the method's :data:`zoedu.defaults.METHOD_DEFAULTS`.
         eval_every, eval_examples: passed to :func:`zoedu.train.fit`.
@@ -72,8 +73,9 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
         if method_lr is None:
             method_lr = default_lr(name)
         n_steps = int(spec.pop("steps", steps))
+        n_batch = int(spec.pop("batch_size", batch_size))
         model = load()
-        h = fit(model, the_task, name, steps=n_steps, lr=float(method_lr), batch_size=batch_size, seed=seed,
+        h = fit(model, the_task, name, steps=n_steps, lr=float(method_lr), batch_size=n_batch, seed=seed,
                 device=device, eval_every=eval_every, eval_examples=eval_examples, quiet=quiet,
                 progress_desc=label, **spec)
         h.attrs["label"] = label
@@ -152,7 +154,7 @@ def zero_shot(model_name: str, task, *, head: str | None = "prompt", seed: int =
             peak = float(torch.cuda.max_memory_allocated(dev))
         else:
             peak = float(measure(forward, model=model).total)
-    return {"method": "zero-shot", "steps": 0, "train_loss": np.nan, "eval_loss": metrics["loss"],
+    return {"method": "zero-shot", "steps": 0, "batch_size": batch_size, "train_loss": np.nan, "eval_loss": metrics["loss"],
             "eval_accuracy": metrics["accuracy"], "seconds": 0.0,
             "peak_memory_mb": peak / 2**20, "forward_passes": 0, "backward_passes": 0}
 
