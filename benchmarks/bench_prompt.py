@@ -24,8 +24,8 @@ ablation), one torch thread per process so that CPU seconds are the budget (run 
 parallel processes). ``noise`` measures the gradient noise scale behind MeZO's batch of 64.
 
 Every run: ``sentiment`` (2000 training reviews, ``max_length`` 64 unless ``--max-length``),
-batch 16 (``goal``: ``--batch-size``; ``addax``: each method's default), 400 validation examples scored at step 0 (the untrained model) and every ¼ of
-the run; seconds are the training steps' (``fit``'s ``seconds`` column), CPU s the
+batch 16 (``goal``: ``--batch-size``; ``addax``: each method's default), 400 validation
+examples scored at step 0 (the untrained model) and every ¼ of the run; seconds are the training steps' (``fit``'s ``seconds`` column), CPU s the
 process's CPU time. The results table is in benchmarks/README.md, "MeZO with a prompt".
 """
 

@@ -122,8 +122,9 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
 
 def format_table(table: pd.DataFrame) -> str:
     """The summary as aligned text."""
-    fmt = {"batch_size": lambda v: "" if v != v else f"{v:.0f}", "train_loss": "{:.4f}".format, "eval_loss": "{:.4f}".format, "eval_accuracy": "{:.3f}".format,
-           "seconds": "{:.1f}".format, "peak_memory_mb": "{:.1f}".format}
+    fmt = {"batch_size": lambda v: "" if v != v else f"{v:.0f}", "train_loss": "{:.4f}".format,
+           "eval_loss": "{:.4f}".format, "eval_accuracy": "{:.3f}".format, "seconds": "{:.1f}".format,
+           "peak_memory_mb": "{:.1f}".format}
     return table.to_string(index=False, formatters=fmt)
 
 

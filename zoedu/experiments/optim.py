@@ -154,8 +154,8 @@ def zero_shot(model_name: str, task, *, head: str | None = "prompt", seed: int =
             peak = float(torch.cuda.max_memory_allocated(dev))
         else:
             peak = float(measure(forward, model=model).total)
-    return {"method": "zero-shot", "steps": 0, "batch_size": batch_size, "train_loss": np.nan, "eval_loss": metrics["loss"],
-            "eval_accuracy": metrics["accuracy"], "seconds": 0.0,
+    return {"method": "zero-shot", "steps": 0, "batch_size": batch_size, "train_loss": np.nan,
+            "eval_loss": metrics["loss"], "eval_accuracy": metrics["accuracy"], "seconds": 0.0,
             "peak_memory_mb": peak / 2**20, "forward_passes": 0, "backward_passes": 0}
 
 
