@@ -23,18 +23,6 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "addax-wa": {"lr": 5e-2, "alpha": 1e-3, "eps": 1e-3, "k0": 4, "k1": 4, "sparse_embedding_grads": True},
 }
 
-#: Learning rates that replace :data:`METHOD_DEFAULTS`' with the prompt head
-#: (``load_model(..., head="prompt")``): it starts at the zero-shot classifier, where the
-#: linear head's rates (MeZO 1e-3, SGD 0.1) wreck it within a few steps. Probed on MiniLM,
-#: ``sentiment``, 40 steps (benchmarks/README.md, "MeZO with a prompt"): Adam 1e-5 → 0.700,
-#: IP-SGD 1e-2 → 0.708 from zero-shot 0.652; Addax fell below zero-shot at every rate tried
-#: (1e-3 → 0.600, 3e-3 → 0.605, 1e-2 → 0.608). MeZO's 1e-4 goes with its batch of 64
-#: (:data:`PROMPT_BATCH_SIZE`); at batch 16 its rate must stay at 1e-5 (3e-5 and above lose
-#: accuracy), and in the same 5 CPU-minutes batch 64 at 1e-4 lowers the validation loss 2.7×
-#: as much as batch 16 at 1e-5 (3 seeds: +2.75 points over zero-shot against +0.17).
-PROMPT_LR: dict[str, float] = {"adam": 1e-5, "sgd": 1e-2, "ipsgd": 1e-2, "mezo": 1e-4, "addax": 1e-3,
-                               "addax-wa": 1e-3}
-
 #: Batch sizes that replace the common one with the prompt head (``zoedu compare`` and
 #: :func:`zoedu.experiments.optim.run_methods` when no batch size is given): the MeZO
 #: paper's own protocol (Table 15: MeZO batch 64, fine-tuning 8). Why, measured on MiniLM's
@@ -48,6 +36,31 @@ PROMPT_BATCH_SIZE: dict[str, int] = {"mezo": 64}
 #: linear head).
 BATCH_SIZE = 16
 
+#: MeZO's learning rate with the prompt head by its batch size: ``(smallest batch, lr)``,
+#: the first that fits wins. Measured (benchmarks/README.md, "MeZO with a prompt"): batch
+#: 16 needs 1e-5, batch 32 learns at 5e-5 as fast per CPU-second as batch 64 at 1e-4. The smaller the batch, the noisier ∇L_B·z and the
+#: smaller the rate MeZO stands.
+PROMPT_MEZO_LR_BY_BATCH: tuple[tuple[int, float], ...] = ((64, 1e-4), (32, 5e-5), (1, 1e-5))
+
+
+def _prompt_mezo_lr(batch_size: int) -> float:
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive number of examples per step")
+    return next(lr for smallest, lr in PROMPT_MEZO_LR_BY_BATCH if batch_size >= smallest)
+
+
+#: Learning rates that replace :data:`METHOD_DEFAULTS`' with the prompt head
+#: (``load_model(..., head="prompt")``): it starts at the zero-shot classifier, where the
+#: linear head's rates (MeZO 1e-3, SGD 0.1) wreck it within a few steps. Probed on MiniLM,
+#: ``sentiment``, 40 steps (benchmarks/README.md, "MeZO with a prompt"): Adam 1e-5 → 0.700,
+#: IP-SGD 1e-2 → 0.708 from zero-shot 0.652; Addax fell below zero-shot at every rate tried
+#: (1e-3 → 0.600, 3e-3 → 0.605, 1e-2 → 0.608). MeZO's 1e-4 goes with its batch of 64
+#: (:data:`PROMPT_BATCH_SIZE`); at batch 16 its rate must stay at 1e-5 (3e-5 and above lose
+#: accuracy), and in the same 5 CPU-minutes batch 64 at 1e-4 lowers the validation loss 2.7×
+#: as much as batch 16 at 1e-5 (3 seeds: +2.75 points over zero-shot against +0.17).
+PROMPT_LR: dict[str, float] = {"adam": 1e-5, "sgd": 1e-2, "ipsgd": 1e-2,
+                               "mezo": _prompt_mezo_lr(PROMPT_BATCH_SIZE["mezo"]), "addax": 1e-3, "addax-wa": 1e-3}
+
 #: ``{fit method: learning rate}`` (from :data:`METHOD_DEFAULTS`).
 DEFAULT_LR: dict[str, float] = {m: o["lr"] for m, o in METHOD_DEFAULTS.items()}
 
@@ -59,21 +72,13 @@ GPU_MEMORY_GB: dict[str, float] = {"24 GB (RTX 4090 / A10)": 24, "40 GB (A100-40
 FALLBACK_LR = 1e-3
 
 
-#: MeZO's learning rate with the prompt head at smaller batches than its default 64:
-#: ``(smallest batch, lr)``, the first that fits wins. Measured (benchmarks/README.md,
-#: "MeZO with a prompt"): batch 16 needs 1e-5, batch 32 learns at 5e-5 as fast per
-#: CPU-second as batch 64 at 1e-4. The smaller the batch, the noisier ∇L_B·z and the
-#: smaller the rate MeZO stands.
-PROMPT_MEZO_LR_BY_BATCH: tuple[tuple[int, float], ...] = ((64, 1e-4), (32, 5e-5), (1, 1e-5))
-
-
 def default_lr(method: str, head: str | None = None, batch_size: int | None = None) -> float:
     """The default learning rate of ``method`` (:data:`FALLBACK_LR` if the table has none);
-    with ``head="prompt"``, :data:`PROMPT_LR`'s where it has one — for MeZO at a
-    ``batch_size`` below its default 64, :data:`PROMPT_MEZO_LR_BY_BATCH`'s."""
+    with ``head="prompt"``, :data:`PROMPT_LR`'s where it has one — for MeZO at a given
+    ``batch_size``, :data:`PROMPT_MEZO_LR_BY_BATCH`'s (its default batch gives PROMPT_LR's)."""
+    if head == "prompt" and method == "mezo" and batch_size is not None:
+        return _prompt_mezo_lr(batch_size)
     if head == "prompt" and method in PROMPT_LR:
-        if method == "mezo" and batch_size is not None:
-            return next(lr for smallest, lr in PROMPT_MEZO_LR_BY_BATCH if batch_size >= smallest)
         return PROMPT_LR[method]
     return DEFAULT_LR.get(method, FALLBACK_LR)
 

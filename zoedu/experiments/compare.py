@@ -99,12 +99,12 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
         from ..checks import integer
 
         integer("batch_size", batch_size, low=1, what="examples per step for every method; None: each method's default")
-    batches = {m: int((method_options or {}).get(m, {}).get(
-        "batch_size", default_batch_size(m, head) if batch_size is None else batch_size)) for m in methods}
+    specs = {m: {"batch_size": default_batch_size(m, head) if batch_size is None else batch_size,
+                 **(method_options or {}).get(m, {})} for m in methods}  # a method's own batch_size wins
+    batches = {m: spec["batch_size"] for m, spec in specs.items()}
     lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods, head, batches)
-    specs = {m: {**(method_options or {}).get(m, {}), "batch_size": batches[m],
-                 "lr": lrs.get(m, default_lr(m, head, batches[m]))}
-             for m in methods}
+    for m, spec in specs.items():
+        spec["lr"] = lrs.get(m, default_lr(m, head, batches[m]))
     histories = run_methods(model, task, specs, steps, seed=seed, device=device,
                             eval_every=eval_every, eval_examples=eval_examples, model_options=model_options,
                             task_options=task_options, head=head, quiet=quiet)
