@@ -8,6 +8,7 @@
     python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 1e-5 --csv long.csv  # the long run
     python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 3e-4 --peft lora --csv long-lora.csv
     python benchmarks/bench_prompt.py noise --max-length 32                # the gradient noise scale (why batch 64)
+    python benchmarks/bench_prompt.py forwards --steps 20 --max-length 32  # fp32/bf16 x whole/length pieces
     python benchmarks/bench_prompt.py goal --steps 300 --every 50 --lrs 1e-4 --batch-size 64 --max-length 32 --seeds 0
     python benchmarks/bench_prompt.py goal --steps 850 --every 170 --lrs 1e-5 --batch-size 16 --max-length 32 \
         --heads prompt --directions gaussian --seeds 0     # the previous default in the same CPU budget
@@ -21,7 +22,8 @@ appended to ``--csv`` as it happens.
 ``goal`` is the issue's measurement: per seed, MeZO with the prompt head from the zero-shot
 model and, in the same number of steps and batch, MeZO with a fresh linear head (the
 ablation), one torch thread per process so that CPU seconds are the budget (run seeds as
-parallel processes). ``noise`` measures the gradient noise scale behind MeZO's batch of 64.
+parallel processes). ``noise`` measures the gradient noise scale behind MeZO's batch of 64;
+``forwards`` what a step costs in bf16 and in length pieces, and how far g moves.
 
 Every run: ``sentiment`` (2000 training reviews, ``max_length`` 64 unless ``--max-length``),
 batch 16 (``goal``: ``--batch-size``; ``addax``: each method's default), 400 validation
@@ -218,9 +220,66 @@ def _noise(args) -> None:
         print(f"batch {b}: E‖∇L_B‖² = {np.mean(sq):.2f} ({np.mean(sq) / g2:.1f}× ‖∇L‖²)")
 
 
+def _forwards(args) -> pd.DataFrame:
+    """What MeZO's forwards cost: fp32 or bf16 (``autocast``), whole batch or two length-sorted
+    pieces (``length_pieces``) — side by side, one thread, the same batches and directions.
+
+    For each setting: CPU seconds per MeZO step under ``fit`` (``--steps`` steps, the steps'
+    own ``seconds``, no evaluation) and, on 16 fixed directions at the zero-shot weights, the
+    projected gradients g against fp32 whole-batch ones (correlation, and the variance of the
+    difference as a fraction of g's variance).
+    """
+    import torch
+
+    from zoedu.experiments.optim import load_models
+    from zoedu.methods.forwards import cpu_has_native_bf16, forward_context
+    from zoedu.optim import MeZO
+    from zoedu.train import fit
+
+    torch.set_num_threads(args.threads)
+    load, task = load_models("minilm", "sentiment", head="prompt", seed=0,
+                             task_options={"max_length": args.max_length, "n_validation": 400})
+    settings = [("off", 1), ("off", 2), ("bf16", 1), ("bf16", 2)]
+    model = load().eval()
+    batches = [task.sample("train", args.batch_size, np.random.default_rng(k)) for k in range(4)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = MeZO(params, lr=0.0, directions="rademacher")
+    g = {s: [] for s in settings}
+    with torch.no_grad():
+        for j in range(16):
+            batch = batches[j % len(batches)]
+            for mode, pieces in settings:
+
+                def value(mode=mode, pieces=pieces) -> float:
+                    with forward_context(mode, model):
+                        return float(task.loss(model, batch, pieces=pieces))
+
+                opt.perturber.add(j, 1e-3)         # θ + εz
+                plus = value()
+                opt.perturber.add_twice(j, -1e-3)  # θ − εz
+                minus = value()
+                opt.perturber.add(j, 1e-3)         # θ
+                g[(mode, pieces)].append((plus - minus) / 2e-3)
+    ref = np.array(g[("off", 1)])
+    rows = []
+    for mode, pieces in settings:
+        h = fit(load(), task, "mezo", steps=args.steps, lr=1e-4, batch_size=args.batch_size, seed=0, device="cpu",
+                eval_every=0, quiet=True, track_memory=False, autocast=mode, length_pieces=pieces)
+        est = np.array(g[(mode, pieces)])
+        rows.append({"autocast": mode, "length_pieces": pieces,
+                     "s_per_step": float(h["seconds"].iloc[-1]) / args.steps,
+                     "g_corr": float(np.corrcoef(ref, est)[0, 1]),
+                     "g_err_var": float(np.var(est - ref) / np.var(ref))})
+        print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
+    table = pd.DataFrame(rows)
+    table["speedup"] = table["s_per_step"].iloc[0] / table["s_per_step"]
+    print(f"CPU with native bf16: {cpu_has_native_bf16()}")
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("ablation", "lr", "addax", "long", "goal", "noise"))
+    p.add_argument("part", choices=("ablation", "lr", "addax", "long", "goal", "noise", "forwards"))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", default="0")
     p.add_argument("--max-length", type=int, default=64)
@@ -230,7 +289,7 @@ def main() -> None:
     p.add_argument("--addax-steps", type=int, default=100, help="addax: Addax's steps")
     p.add_argument("--addax-every", type=int, default=10, help="addax: evaluate Addax every N steps")
     p.add_argument("--every", type=int, default=500, help="long: evaluate and checkpoint every N steps")
-    p.add_argument("--batch-size", type=int, default=64, help="goal: MeZO's batch size")
+    p.add_argument("--batch-size", type=int, default=64, help="goal, forwards: MeZO's batch size")
     p.add_argument("--threads", type=int, default=1, help="goal: torch threads per process")
     p.add_argument("--heads", default="prompt,linear", help="goal: prompt, linear or both (the ablation)")
     p.add_argument("--directions", default=None, help="goal: gaussian or rademacher (default: fit's)")
@@ -239,11 +298,11 @@ def main() -> None:
     if args.part in ("noise", "long"):
         {"noise": _noise, "long": _long}[args.part](args)
         return
-    if args.part in ("goal", "addax"):
-        table = {"goal": _goal, "addax": _addax}[args.part](args)
+    if args.part in ("goal", "addax", "forwards"):
+        table = {"goal": _goal, "addax": _addax, "forwards": _forwards}[args.part](args)
         if args.csv:
             table.to_csv(args.csv, index=False)
-        print(table.drop(columns="curve").to_string(index=False))
+        print(table.drop(columns="curve", errors="ignore").to_string(index=False))
         return
     if args.part == "ablation":
         names = args.variants.split(",") if args.variants else list(DEFAULT_VARIANTS)

@@ -174,7 +174,7 @@ def test_fit_addax_wa_uses_all_examples(tiny):
     h = fit(make(), task, "addax-wa", steps=2, lr=1e-2, batch_size=4, quiet=True, eval_every=0,
             track_memory=False, alpha=0.1)
     assert h["forward_passes"].tolist() == [3, 6]
-    assert h.attrs["settings"] == {"k0": 4, "k1": 4, "length_threshold": None}
+    assert h.attrs["settings"] == {"k0": 4, "k1": 4, "length_threshold": None, "autocast": "off"}
 
 
 def test_fit_records_the_split_addax_chose(tiny):
@@ -183,10 +183,11 @@ def test_fit_records_the_split_addax_chose(tiny):
 
     task, make = tiny
     h = fit(make(), task, "addax", steps=1, lr=1e-2, batch_size=4, quiet=True, eval_every=0, track_memory=False)
-    assert h.attrs["settings"] == {"k0": 4, "k1": 4, "length_threshold": int(np.median(task.lengths("train")))}
+    assert h.attrs["settings"] == {"k0": 4, "k1": 4, "length_threshold": int(np.median(task.lengths("train"))),
+                                  "autocast": "off"}
     h = fit(make(), task, "addax", steps=1, lr=1e-2, batch_size=4, quiet=True, eval_every=0, track_memory=False,
             k0=2, k1=3, length_threshold=20)
-    assert h.attrs["settings"] == {"k0": 2, "k1": 3, "length_threshold": 20}
+    assert h.attrs["settings"] == {"k0": 2, "k1": 3, "length_threshold": 20, "autocast": "off"}
     assert "settings" not in fit(make(), task, "adam", steps=1, lr=1e-3, quiet=True, eval_every=0,
                                  track_memory=False).attrs  # a method without choices records none
 

@@ -52,21 +52,25 @@ class FitContext:
             batch = self.task.sample(split, batch_size or self.batch_size, self.rng, indices=indices)
         return move_batch(batch, self.device)
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: dict, *, pieces: int = 1) -> torch.Tensor:
         """The training objective on ``batch`` (mean per-example loss); under
         ``parallel="data"`` this rank's shard, all-reduced to the whole batch's mean.
+        ``pieces``: run the batch as that many length-sorted forwards
+        (:meth:`zoedu.tasks.Task.example_losses`).
 
         A batch source with a ``record_losses(batch, example_losses)`` hook (the mixer's,
         :class:`zoedu.mixing.MixedBatchSource`) sees the per-example losses of every batch the
         method evaluates, so it can keep per-domain losses without an extra forward pass."""
         record = getattr(self.batch_source, "record_losses", None)
         if self.parallel is not None:
-            return self.parallel.loss(self, batch, record)
+            return self.parallel.loss(self, batch, record, pieces=pieces)
+        # pieces only when asked for: a Task subclass may override loss(model, batch)
+        kw = {"pieces": pieces} if pieces != 1 else {}
         if record is not None:
-            losses = self.task.example_losses(self.model, batch)
+            losses = self.task.example_losses(self.model, batch, **kw)
             record(batch, losses)
             return losses.mean()
-        return self.task.loss(self.model, batch)
+        return self.task.loss(self.model, batch, **kw)
 
 
 def check_loss(loss: torch.Tensor | float, where: str = "the loss") -> float:

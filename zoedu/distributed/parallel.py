@@ -83,21 +83,23 @@ class Parallel:
         opt.n_perturb = opt.n_perturb * self.world
 
     # -------------------------------------------------------------- per step
-    def loss(self, ctx, batch: dict, record: Callable | None = None) -> torch.Tensor:
+    def loss(self, ctx, batch: dict, record: Callable | None = None, *, pieces: int = 1) -> torch.Tensor:
         """``ctx.loss`` under this run: the shard's loss, all-reduced to the global mean.
         ``record(batch, example_losses)`` (a mixer's per-domain losses) gets the whole batch's
-        per-example losses (all-gathered: 8 bytes per example)."""
+        per-example losses (all-gathered: 8 bytes per example); ``pieces`` as in
+        :meth:`zoedu.tasks.Task.example_losses` (on this rank's rows)."""
+        kw = {"pieces": pieces} if pieces != 1 else {}  # as FitContext.loss
         if self.mode != "data":
             if record is None:
-                return ctx.task.loss(ctx.model, batch)
-            losses = ctx.task.example_losses(ctx.model, batch)
+                return ctx.task.loss(ctx.model, batch, **kw)
+            losses = ctx.task.example_losses(ctx.model, batch, **kw)
             record(batch, losses)
             return losses.mean()
         part, weight = shard(batch, self.rank, self.world)
         if record is None:
-            local = ctx.task.loss(ctx.model, part)
+            local = ctx.task.loss(ctx.model, part, **kw)
         else:
-            losses = ctx.task.example_losses(ctx.model, part)
+            losses = ctx.task.example_losses(ctx.model, part, **kw)
             record(batch, self._gather_rows(losses.detach(), batch_rows(batch)))
             local = losses.mean()
         total = local.detach().to(torch.float64).reshape(1) * weight

@@ -10,6 +10,7 @@ import numpy as np
 from ..loop import check_loss
 from ..optim.addax import DEFAULT_ALPHA, Addax
 from ..optim.embedding_rows import BatchRows
+from .forwards import forward_context, resolve_autocast
 
 
 class AddaxRunner:
@@ -18,21 +19,26 @@ class AddaxRunner:
     The zeroth-order forwards run in eval mode (dropout off, so ℓ₊ and ℓ₋ see the same
     function); the first-order pass runs in the model's training mode. ``sparse_embedding``
     (default on, as in :class:`zoedu.methods.mezo.MeZORunner`): the zeroth-order part perturbs
-    only the input-embedding rows its long examples look up.
+    only the input-embedding rows its long examples look up. ``autocast`` (default ``"auto"``,
+    as MeZO's): the zeroth-order forwards in bfloat16 (:mod:`zoedu.methods.forwards`); the
+    first-order pass stays in the parameters' precision.
     """
 
     def __init__(self, ctx, optimizer: Addax, zo_pool: np.ndarray, fo_pool: np.ndarray, k0: int, k1: int,
-                 length_threshold: int | None, sparse_embedding: bool = True):
+                 length_threshold: int | None, sparse_embedding: bool = True, autocast: str | None = "auto"):
         self.ctx, self.optimizer = ctx, optimizer
         self.zo_pool, self.fo_pool, self.k0, self.k1 = zo_pool, fo_pool, k0, k1
         self.length_threshold = length_threshold
         self.sparse_embedding = bool(sparse_embedding)
         self.rows = BatchRows(ctx.model, optimizer, self.sparse_embedding)  # the zeroth-order part's rows=
+        self.autocast = resolve_autocast(autocast, ctx.model)
 
     def settings(self) -> dict:
-        """The split this run uses, defaults resolved (``fit`` puts it in ``History.attrs["settings"]``;
-        :func:`zoedu.memory.estimate` takes the same keywords)."""
-        return {"k0": self.k0, "k1": self.k1, "length_threshold": self.length_threshold}
+        """The split this run uses and its forwards' precision, defaults resolved (``fit`` puts
+        them in ``History.attrs["settings"]``; :func:`zoedu.memory.estimate` takes the split's
+        keywords, ``k0``, ``k1`` and ``length_threshold``)."""
+        return {"k0": self.k0, "k1": self.k1, "length_threshold": self.length_threshold,
+                "autocast": self.autocast}
 
     def step(self, step: int) -> dict:
         ctx, opt = self.ctx, self.optimizer
@@ -44,7 +50,8 @@ class AddaxRunner:
         def zo_closure():
             model.eval()
             try:
-                return ctx.loss(zo_batch)
+                with forward_context(self.autocast, model):
+                    return ctx.loss(zo_batch)
             finally:
                 model.train(was_training)
 
@@ -76,14 +83,15 @@ def _check_k(name: str, value) -> int:
 def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = None, k1: int | None = None,
                alpha: float = DEFAULT_ALPHA, eps: float = 1e-3, weight_decay: float = 0.0,
                workers: int | None = None, sparse_embedding_grads: bool = False,
-               sparse_embedding: bool = True) -> AddaxRunner:
-    """``fit(..., "addax", length_threshold=, k0=, k1=, alpha=)``.
+               sparse_embedding: bool = True, autocast: str | None = "auto") -> AddaxRunner:
+    """``fit(..., "addax", length_threshold=, k0=, k1=, alpha=, autocast="auto")``.
 
     Examples longer than ``length_threshold`` (default: the median training length) form
     the zeroth-order pool, the others the first-order pool; each step draws ``k0`` and
     ``k1`` examples (default: ``batch_size`` each) from them. ``sparse_embedding``: the
     zeroth-order part perturbs only the embedding rows it uses (default, as MeZO's runner);
-    ``sparse_embedding_grads``: the first-order part's embedding gradient is row-sparse.
+    ``sparse_embedding_grads``: the first-order part's embedding gradient is row-sparse;
+    ``autocast``: the zeroth-order forwards' precision (:class:`AddaxRunner`).
     """
     lengths = ctx.task.lengths("train")
     if length_threshold is None:
@@ -104,19 +112,21 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
     k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
     k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
     return AddaxRunner(ctx, opt, long_pool, short_pool, k0, k1, int(length_threshold),
-                       sparse_embedding=sparse_embedding)
+                       sparse_embedding=sparse_embedding, autocast=autocast)
 
 
 def make_addax_wa(ctx, *, k0: int | None = None, k1: int | None = None, alpha: float = DEFAULT_ALPHA,
                   eps: float = 1e-3, weight_decay: float = 0.0, workers: int | None = None,
-                  sparse_embedding_grads: bool = False, sparse_embedding: bool = True) -> AddaxRunner:
+                  sparse_embedding_grads: bool = False, sparse_embedding: bool = True,
+                  autocast: str | None = "auto") -> AddaxRunner:
     """``fit(..., "addax-wa")``: Addax without length assignment (both parts from all examples)."""
     everything = np.arange(ctx.task.size("train"))
     opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
                 workers=workers, sparse_embedding_grads=sparse_embedding_grads)
     k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
     k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
-    return AddaxRunner(ctx, opt, everything, everything, k0, k1, None, sparse_embedding=sparse_embedding)
+    return AddaxRunner(ctx, opt, everything, everything, k0, k1, None, sparse_embedding=sparse_embedding,
+                       autocast=autocast)
 
 
 __all__ = ["AddaxRunner", "make_addax", "make_addax_wa"]
