@@ -248,8 +248,8 @@ class Task:
         ``pieces`` > 1 (text tasks): the examples sorted by length run as that many forwards,
         each padded only to its own longest example, and the losses come back in the batch's
         order: the same losses (the attention mask hides the padding), fewer padded tokens. A
-        batch of 64 reviews of 7–32 tokens pads to 32 and is 45 % padding; in two pieces a
-        forward costs 0.7–0.8× as much (benchmarks/README.md, "MeZO in bfloat16").
+        batch of 64 reviews of 7–32 tokens pads to 32 and is 45 % padding; in two pieces a MeZO
+        step on MiniLM costs 0.79× as much (benchmarks/README.md, "MeZO in bfloat16").
         """
         integer("pieces", pieces, low=1)
         if pieces > 1 and self.kind != "tabular":
