@@ -134,3 +134,19 @@ def test_fit_runs_mezo_in_two_length_pieces_from_a_batch_of_32(tiny_task):
     model, _ = load_model("tiny-opt", size="1m", num_labels=2)
     with pytest.raises(ValueError, match="length_pieces=0 must be a positive integer"):
         fit(model, tiny_task, "mezo", steps=1, lr=1e-4, quiet=True, length_pieces=0)
+
+
+def test_addax_runs_only_its_zeroth_order_forwards_in_bf16(tiny_task):
+    """Addax with autocast="bf16": the forwards without gradients (ℓ₊, ℓ₋ on the long
+    examples) in bf16, the first-order forward on the short ones in fp32."""
+    model, _ = load_model("tiny-opt", size="1m", num_labels=2)
+    seen = []
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    hook = linear.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+    h = fit(model, tiny_task, "addax", steps=2, lr=1e-3, batch_size=4, quiet=True, track_memory=False,
+            eval_every=0, autocast="bf16")
+    hook.remove()
+    assert h.attrs["settings"]["autocast"] == "bf16"
+    assert {d for grad, d in seen if not grad} == {torch.bfloat16}
+    assert {d for grad, d in seen if grad} == {torch.float32}
+    assert sum(1 for grad, _ in seen if not grad) == 4 and sum(1 for grad, _ in seen if grad) == 2
