@@ -224,8 +224,8 @@ def _forwards(args) -> pd.DataFrame:
     """What MeZO's forwards cost: fp32 or bf16 (``autocast``), whole batch or two length-sorted
     pieces (``length_pieces``) — side by side, one thread, the same batches and directions.
 
-    For each setting: CPU seconds per MeZO step under ``fit`` (``--steps`` steps, the steps'
-    own ``seconds``, no evaluation) and, on 16 fixed directions at the zero-shot weights, the
+    For each setting: wall seconds per MeZO step under ``fit`` (``--steps`` steps, ``fit``'s
+    ``seconds`` column, no evaluation) and, on 16 fixed directions at the zero-shot weights, the
     projected gradients g against fp32 whole-batch ones (correlation, and the variance of the
     difference as a fraction of g's variance).
     """

@@ -23,8 +23,9 @@ History's ``attrs["settings"]["autocast"]``.
 **Length pieces** (``length_pieces``): a batch of text is padded to its longest example. A
 batch of 64 reviews of 7–32 tokens (median 14) is 45 % padding; sorted by length and run as
 two forwards, each padded to its own longest, the same losses cost less: a MeZO step
-0.79× as much in fp32, 0.77× in bf16 (:meth:`zoedu.tasks.Task.example_losses`). ``None`` (automatic): two pieces for text batches
-of at least :data:`PIECES_MIN_BATCH` examples, one otherwise.
+0.79× as much in fp32, 0.77× in bf16 (:meth:`zoedu.tasks.Task.example_losses`). ``None``
+(automatic): two pieces for text batches of at least :data:`PIECES_MIN_BATCH` examples, one
+otherwise.
 """
 
 from __future__ import annotations
