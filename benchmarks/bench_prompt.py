@@ -251,7 +251,7 @@ def _forwards(args) -> pd.DataFrame:
             for mode, pieces in settings:
 
                 def value(mode=mode, pieces=pieces) -> float:
-                    with forward_context(mode, model):
+                    with forward_context(mode, "cpu"):
                         return float(task.loss(model, batch, pieces=pieces))
 
                 opt.perturber.add(j, 1e-3)         # θ + εz

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tasks import Task, move_batch
+from .tasks import Task, batch_loss, move_batch
 
 
 # --------------------------------------------------------------------------- context
@@ -64,13 +64,11 @@ class FitContext:
         record = getattr(self.batch_source, "record_losses", None)
         if self.parallel is not None:
             return self.parallel.loss(self, batch, record, pieces=pieces)
-        # pieces only when asked for: a Task subclass may override loss(model, batch)
-        kw = {"pieces": pieces} if pieces != 1 else {}
         if record is not None:
-            losses = self.task.example_losses(self.model, batch, **kw)
+            losses = batch_loss(self.task, self.model, batch, pieces=pieces, per_example=True)
             record(batch, losses)
             return losses.mean()
-        return self.task.loss(self.model, batch, **kw)
+        return batch_loss(self.task, self.model, batch, pieces=pieces)
 
 
 def check_loss(loss: torch.Tensor | float, where: str = "the loss") -> float:

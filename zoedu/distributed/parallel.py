@@ -15,6 +15,7 @@ from .collectives import (
     shard,
     shard_bounds,
 )
+from ..tasks import batch_loss
 from .group import RanksDiverged, is_initialized, is_main, rank, world_size
 
 PARALLEL_MODES = ("data", "directions", "replicate")
@@ -88,18 +89,17 @@ class Parallel:
         ``record(batch, example_losses)`` (a mixer's per-domain losses) gets the whole batch's
         per-example losses (all-gathered: 8 bytes per example); ``pieces`` as in
         :meth:`zoedu.tasks.Task.example_losses` (on this rank's rows)."""
-        kw = {"pieces": pieces} if pieces != 1 else {}  # as FitContext.loss
         if self.mode != "data":
             if record is None:
-                return ctx.task.loss(ctx.model, batch, **kw)
-            losses = ctx.task.example_losses(ctx.model, batch, **kw)
+                return batch_loss(ctx.task, ctx.model, batch, pieces=pieces)
+            losses = batch_loss(ctx.task, ctx.model, batch, pieces=pieces, per_example=True)
             record(batch, losses)
             return losses.mean()
         part, weight = shard(batch, self.rank, self.world)
         if record is None:
-            local = ctx.task.loss(ctx.model, part, **kw)
+            local = batch_loss(ctx.task, ctx.model, part, pieces=pieces)
         else:
-            losses = ctx.task.example_losses(ctx.model, part, **kw)
+            losses = batch_loss(ctx.task, ctx.model, part, pieces=pieces, per_example=True)
             record(batch, self._gather_rows(losses.detach(), batch_rows(batch)))
             local = losses.mean()
         total = local.detach().to(torch.float64).reshape(1) * weight

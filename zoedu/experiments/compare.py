@@ -12,6 +12,7 @@ import argparse
 import numpy as np
 import pandas as pd
 
+from ..checks import integer
 from ..defaults import DEFAULT_LR, default_batch_size, default_lr
 
 
@@ -96,8 +97,6 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     if head == "prompt" and isinstance(task, str) and task_prompt(task) is None:
         head = None  # e.g. multidomain (language modelling) or tabular: no prompt to use
     if batch_size is not None:
-        from ..checks import integer
-
         integer("batch_size", batch_size, low=1, what="examples per step for every method; None: each method's default")
     specs = {m: {"batch_size": default_batch_size(m, head) if batch_size is None else batch_size,
                  **(method_options or {}).get(m, {})} for m in methods}  # a method's own batch_size wins

@@ -50,7 +50,7 @@ class AddaxRunner:
         def zo_closure():
             model.eval()
             try:
-                with forward_context(self.autocast, model):
+                with forward_context(self.autocast, ctx.device):
                     return ctx.loss(zo_batch)
             finally:
                 model.train(was_training)

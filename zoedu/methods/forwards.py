@@ -56,7 +56,7 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_autocast(autocast, model: torch.nn.Module) -> str:
     """``"bf16"`` or ``"off"`` for ``fit(..., autocast=...)`` (see the module docstring)."""
-    if autocast is None or autocast is False:
+    if autocast is None:
         return "off"
     if autocast not in AUTOCAST:
         raise ValueError(f"autocast={autocast!r} is unknown; allowed: {', '.join(map(repr, AUTOCAST))} "
@@ -71,31 +71,25 @@ def resolve_autocast(autocast, model: torch.nn.Module) -> str:
     return "bf16" if cpu_has_native_bf16() else "off"
 
 
-def check_pieces(length_pieces) -> int | None:
-    """``length_pieces`` as given: a positive integer, or ``None`` (automatic)."""
-    if length_pieces is not None and (isinstance(length_pieces, bool) or not isinstance(length_pieces, int)
-                                      or length_pieces < 1):
+def resolve_pieces(length_pieces, task, batch_size: int) -> int:
+    """Forwards for one zeroth-order evaluation of a batch: ``length_pieces`` if given (a
+    positive integer); for ``None``, 2 on a text batch of at least :data:`PIECES_MIN_BATCH`
+    examples (padded to its longest, it holds much padding), else 1 (smaller pieces run
+    products too small to pay)."""
+    if length_pieces is None:
+        return 2 if task.kind != "tabular" and batch_size >= PIECES_MIN_BATCH else 1
+    if isinstance(length_pieces, bool) or not isinstance(length_pieces, int) or length_pieces < 1:
         raise ValueError(f"length_pieces={length_pieces!r} must be a positive integer (forwards per batch, "
                          "sorted by length) or None (automatic)")
     return length_pieces
 
 
-def pieces_for(length_pieces: int | None, task, batch_size: int) -> int:
-    """Forwards for one zeroth-order evaluation of a batch: ``length_pieces`` if given; else 2
-    for a text batch of at least :data:`PIECES_MIN_BATCH` examples (padded to its longest, it
-    holds much padding), 1 otherwise (smaller pieces run products too small to pay)."""
-    if length_pieces is not None:
-        return length_pieces
-    return 2 if task.kind != "tabular" and batch_size >= PIECES_MIN_BATCH else 1
-
-
-def forward_context(mode: str, model: torch.nn.Module):
-    """The context the zeroth-order forwards run in: bf16 autocast on the model's device, or none."""
+def forward_context(mode: str, device) -> contextlib.AbstractContextManager:
+    """The context the zeroth-order forwards run in: bf16 autocast on ``device``, or none."""
     if mode != "bf16":
         return contextlib.nullcontext()
-    device = next((p.device.type for p in model.parameters()), "cpu")
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-__all__ = ["AUTOCAST", "AUTO_MIN_PARAMS", "PIECES_MIN_BATCH", "check_pieces", "cpu_has_native_bf16",
-           "forward_context", "pieces_for", "resolve_autocast"]
+__all__ = ["AUTOCAST", "AUTO_MIN_PARAMS", "PIECES_MIN_BATCH", "cpu_has_native_bf16", "forward_context",
+           "resolve_autocast", "resolve_pieces"]

@@ -7,7 +7,7 @@ import math
 from ..loop import check_weights_finite
 from ..optim.embedding_rows import BatchRows
 from ..optim.mezo import MeZO
-from .forwards import check_pieces, forward_context, pieces_for, resolve_autocast
+from .forwards import forward_context, resolve_autocast, resolve_pieces
 
 
 class MeZORunner:
@@ -31,7 +31,7 @@ class MeZORunner:
     a model of 5 M weights or more, ``"auto"`` is ``"bf16"``: a MiniLM step 0.58× as costly).
     ``length_pieces``: each forward as that many length-sorted pieces, each padded to its own
     longest example (``None``: 2 for text batches of 32 or more, else 1; same losses, less
-    padding; :mod:`zoedu.methods.forwards`).
+    padding; :mod:`zoedu.methods.forwards`); the ``"accuracy"`` objective runs whole batches.
     """
 
     OBJECTIVES = ("loss", "accuracy")
@@ -47,7 +47,8 @@ class MeZORunner:
         self.sparse_embedding = bool(sparse_embedding)
         self.rows = BatchRows(ctx.model, optimizer, self.sparse_embedding)
         self.autocast = resolve_autocast(autocast, ctx.model)
-        self.pieces = pieces_for(check_pieces(length_pieces), ctx.task, ctx.batch_size)
+        pieces = resolve_pieces(length_pieces, ctx.task, ctx.batch_size)
+        self.pieces = pieces if objective == "loss" else 1  # the accuracy objective runs whole batches
 
     def settings(self) -> dict:
         """The choices this run uses, defaults resolved (``fit`` puts them in
@@ -56,7 +57,7 @@ class MeZORunner:
                 "autocast": self.autocast, "length_pieces": self.pieces}
 
     def _value(self, batch):
-        with forward_context(self.autocast, self.ctx.model):
+        with forward_context(self.autocast, self.ctx.device):
             if self.objective == "loss":
                 return self.ctx.loss(batch, pieces=self.pieces)
             _, correct, count = self.ctx.task.correct(self.ctx.model, batch)
@@ -103,7 +104,7 @@ def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: i
     the trainable parameters (see :class:`MeZORunner`). ``directions=None`` is
     :func:`default_directions`, ``autocast="auto"``
     :func:`zoedu.methods.forwards.resolve_autocast`, ``length_pieces=None``
-    :func:`zoedu.methods.forwards.pieces_for` (the History's ``attrs["settings"]`` records
+    :func:`zoedu.methods.forwards.resolve_pieces` (the History's ``attrs["settings"]`` records
     the choices)."""
     params = ctx.params()
     if directions is None:

@@ -228,7 +228,7 @@ def rademacher_(buf: torch.Tensor, n: int, generator: torch.Generator) -> torch.
     1.5–1.8 ns for unpacking the bits with shifts (benchmarks/README.md, section 1 + 3).
     The bytes are read in the machine's byte order (little-endian on x86 and ARM).
     """
-    nbytes = -(-n // 8)
+    nbytes = _padded(n) // 8
     words = torch.empty(-(-nbytes // 8), dtype=torch.int64, device=buf.device)
     words.random_(-(1 << 63), None, generator=generator)
     index = words.view(torch.uint8)[:nbytes].long()
@@ -273,13 +273,13 @@ class Perturber:
 
     def _draw(self, stream: Stream, buffers: dict, seed: int, slot: int) -> torch.Tensor:
         p = stream.param
-        buf = buffers[(p.dtype, p.device, slot)][: stream.numel]
+        scratch = buffers[(p.dtype, p.device, slot)]
         gen = torch.Generator(device=p.device)
         gen.manual_seed(stream_seed(seed, stream.param_index, stream.chunk_index))
         if self.directions == "gaussian":
-            torch.randn(stream.numel, generator=gen, dtype=p.dtype, device=p.device, out=buf)
+            buf = torch.randn(stream.numel, generator=gen, dtype=p.dtype, device=p.device, out=scratch[: stream.numel])
         else:
-            buf = rademacher_(buffers[(p.dtype, p.device, slot)], stream.numel, gen)
+            buf = rademacher_(scratch, stream.numel, gen)
         return buf if stream.contiguous else buf.view(p.shape)
 
     def run(self, kernel: Callable, *, slots: int = 1, streams: Sequence[Stream] | None = None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .base import SPLITS, Task, move_batch
+from .base import SPLITS, Task, batch_loss, move_batch
 
 TASKS = ("sentiment", "sst2", "multidomain", "tabular")
 
@@ -63,4 +63,4 @@ def task_prompt(name: str):
     return getattr(import_module(f".{name}", __name__), "PROMPT", None)
 
 
-__all__ = ["SPLITS", "TASKS", "Task", "load_task", "move_batch", "task_prompt"]
+__all__ = ["SPLITS", "TASKS", "Task", "batch_loss", "load_task", "move_batch", "task_prompt"]

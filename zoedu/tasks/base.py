@@ -251,9 +251,10 @@ class Task:
         batch of 64 reviews of 7–32 tokens pads to 32 and is 45 % padding; in two pieces a MeZO
         step on MiniLM costs 0.79× as much (benchmarks/README.md, "MeZO in bfloat16").
         """
-        integer("pieces", pieces, low=1)
-        if pieces > 1 and self.kind != "tabular":
-            return self._losses_by_length(model, batch, pieces)
+        if pieces != 1:  # checked only when asked for: every method's loss passes here
+            integer("pieces", pieces, low=1)
+            if self.kind != "tabular":
+                return self._losses_by_length(model, batch, pieces)
         logits = self.forward(model, batch)
         if self.kind == "lm":
             shift_logits = logits[:, :-1, :].float()
@@ -344,3 +345,13 @@ class Task:
             for k, name in enumerate(self.domains):
                 out[f"loss/{name}"] = float(loss_sum[k] / loss_cnt[k]) if loss_cnt[k] else float("nan")
         return out
+
+
+def batch_loss(task: Task, model: nn.Module, batch: dict, *, pieces: int = 1,
+               per_example: bool = False) -> torch.Tensor:
+    """``task.loss(model, batch)`` (``task.example_losses`` with ``per_example``), passing
+    ``pieces=`` only when it is not 1, so that a loss wrapped or overridden with the plain
+    ``(model, batch)`` signature keeps working (the loop and the data-parallel loss call this)."""
+    fn = task.example_losses if per_example else task.loss
+    return fn(model, batch) if pieces == 1 else fn(model, batch, pieces=pieces)
+
