@@ -462,16 +462,17 @@ def test_measure_agrees_with_the_cuda_allocator():
 def test_estimate_counts_mezo_exact_restoration_when_asked():
     from zoedu.memory import EXACT_RESTORE_BYTES
 
-    kw = dict(batch_size=4, seq_len=64, num_labels=2, size="5m", device="cpu")
+    # a batch whose activations exceed the passes' scratch (two span slots with exact restoration)
+    kw = dict(batch_size=16, seq_len=64, num_labels=2, size="5m", device="cpu")
     n = estimate("tiny-opt", "inference", **kw).params // 4
     exact = estimate("tiny-opt", "mezo", sparse_embedding=False, exact_restore=True, **kw)
     plain = estimate("tiny-opt", "mezo", exact_restore=False, **kw)
     assert exact.total - plain.total == int(EXACT_RESTORE_BYTES * n)
     assert estimate("tiny-opt", "mezo", **kw).total == plain.total  # MeZO's default: no lists
-    # fit's default perturbs only the embedding rows a batch reads (4 × 64 of 30 522)
+    # fit's default perturbs only the embedding rows a batch reads (16 × 64 of 30 522)
     rows = estimate("tiny-opt", "mezo", exact_restore=True, **kw)
     assert plain.total < rows.total < exact.total
-    assert exact.total - rows.total == int(EXACT_RESTORE_BYTES * (30522 - 4 * 64) * 128)
+    assert exact.total - rows.total == int(EXACT_RESTORE_BYTES * (30522 - 16 * 64) * 128)
     half = dict(kw, dtype="bfloat16")
     assert estimate("tiny-opt", "mezo", **half).total == estimate("tiny-opt", "mezo", exact_restore=False, **half).total
     assert estimate("tiny-opt", "mezo", exact_restore=True, **half).total > estimate("tiny-opt", "mezo", **half).total
@@ -502,3 +503,24 @@ def test_release_memory_hands_freed_heap_pages_back():
     assert release_memory() is True
     assert me.memory_info().rss < held - 100 * 2**20
     del pin
+
+
+def test_mezo_scratch_follows_the_passes_spans_and_workers(monkeypatch):
+    """On CPU a ±1 pass (fit's default) draws one span of GROUP chunks at a time in one
+    thread, with its words and int64 index beside it; a gaussian pass one span per torch
+    thread."""
+    from zoedu.memory import ZO_CHUNK, ZO_GROUP
+    from zoedu.optim import GROUP
+
+    assert ZO_GROUP == GROUP
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    kw = dict(batch_size=1, seq_len=1, device="cpu", size="25m")  # activations below the scratch
+    rad = estimate("tiny-opt", "mezo", directions="rademacher", **kw)
+    gau = estimate("tiny-opt", "mezo", directions="gaussian", **kw)
+    span = ZO_CHUNK * ZO_GROUP
+    assert estimate("tiny-opt", "mezo", **kw).total == rad.total  # None: fit's CPU default
+    base = estimate("tiny-opt", "inference", **kw).other
+    assert rad.other - base == 4 * span + span // 8 + span
+    assert gau.other - base == 4 * span * 4
+    with pytest.raises(ValueError, match="directions='uniform' is unknown"):
+        estimate("tiny-opt", "mezo", directions="uniform", **kw)

@@ -97,6 +97,44 @@ def test_directions_do_not_depend_on_thread_count():
     assert abs(float(torch.cat([t.flatten() for t in a]).std()) - 1) < 0.05
 
 
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_spans_draw_the_streams_numbers_bit_for_bit(kind, dtype):
+    """A span of streams (GROUP on CPU) draws exactly what its streams draw one by one:
+    full spans, a span cut short by the end of its parameter, a last stream shorter than
+    a chunk (and not a multiple of 8 entries), a parameter smaller than a chunk, a
+    non-contiguous one; with one worker and with several."""
+    from zoedu.optim import Perturber
+
+    shapes = [(3,), (1000, 77), (64,), (300_001,), (5, 7)]
+    ps = [torch.zeros(s, dtype=dtype) for s in shapes] + [torch.zeros(40, 30, dtype=dtype).t()]
+    for chunk in (64, 4096):
+        alone = [torch.zeros_like(p) for p in ps]
+        Perturber(alone, chunk=chunk, directions=kind, group=1).add(7, 1.0)
+        for group, workers in ((5, 1), (16, 3)):
+            spans = [torch.zeros_like(p) for p in ps]
+            pert = Perturber(spans, chunk=chunk, directions=kind, group=group, workers=workers)
+            assert any(st.chunks > 1 for st in pert.streams) and len(pert.streams) < len(
+                Perturber(alone, chunk=chunk, group=1).streams)
+            pert.add(7, 1.0)
+            assert same(alone, spans), (chunk, group, workers)
+    # a chunk that is not a multiple of 64 is never grouped (its ±1 bytes would not be contiguous)
+    assert all(st.chunks == 1 for st in Perturber([torch.zeros(1000)], chunk=100, group=8).streams)
+    with pytest.raises(ValueError, match="group=0 must be a positive integer"):
+        Perturber([torch.zeros(3)], group=0)
+
+
+def test_passes_default_to_one_worker_for_rademacher(monkeypatch):
+    from zoedu.optim import Perturber
+
+    monkeypatch.delenv("ZOEDU_PERTURB_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert Perturber([torch.zeros(10)], directions="rademacher").workers == 1
+    assert Perturber([torch.zeros(10)], directions="gaussian").workers == 4
+    monkeypatch.setenv("ZOEDU_PERTURB_THREADS", "3")
+    assert Perturber([torch.zeros(10)], directions="rademacher").workers == 3
+
+
 def rademacher_and_gaussian_samples(n=2000):
     """g z over n seeds for each kind of direction, and the true gradient."""
     out = {}

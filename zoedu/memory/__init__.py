@@ -25,9 +25,9 @@ seq_len=)``: the same parts added up on paper).
 """
 
 from .architectures import KNOWN_MODELS, known_models, parameter_count
-from .estimate import EXACT_RESTORE_BYTES, METHODS, ZO_CHUNK, estimate
+from .estimate import EXACT_RESTORE_BYTES, METHODS, ZO_CHUNK, ZO_GROUP, estimate
 from .footprint import CATEGORIES, GB, Footprint
 from .measurement import measure, release_memory
 
-__all__ = ["CATEGORIES", "EXACT_RESTORE_BYTES", "GB", "KNOWN_MODELS", "METHODS", "ZO_CHUNK", "Footprint",
+__all__ = ["CATEGORIES", "EXACT_RESTORE_BYTES", "GB", "KNOWN_MODELS", "METHODS", "ZO_CHUNK", "ZO_GROUP", "Footprint",
            "estimate", "known_models", "measure", "parameter_count", "release_memory"]

@@ -21,13 +21,15 @@ EXACT_RESTORE_BYTES = 0.3
 #: Elements per random stream of the zeroth-order CPU passes, ``zoedu.optim.CHUNK`` (the
 #: optimizers import memory, not the other way; a test checks that the two agree).
 ZO_CHUNK = 1 << 15
+#: Streams per span of those passes, ``zoedu.optim.GROUP``: a pass draws a span at a time.
+ZO_GROUP = 16
 
 
 def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, num_labels: int | None = None,
              size: str = "5m", device: str = "cuda", mixed_precision: bool = False, k0: int | None = None,
              k1: int | None = None, length_threshold: int | None = None,
              exact_restore: bool = False, sparse_embedding: bool = True, chunk: int = ZO_CHUNK,
-             first_step: bool = False) -> Footprint:
+             directions: str | None = None, first_step: bool = False) -> Footprint:
     """The peak memory of a training step of ``method`` in the steady state, on paper (a :class:`Footprint`).
 
     The steady state is step 2 onward: Adam's moments, created by the first update, live
@@ -59,6 +61,9 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         exact_restore: MeZO's bit-exact restoration (``zoedu.optim.MeZO``'s argument, off by
             default): adds :data:`EXACT_RESTORE_BYTES` per perturbed weight.
         chunk: elements per random stream of the CPU passes (the optimizers' ``chunk``).
+        directions: MeZO's ``"gaussian"`` or ``"rademacher"`` directions; ``None``: ``fit``'s
+            default (±1 on CPU, gaussian on CUDA). On CPU a ±1 pass runs in one thread with
+            a span's index temporaries, a gaussian pass in torch's thread count.
         first_step: the first step's peak instead of the steady state's (they differ for
             Adam only: its moments do not exist yet while the first forward pass runs).
         sparse_embedding: MeZO in ``fit`` perturbs only the input-embedding rows a batch
@@ -98,8 +103,11 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
       slot per stream (two with exact restoration, whose fused restore-and-update pass
       needs two directions at once); on CUDA a stream is a parameter (the fused Triton
       passes draw ``z`` inside the kernel and need none: an upper bound there), on CPU a
-      chunk of ``chunk`` elements per worker thread; the peak is the larger of the
-      forward pass and those slots. With exact restoration (``exact_restore=True``) the
+      span of up to :data:`ZO_GROUP` chunks of ``chunk`` elements (within one parameter;
+      the input embedding's row streams hold one chunk) per worker thread — one thread for
+      ±1 directions, which also hold the span's random words and int64 index, torch's
+      thread count for gaussian ones; the peak is the larger of the forward pass and those
+      slots. With exact restoration (``exact_restore=True``) the
       lists of the weights whose round trip misses live through the forwards:
       :data:`EXACT_RESTORE_BYTES` per weight (data-dependent; see ``zoedu.optim.exact``).
     * ``addax``: the larger of its zeroth-order part (MeZO on ``k0 × seq_len``) and its
@@ -115,6 +123,9 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
             raise ValueError(f"{arg}={value!r} must be a positive integer")
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device={device!r} is not supported; allowed: 'cuda', 'cpu'")
+    if directions not in (None, "gaussian", "rademacher"):
+        raise ValueError(f"directions={directions!r} is unknown; allowed: 'gaussian', 'rademacher' (or None: fit's "
+                         "default)")
     a = _arch(model, num_labels=num_labels, size=size)
     if a.max_positions and seq_len > a.max_positions:
         raise ValueError(f"seq_len={seq_len} exceeds the {a.max_positions} positions of {a.name}")
@@ -158,8 +169,16 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         slots = 2 if keeper and exact else 1  # the plain passes use one slot, the exact update pass two
         if device == "cuda":  # one stream per parameter, one worker (not measured on a GPU here)
             z = slots * a.largest * w
-        else:  # streams of `chunk` elements per worker thread
-            z = slots * min(a.largest, int(chunk)) * w * torch.get_num_threads()
+        else:  # spans of ZO_GROUP streams of `chunk` elements per worker thread
+            largest = a.largest
+            if sparse_embedding and not a.tied and a.head != "none":  # the embedding in row streams of ≤ chunk
+                dense = a.hidden * max(a.ffn, a.max_positions, a.hidden * (3 if a.family == "gpt2" else 1))
+                largest = max(min(a.largest, dense), min(a.largest, int(chunk)))
+            span = min(largest, int(chunk) * ZO_GROUP) if int(chunk) % 64 == 0 else min(largest, int(chunk))
+            if (directions or "rademacher") == "rademacher":  # one worker; the draw's words and int64 index
+                z = slots * span * w + span // 8 + span
+            else:
+                z = slots * span * w * torch.get_num_threads()
         if z > f.activations:
             return Footprint(params=f.params, other=f.other + z)
         return f

@@ -15,7 +15,7 @@ Each is a ``torch.optim.Optimizer``; :mod:`zoedu.methods` turns them into
 :func:`zoedu.train.fit` methods.
 """
 
-from ._perturb import CHUNK, Perturber, direction, direction_seed, mix_seed, stream_seed
+from ._perturb import CHUNK, GROUP, Perturber, direction, direction_seed, mix_seed, stream_seed
 from .addax import Addax, choose_threshold, split_by_length
 from .embedding_rows import embedding_rows
 from .estimators import ESTIMATORS
@@ -25,7 +25,7 @@ from .mezo import MeZO, mezo_step
 from .trajectory import replay
 
 __all__ = [
-    "Addax", "CHUNK", "ESTIMATORS", "IPSGD", "MeZO", "Perturber", "choose_threshold", "mezo_step",
+    "Addax", "CHUNK", "ESTIMATORS", "GROUP", "IPSGD", "MeZO", "Perturber", "choose_threshold", "mezo_step",
     "embedding_rows",
     "direction", "direction_seed", "forward_gradient", "mix_seed", "replay", "split_by_length",
     "stream_seed",

@@ -16,8 +16,15 @@ time it needs it ("resample z" in lines 3–4 and 7 of ``PerturbParameters`` and
 * A *pass* applies one in-place kernel to every stream:
   ``kernel(view, zgen, item)`` gets the flat slice of the weights and ``zgen(seed, slot)``,
   which draws the stream's ``z`` for ``seed`` into buffer ``slot``.
+* On CPU, :data:`GROUP` consecutive streams of a parameter form one *span* that a pass
+  treats as a unit: each stream's generator draws its own numbers into its slice of the
+  span's buffer, and the kernel runs once on the whole span. The values are those of the
+  streams one by one (bit for bit), but a pass makes ``GROUP``× fewer Python-level op
+  calls, which on a 2-core CPU cost more than the arithmetic: a ±1 pass over MiniLM's
+  22.7 M weights took 120 ms in streams of 32 Ki and 36–41 ms in spans of 512 Ki
+  (benchmarks/README.md, "MeZO's passes in spans").
 * Buffers are allocated in the calling thread at the start of a pass, so
-  :func:`zoedu.memory.measure` sees them (they are the only scratch memory: one chunk per
+  :func:`zoedu.memory.measure` sees them (they are the only scratch memory: one span per
   worker and slot).
 * *Row streams* (:meth:`Perturber.plan` with ``rows``): for a parameter whose rows are
   read independently — an input embedding, of which a batch looks up a few hundred rows
@@ -43,6 +50,8 @@ import torch
 #: pass runs on the worker thread that issued it (no nested OpenMP teams, which spin and
 #: oversubscribe a busy machine) and a stream's z (128 KiB in fp32) stays in L2 cache.
 CHUNK = 1 << 15
+#: Streams per span on CPU (see the module docstring): 16 × 32 Ki elements, 2 MiB of fp32 scratch.
+GROUP = 16
 #: The distributions a direction's entries may be drawn from.
 DIRECTIONS = ("gaussian", "rademacher")
 #: Precisions narrow enough that θ ± εz may overflow for a large ε (checked before a step).
@@ -79,7 +88,9 @@ def direction_seed(seed: int, step: int, j: int = 0) -> int:
 class Stream:
     """One slice of one parameter: ``flat[start:stop]`` (or the whole tensor if not contiguous),
     or, for a row stream, the rows ``rows`` of the parameter (``start``/``stop`` then count
-    elements of the gathered copy)."""
+    elements of the gathered copy). A span (``chunks`` > 1) holds the consecutive streams
+    ``chunk_index … chunk_index + chunks − 1`` of ``chunk`` elements each (the last may be
+    shorter)."""
 
     param_index: int
     chunk_index: int
@@ -88,6 +99,8 @@ class Stream:
     stop: int
     contiguous: bool
     rows: torch.Tensor | None = None
+    chunks: int = 1
+    chunk: int = 0
 
     @property
     def numel(self) -> int:
@@ -117,10 +130,25 @@ class Stream:
 
 
 def plan_streams(params: Sequence[torch.Tensor], chunk: int = CHUNK,
-                 start_index: int = 0) -> list[Stream]:
-    """Cut ``params`` into streams; parameter ``k`` gets index ``start_index + k``."""
+                 start_index: int = 0, group: int = 1) -> list[Stream]:
+    """Cut ``params`` into streams; parameter ``k`` gets index ``start_index + k``.
+    ``group`` > 1: spans of up to ``group`` consecutive streams (only when ``chunk`` is a
+    multiple of 64, so that every full stream's ±1 draw uses whole 64-bit words)."""
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive number of elements")
+    if group > 1 and chunk % 64 == 0:
+        span = chunk * group
+        streams = []
+        for k, p in enumerate(params):
+            n = p.numel()
+            if n and not p.is_contiguous():
+                streams.append(Stream(start_index + k, 0, p, 0, n, False))
+                continue
+            for start in range(0, n, span):
+                stop = min(start + span, n)
+                streams.append(Stream(start_index + k, start // chunk, p, start, stop, True,
+                                      chunks=-(-(stop - start) // chunk), chunk=chunk))
+        return streams
     streams = []
     for k, p in enumerate(params):
         index = start_index + k
@@ -191,11 +219,17 @@ def row_map(params: Sequence[torch.Tensor], rows) -> dict[int, torch.Tensor]:
     return out
 
 
-def default_workers() -> int:
-    """Worker threads for the CPU passes: ``ZOEDU_PERTURB_THREADS`` or torch's thread count."""
+def default_workers(directions: str = "gaussian") -> int:
+    """Worker threads for the CPU passes: ``ZOEDU_PERTURB_THREADS`` if set; else one for ±1
+    directions (a span's table lookup and update are large enough for torch's own intra-op
+    threads, and a second Python thread only contends for the GIL: a MeZO step on MiniLM
+    0.36 s against 0.48 with two) and torch's thread count for gaussian ones (each
+    stream's ``randn`` is too small to be split by torch)."""
     env = os.environ.get("ZOEDU_PERTURB_THREADS")
     if env:
         return max(1, int(env))
+    if directions == "rademacher":
+        return 1
     return max(1, torch.get_num_threads())
 
 
@@ -243,21 +277,26 @@ class Perturber:
         params: the tensors to perturb and update (in a fixed order: the index of a
             parameter in this list is part of its streams' seeds).
         chunk: elements per stream on CPU; on CUDA each parameter is one stream.
-        workers: CPU threads for the passes (default :func:`default_workers`).
+        workers: CPU threads for the passes (default :func:`default_workers`: 1 for ±1
+            directions, torch's thread count for gaussian ones).
         directions: ``"gaussian"`` (N(0, 1) entries) or ``"rademacher"`` (±1 with probability ½).
+        group: streams per span on CPU (default :data:`GROUP`; 1: every stream on its own).
+            It changes the speed of a pass and its scratch memory, never the numbers.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], *, chunk: int = CHUNK, workers: int | None = None,
-                 directions: str = "gaussian"):
+                 directions: str = "gaussian", group: int = GROUP):
         if directions not in DIRECTIONS:
             raise ValueError(f"directions={directions!r} is unknown; allowed: {', '.join(DIRECTIONS)}")
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise ValueError(f"group={group!r} must be a positive integer (streams per span)")
         self.directions = directions
         self.params = list(params)
         self.chunk = int(chunk)
         on_cuda = any(p.is_cuda for p in self.params)
         self.streams = plan_streams(self.params, chunk=max(p.numel() for p in self.params) if on_cuda
-                                    and self.params else self.chunk)
-        self.workers = 1 if on_cuda else int(workers or default_workers())
+                                    and self.params else self.chunk, group=1 if on_cuda else group)
+        self.workers = 1 if on_cuda else int(workers or default_workers(directions))
         self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ internals
@@ -275,12 +314,40 @@ class Perturber:
         p = stream.param
         scratch = buffers[(p.dtype, p.device, slot)]
         gen = torch.Generator(device=p.device)
+        if stream.chunks > 1:
+            return self._draw_span(stream, scratch, gen, seed)
         gen.manual_seed(stream_seed(seed, stream.param_index, stream.chunk_index))
         if self.directions == "gaussian":
             buf = torch.randn(stream.numel, generator=gen, dtype=p.dtype, device=p.device, out=scratch[: stream.numel])
         else:
             buf = rademacher_(scratch, stream.numel, gen)
         return buf if stream.contiguous else buf.view(p.shape)
+
+    def _draw_span(self, stream: Stream, scratch: torch.Tensor, gen: torch.Generator, seed: int) -> torch.Tensor:
+        """A span's direction: each of its streams' numbers, drawn from that stream's own seed,
+        side by side — what the streams would draw one by one."""
+        n, chunk = stream.numel, stream.chunk
+        sizes = [min(chunk, n - off) for off in range(0, n, chunk)]
+        first = stream.chunk_index
+        if self.directions == "gaussian":
+            for k, m in enumerate(sizes):
+                gen.manual_seed(stream_seed(seed, stream.param_index, first + k))
+                torch.randn(m, generator=gen, dtype=scratch.dtype, device=scratch.device,
+                            out=scratch[k * chunk: k * chunk + m])
+            return scratch[:n]
+        # ±1: every full stream fills chunk / 64 whole words, so the bytes of all streams lie
+        # side by side and one table lookup (rademacher_'s) serves the span
+        per = chunk // 64
+        nbytes = (len(sizes) - 1) * (chunk // 8) + _padded(sizes[-1]) // 8
+        words = torch.empty((len(sizes) - 1) * per + -(-(_padded(sizes[-1]) // 8) // 8), dtype=torch.int64,
+                            device=scratch.device)
+        for k, m in enumerate(sizes):
+            gen.manual_seed(stream_seed(seed, stream.param_index, first + k))
+            words[k * per: k * per + -(-(_padded(m) // 8) // 8)].random_(-(1 << 63), None, generator=gen)
+        index = words.view(torch.uint8)[:nbytes].long()
+        torch.index_select(_sign_table(scratch.dtype, scratch.device), 0, index,
+                           out=scratch[: nbytes * 8].view(nbytes, 8))
+        return scratch[:n]
 
     def run(self, kernel: Callable, *, slots: int = 1, streams: Sequence[Stream] | None = None,
             serial: bool = False) -> None:
