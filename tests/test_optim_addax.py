@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_opt_task
+from conftest import same, tiny_opt_task
 
 from zoedu.optim import IPSGD, Addax, MeZO, direction, direction_seed, split_by_length
 from zoedu.optim import addax as addax_module
@@ -174,7 +174,8 @@ def test_fit_addax_wa_uses_all_examples(tiny):
     h = fit(make(), task, "addax-wa", steps=2, lr=1e-2, batch_size=4, quiet=True, eval_every=0,
             track_memory=False, alpha=0.1)
     assert h["forward_passes"].tolist() == [3, 6]
-    assert h.attrs["settings"] == {"k0": 4, "k1": 4, "length_threshold": None, "autocast": "off"}
+    assert h.attrs["settings"] == {"k0": 4, "k1": 4, "length_threshold": None, "autocast": "off",
+                                  "directions": "rademacher"}
 
 
 def test_fit_records_the_split_addax_chose(tiny):
@@ -184,12 +185,39 @@ def test_fit_records_the_split_addax_chose(tiny):
     task, make = tiny
     h = fit(make(), task, "addax", steps=1, lr=1e-2, batch_size=4, quiet=True, eval_every=0, track_memory=False)
     assert h.attrs["settings"] == {"k0": 4, "k1": 4, "length_threshold": int(np.median(task.lengths("train"))),
-                                  "autocast": "off"}
+                                  "autocast": "off", "directions": "rademacher"}
     h = fit(make(), task, "addax", steps=1, lr=1e-2, batch_size=4, quiet=True, eval_every=0, track_memory=False,
             k0=2, k1=3, length_threshold=20)
-    assert h.attrs["settings"] == {"k0": 2, "k1": 3, "length_threshold": 20, "autocast": "off"}
+    assert h.attrs["settings"] == {"k0": 2, "k1": 3, "length_threshold": 20, "autocast": "off",
+                                  "directions": "rademacher"}
     assert "settings" not in fit(make(), task, "adam", steps=1, lr=1e-3, quiet=True, eval_every=0,
                                  track_memory=False).attrs  # a method without choices records none
+
+
+def test_fit_addax_draws_plus_minus_one_directions_on_cpu(tiny):
+    """fit's Addax, like its MeZO, perturbs along ±1 directions on CPU: the same run as an
+    explicit directions="rademacher", not the gaussian one; the class keeps the paper's
+    gaussian; a saved state refuses to resume under the other kind."""
+    from zoedu.optim import Addax
+    from zoedu.train import fit
+
+    task, make = tiny
+    runs = {}
+    for d in (None, "rademacher", "gaussian"):
+        model = make()
+        h = fit(model, task, "addax", steps=3, lr=1e-2, batch_size=4, quiet=True, eval_every=0,
+                track_memory=False, alpha=0.5, **({} if d is None else {"directions": d}))
+        runs[d] = (h["loss"].tolist(), [p.detach().clone() for p in model.parameters()])
+        assert h.attrs["settings"]["directions"] == (d or "rademacher")
+    assert runs[None][0] == runs["rademacher"][0] and same(runs[None][1], runs["rademacher"][1])
+    assert not same(runs[None][1], runs["gaussian"][1])
+    net = torch.nn.Linear(3, 2)
+    assert Addax(net.parameters(), lr=0.1).directions == "gaussian"
+    with pytest.raises(ValueError, match="directions='uniform'"):
+        Addax(net.parameters(), lr=0.1, directions="uniform")
+    state = Addax(net.parameters(), lr=0.1, directions="rademacher").state_dict()
+    with pytest.raises(ValueError, match="directions"):
+        Addax(net.parameters(), lr=0.1).load_state_dict(state)
 
 
 def test_fit_addax_refuses_an_empty_pool(tiny):

@@ -11,6 +11,7 @@ from ..loop import check_loss
 from ..optim.addax import DEFAULT_ALPHA, Addax
 from ..optim.embedding_rows import BatchRows
 from .forwards import forward_context, resolve_autocast
+from .mezo import default_directions
 
 
 class AddaxRunner:
@@ -21,7 +22,8 @@ class AddaxRunner:
     (default on, as in :class:`zoedu.methods.mezo.MeZORunner`): the zeroth-order part perturbs
     only the input-embedding rows its long examples look up. ``autocast`` (default ``"auto"``,
     as MeZO's): the zeroth-order forwards in bfloat16 (:mod:`zoedu.methods.forwards`); the
-    first-order pass stays in the parameters' precision.
+    first-order pass stays in the parameters' precision. Its directions are ±1 on CPU by
+    default, as MeZO's (:func:`make_addax`'s ``directions``).
     """
 
     def __init__(self, ctx, optimizer: Addax, zo_pool: np.ndarray, fo_pool: np.ndarray, k0: int, k1: int,
@@ -38,7 +40,7 @@ class AddaxRunner:
         them in ``History.attrs["settings"]``; :func:`zoedu.memory.estimate` takes the split's
         keywords, ``k0``, ``k1`` and ``length_threshold``)."""
         return {"k0": self.k0, "k1": self.k1, "length_threshold": self.length_threshold,
-                "autocast": self.autocast}
+                "autocast": self.autocast, "directions": self.optimizer.directions}
 
     def step(self, step: int) -> dict:
         ctx, opt = self.ctx, self.optimizer
@@ -83,7 +85,8 @@ def _check_k(name: str, value) -> int:
 def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = None, k1: int | None = None,
                alpha: float = DEFAULT_ALPHA, eps: float = 1e-3, weight_decay: float = 0.0,
                workers: int | None = None, sparse_embedding_grads: bool = False,
-               sparse_embedding: bool = True, autocast: str | None = "auto") -> AddaxRunner:
+               sparse_embedding: bool = True, autocast: str | None = "auto",
+               directions: str | None = None) -> AddaxRunner:
     """``fit(..., "addax", length_threshold=, k0=, k1=, alpha=, autocast="auto")``.
 
     Examples longer than ``length_threshold`` (default: the median training length) form
@@ -91,7 +94,9 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
     ``k1`` examples (default: ``batch_size`` each) from them. ``sparse_embedding``: the
     zeroth-order part perturbs only the embedding rows it uses (default, as MeZO's runner);
     ``sparse_embedding_grads``: the first-order part's embedding gradient is row-sparse;
-    ``autocast``: the zeroth-order forwards' precision (:class:`AddaxRunner`).
+    ``autocast``: the zeroth-order forwards' precision (:class:`AddaxRunner`);
+    ``directions``: z's entries, ``None`` → :func:`zoedu.methods.mezo.default_directions`
+    (±1 on CPU, gaussian on CUDA, as MeZO's).
     """
     lengths = ctx.task.lengths("train")
     if length_threshold is None:
@@ -102,7 +107,8 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
     long_pool = np.flatnonzero(lengths > length_threshold)
     short_pool = np.flatnonzero(lengths <= length_threshold)
     opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers, sparse_embedding_grads=sparse_embedding_grads)
+                workers=workers, sparse_embedding_grads=sparse_embedding_grads,
+                directions=directions or default_directions(ctx.params()))
     if alpha > 0 and long_pool.size == 0:
         raise ValueError(f"length_threshold={length_threshold} leaves no training example longer than it "
                          f"(longest: {int(lengths.max())} tokens); lower it")
@@ -118,11 +124,12 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
 def make_addax_wa(ctx, *, k0: int | None = None, k1: int | None = None, alpha: float = DEFAULT_ALPHA,
                   eps: float = 1e-3, weight_decay: float = 0.0, workers: int | None = None,
                   sparse_embedding_grads: bool = False, sparse_embedding: bool = True,
-                  autocast: str | None = "auto") -> AddaxRunner:
+                  autocast: str | None = "auto", directions: str | None = None) -> AddaxRunner:
     """``fit(..., "addax-wa")``: Addax without length assignment (both parts from all examples)."""
     everything = np.arange(ctx.task.size("train"))
     opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers, sparse_embedding_grads=sparse_embedding_grads)
+                workers=workers, sparse_embedding_grads=sparse_embedding_grads,
+                directions=directions or default_directions(ctx.params()))
     k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
     k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
     return AddaxRunner(ctx, opt, everything, everything, k0, k1, None, sparse_embedding=sparse_embedding,
