@@ -21,8 +21,8 @@ time it needs it ("resample z" in lines 3–4 and 7 of ``PerturbParameters`` and
   span's buffer, and the kernel runs once on the whole span. The values are those of the
   streams one by one (bit for bit), but a pass makes ``GROUP``× fewer Python-level op
   calls, which on a 2-core CPU cost more than the arithmetic: a ±1 pass over MiniLM's
-  22.7 M weights took 120 ms in streams of 32 Ki and 36–41 ms in spans of 512 Ki
-  (benchmarks/README.md, "MeZO's passes in spans").
+  22.7 M weights took 118–125 ms in streams of 32 Ki (two threads) and 37–43 ms in spans of
+  512 Ki (one thread; benchmarks/README.md, "MeZO's passes in spans").
 * Buffers are allocated in the calling thread at the start of a pass, so
   :func:`zoedu.memory.measure` sees them (they are the only scratch memory: one span per
   worker and slot).
@@ -46,9 +46,10 @@ from dataclasses import dataclass
 
 import torch
 
-#: Elements per random stream on CPU: 32 Ki, torch's intra-op grain size, so each op of a
-#: pass runs on the worker thread that issued it (no nested OpenMP teams, which spin and
-#: oversubscribe a busy machine) and a stream's z (128 KiB in fp32) stays in L2 cache.
+#: Elements per random stream on CPU: 32 Ki, torch's intra-op grain size, so each stream's
+#: draw runs on the worker thread that issued it (no nested OpenMP teams, which spin and
+#: oversubscribe a busy machine); a span's lookup and kernel (:data:`GROUP` streams) are
+#: large enough for torch's own threads, which is why ±1 passes run in one worker.
 CHUNK = 1 << 15
 #: Streams per span on CPU (see the module docstring): 16 × 32 Ki elements, 2 MiB of fp32 scratch.
 GROUP = 16
