@@ -52,6 +52,19 @@ def test_footprint_dashboard_sliders_recompute():
         vmem.FootprintDashboard(_compute, batch_sizes=(1, 2), batch_size=3)
 
 
+def test_a_dashboard_changed_before_it_is_shown_draws_its_current_figure():
+    """The live view of the figure (inside the controls' box) is drawn from the widget's
+    synced copy of the figure; showing the dashboard refreshes it, so a slider moved from
+    Python first does not leave the view on the figure the dashboard was built with."""
+    dash = vmem.FootprintDashboard(_compute, batch_sizes=(1, 4, 16), seq_lens=(64, 512), batch_size=1, seq_len=64)
+    dash.controls["batch_size"].value = 16
+    view = lambda: [t for t in dash.figure._widget_data if t.get("name") == "activations"][0]["y"]  # noqa: E731
+    bundle = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    np.testing.assert_allclose(view(), np.array([16 * 64 * 1024, 16 * 64 * 1024 / 16]) / MiB)
+    assert "batch size 16" in dash.figure._widget_layout["title"]["text"]
+
+
 def _estimates():
     rows = []
     for model, base in (("opt-125m", 0.25e9), ("opt-13b", 26e9), ("opt-66b", 132e9)):

@@ -260,6 +260,14 @@ class Dashboard:
         self._widget = value
 
     def _repr_mimebundle_(self, include=None, exclude=None):
+        # the view of a FigureWidget inside a box is drawn from its _widget_data/_widget_layout,
+        # which plotly refreshes only in the FigureWidget's own _repr_mimebundle_ (not called
+        # here): without this, a dashboard changed from Python before it is shown would draw
+        # the figure it was built with
+        from copy import deepcopy
+
+        self.figure._widget_layout = deepcopy(self.figure._layout_obj._props)
+        self.figure._widget_data = deepcopy(self.figure._data)
         bundle = dict(static_bundle(go.Figure(self.figure.to_dict())))
         bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
         return bundle
