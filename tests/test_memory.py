@@ -514,10 +514,11 @@ def test_mezo_scratch_follows_the_passes_spans_and_workers(monkeypatch):
 
     assert ZO_GROUP == GROUP
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    kw = dict(batch_size=1, seq_len=1, device="cpu", size="25m")  # activations below the scratch
+    # streams of 16 × 32 Ki: a scratch above the activations of one token
+    kw = dict(batch_size=1, seq_len=1, device="cpu", size="25m", chunk=ZO_CHUNK * 16)
     rad = estimate("tiny-opt", "mezo", directions="rademacher", **kw)
     gau = estimate("tiny-opt", "mezo", directions="gaussian", **kw)
-    span = ZO_CHUNK * ZO_GROUP
+    span = ZO_CHUNK * 16 * ZO_GROUP
     assert estimate("tiny-opt", "mezo", **kw).total == rad.total  # None: fit's CPU default
     base = estimate("tiny-opt", "inference", **kw).other
     assert rad.other - base == 4 * span + span // 8 + span

@@ -22,7 +22,7 @@ EXACT_RESTORE_BYTES = 0.3
 #: optimizers import memory, not the other way; a test checks that the two agree).
 ZO_CHUNK = 1 << 15
 #: Streams per span of those passes, ``zoedu.optim.GROUP``: a pass draws a span at a time.
-ZO_GROUP = 16
+ZO_GROUP = 1
 
 
 def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, num_labels: int | None = None,
