@@ -76,6 +76,12 @@ class AddaxRunner:
                 "skipped_steps": opt.skipped_steps}
 
 
+def _optimizer(ctx, *, directions: str | None, **options) -> Addax:
+    """The :class:`Addax` of both methods; ``directions=None``: :func:`default_directions`."""
+    params = ctx.params()
+    return Addax(params, lr=ctx.lr, seed=ctx.seed, directions=directions or default_directions(params), **options)
+
+
 def _check_k(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer (examples per step)")
@@ -106,9 +112,8 @@ def make_addax(ctx, *, length_threshold: int | None = None, k0: int | None = Non
         raise ValueError(f"length_threshold={length_threshold!r} must be an integer ≥ 0 (tokens)")
     long_pool = np.flatnonzero(lengths > length_threshold)
     short_pool = np.flatnonzero(lengths <= length_threshold)
-    opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers, sparse_embedding_grads=sparse_embedding_grads,
-                directions=directions or default_directions(ctx.params()))
+    opt = _optimizer(ctx, alpha=alpha, eps=eps, weight_decay=weight_decay, workers=workers,
+                     sparse_embedding_grads=sparse_embedding_grads, directions=directions)
     if alpha > 0 and long_pool.size == 0:
         raise ValueError(f"length_threshold={length_threshold} leaves no training example longer than it "
                          f"(longest: {int(lengths.max())} tokens); lower it")
@@ -127,9 +132,8 @@ def make_addax_wa(ctx, *, k0: int | None = None, k1: int | None = None, alpha: f
                   autocast: str | None = "auto", directions: str | None = None) -> AddaxRunner:
     """``fit(..., "addax-wa")``: Addax without length assignment (both parts from all examples)."""
     everything = np.arange(ctx.task.size("train"))
-    opt = Addax(ctx.params(), lr=ctx.lr, eps=eps, alpha=alpha, weight_decay=weight_decay, seed=ctx.seed,
-                workers=workers, sparse_embedding_grads=sparse_embedding_grads,
-                directions=directions or default_directions(ctx.params()))
+    opt = _optimizer(ctx, alpha=alpha, eps=eps, weight_decay=weight_decay, workers=workers,
+                     sparse_embedding_grads=sparse_embedding_grads, directions=directions)
     k0 = _check_k("k0", ctx.batch_size if k0 is None else k0)
     k1 = _check_k("k1", ctx.batch_size if k1 is None else k1)
     return AddaxRunner(ctx, opt, everything, everything, k0, k1, None, sparse_embedding=sparse_embedding,

@@ -267,12 +267,21 @@ def rademacher_(buf: torch.Tensor, n: int, generator: torch.Generator) -> torch.
     1.5–1.8 ns for unpacking the bits with shifts (benchmarks/README.md, section 1 + 3).
     The bytes are read in the machine's byte order (little-endian on x86 and ARM).
     """
-    nbytes = _padded(n) // 8
-    words = torch.empty(-(-nbytes // 8), dtype=torch.int64, device=buf.device)
+    words = torch.empty(_words(n), dtype=torch.int64, device=buf.device)
     words.random_(-(1 << 63), None, generator=generator)
+    return _signs(buf, words, _padded(n) // 8)[:n]
+
+
+def _words(n: int) -> int:
+    """64-bit random words for ``n`` ±1 entries (one byte per 8 entries, whole words)."""
+    return -(-(_padded(n) // 8) // 8)
+
+
+def _signs(buf: torch.Tensor, words: torch.Tensor, nbytes: int) -> torch.Tensor:
+    """``buf[:8 nbytes]`` ← the ±1 entries of the first ``nbytes`` bytes of ``words`` (the sign table)."""
     index = words.view(torch.uint8)[:nbytes].long()
     torch.index_select(_sign_table(buf.dtype, buf.device), 0, index, out=buf[: nbytes * 8].view(nbytes, 8))
-    return buf[:n]
+    return buf
 
 
 class Perturber:
@@ -343,16 +352,11 @@ class Perturber:
         # ±1: every full stream fills chunk / 64 whole words, so the bytes of all streams lie
         # side by side and one table lookup (rademacher_'s) serves the span
         per = chunk // 64
-        nbytes = (len(sizes) - 1) * (chunk // 8) + _padded(sizes[-1]) // 8
-        words = torch.empty((len(sizes) - 1) * per + -(-(_padded(sizes[-1]) // 8) // 8), dtype=torch.int64,
-                            device=scratch.device)
+        words = torch.empty((len(sizes) - 1) * per + _words(sizes[-1]), dtype=torch.int64, device=scratch.device)
         for k, m in enumerate(sizes):
             gen.manual_seed(stream_seed(seed, stream.param_index, first + k))
-            words[k * per: k * per + -(-(_padded(m) // 8) // 8)].random_(-(1 << 63), None, generator=gen)
-        index = words.view(torch.uint8)[:nbytes].long()
-        torch.index_select(_sign_table(scratch.dtype, scratch.device), 0, index,
-                           out=scratch[: nbytes * 8].view(nbytes, 8))
-        return scratch[:n]
+            words[k * per: k * per + _words(m)].random_(-(1 << 63), None, generator=gen)
+        return _signs(scratch, words, (len(sizes) - 1) * (chunk // 8) + _padded(sizes[-1]) // 8)[:n]
 
     def run(self, kernel: Callable, *, slots: int = 1, streams: Sequence[Stream] | None = None,
             serial: bool = False) -> None:

@@ -10,6 +10,7 @@ notebook.
 from __future__ import annotations
 
 import os
+from copy import deepcopy
 from collections.abc import Iterable
 
 import plotly.graph_objects as go
@@ -264,8 +265,6 @@ class Dashboard:
         # which plotly refreshes only in the FigureWidget's own _repr_mimebundle_ (not called
         # here): without this, a dashboard changed from Python before it is shown would draw
         # the figure it was built with
-        from copy import deepcopy
-
         self.figure._widget_layout = deepcopy(self.figure._layout_obj._props)
         self.figure._widget_data = deepcopy(self.figure._data)
         bundle = dict(static_bundle(go.Figure(self.figure.to_dict())))
