@@ -1,5 +1,6 @@
 """zoedu compare: the experiment and the command."""
 
+import pandas as pd
 import pytest
 
 from zoedu.cli import main
@@ -91,6 +92,12 @@ def test_one_defaults_table():
 
     assert compare_module.DEFAULT_LR is defaults.DEFAULT_LR is optim.DEFAULT_LR
     assert defaults.default_options("addax")["k1"] == 4 and "lr" not in defaults.default_options("mezo")
+    # the prompt head replaces only what PROMPT_OPTIONS names, and hands out copies
+    prompt = defaults.default_options("addax", "prompt")
+    assert prompt["k1"] == defaults.PROMPT_OPTIONS["addax"]["k1"] != 4 and prompt["k0"] == 4
+    assert defaults.default_options("addax", "linear") == defaults.default_options("addax")
+    prompt["k1"] = 99
+    assert defaults.default_options("addax", "prompt")["k1"] != 99
     assert parse_lr(None, ["sgd", "lion"]) == {"sgd": defaults.DEFAULT_LR["sgd"], "lion": defaults.FALLBACK_LR}
 
 
@@ -125,3 +132,29 @@ def test_mezo_prompt_learning_rate_follows_the_batch():
         [1e-5, 1e-5, 1e-5, 5e-5, 5e-5, 1e-4, 1e-4]
     assert default_lr("mezo", "linear", 64) == default_lr("mezo") == 1e-3  # the linear head: no batch rule
     assert default_lr("adam", "prompt", 64) == default_lr("adam", "prompt", 4)
+
+
+def test_run_methods_gives_each_method_its_head_defaults(monkeypatch):
+    """run_methods without an lr or options: the head's learning rate (for the method's batch)
+    and the head's options (Addax's K¹ with the prompt head); an entry's own values win."""
+    import zoedu.train
+    from zoedu import defaults
+    from zoedu.experiments.optim import run_methods
+
+    calls = {}
+
+    def fake_fit(model, task, method, **kw):
+        calls[method] = kw
+        return pd.DataFrame({"step": [1]})
+
+    monkeypatch.setattr(zoedu.train, "fit", fake_fit)
+    run_methods("tiny-opt", "sentiment", {"addax": {}, "mezo": {"batch_size": 64}}, 1, head="prompt",
+                model_options={"size": "1m"}, task_options={"n_train": 8, "n_validation": 4, "max_length": 16})
+    assert calls["addax"]["lr"] == defaults.PROMPT_LR["addax"] and calls["addax"]["k1"] == 12
+    assert calls["mezo"]["lr"] == defaults.default_lr("mezo", "prompt", 64) == defaults.PROMPT_LR["mezo"]
+    run_methods("tiny-opt", "sentiment", {"addax": {"k1": 3, "lr": 0.5}}, 1, head="linear",
+                model_options={"size": "1m"}, task_options={"n_train": 8, "n_validation": 4, "max_length": 16})
+    assert calls["addax"]["lr"] == 0.5 and calls["addax"]["k1"] == 3
+    run_methods("tiny-opt", "sentiment", {"addax": {}}, 1, model_options={"size": "1m"},
+                task_options={"n_train": 8, "n_validation": 4, "max_length": 16})
+    assert calls["addax"]["lr"] == defaults.DEFAULT_LR["addax"] and calls["addax"]["k1"] == 4

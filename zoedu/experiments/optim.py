@@ -46,8 +46,10 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
             docstring).
         steps: steps per method (an entry's ``steps`` overrides it).
         batch_size: examples per step (an entry's ``batch_size`` overrides it).
-        lr: one learning rate, ``{label: lr}``, or ``None`` for :data:`zoedu.defaults.DEFAULT_LR`.
-            An entry's options are added to the method's :data:`zoedu.defaults.METHOD_DEFAULTS`.
+        lr: one learning rate, ``{label: lr}``, or ``None`` for
+            :func:`zoedu.defaults.default_lr` (for ``head`` and the entry's batch size). An
+            entry's options are added to the method's :func:`zoedu.defaults.default_options`
+            (for ``head``: Addax's K¹ = 12 with the prompt head).
         eval_every, eval_examples: passed to :func:`zoedu.train.fit`.
         head: ``None``/``"linear"`` (a fresh linear classifier) or ``"prompt"`` (the task's
             prompt: the untrained model is the zero-shot classifier; see :func:`load_models`).
@@ -66,14 +68,14 @@ def run_methods(model_name: str = "tiny-opt", task="sentiment", methods=("mezo",
     for label, spec in specs.items():
         spec = dict(spec)
         name = spec.pop("method", label)
-        spec = {**default_options(name), **spec}
+        spec = {**default_options(name, head), **spec}
         method_lr = spec.pop("lr", None)
-        if method_lr is None:
-            method_lr = lr.get(label, default_lr(name)) if isinstance(lr, dict) else lr
-        if method_lr is None:
-            method_lr = default_lr(name)
         n_steps = int(spec.pop("steps", steps))
         n_batch = int(spec.pop("batch_size", batch_size))
+        if method_lr is None:
+            method_lr = lr.get(label) if isinstance(lr, dict) else lr
+        if method_lr is None:
+            method_lr = default_lr(name, head, n_batch)
         model = load()
         h = fit(model, the_task, name, steps=n_steps, lr=float(method_lr), batch_size=n_batch, seed=seed,
                 device=device, eval_every=eval_every, eval_examples=eval_examples, quiet=quiet,
