@@ -63,10 +63,11 @@ PROMPT_LR: dict[str, float] = {"adam": 1e-5, "sgd": 1e-2, "ipsgd": 1e-2,
                                "mezo": _prompt_mezo_lr(PROMPT_BATCH_SIZE["mezo"]), "addax": 5e-3, "addax-wa": 5e-3}
 
 #: Method options that replace :data:`METHOD_DEFAULTS`' with the prompt head. Addax's
-#: first-order part takes K¹ = 12 short examples a step (the linear head's 4 at lr 1e-3 made
-#: its accuracy swing by up to 15 points between evaluations and fall below zero-shot at
-#: first); with 12 at lr 5e-3 its validation loss falls steadily on seeds 0–2, and its peak
-#: stays at MeZO's (the short examples' activations are small). Probes and the item-7
+#: first-order part takes K¹ = 12 short examples a step (with the linear head's K¹ = 4, at
+#: the prompt head's earlier lr 1e-3, its accuracy swung by up to 15 points between
+#: evaluations and fell below zero-shot at first); with 12 at lr 5e-3 its validation loss falls
+#: steadily on seeds 0–2, and its peak stays at MeZO's (the short examples' activations are
+#: small). Probes and the item-7
 #: measurement: benchmarks/README.md, "Addax with K¹ = 12".
 PROMPT_OPTIONS: dict[str, dict] = {"addax": {"k1": 12}, "addax-wa": {"k1": 12}}
 
