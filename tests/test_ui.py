@@ -215,8 +215,15 @@ def _move_first_slider(page, cell) -> tuple[str, str]:
     handle.scroll_into_view_if_needed(timeout=UI_S * 1000)
     before = cell.evaluate(PLOT_DATA)
     deadline = time.monotonic() + DRAW_S
+    waited = 0
     while not any(plot[0] for plot in json.loads(before)) and time.monotonic() < deadline:
         page.wait_for_timeout(500)  # a busy machine: the live figure is still being drawn
+        waited += 1
+        if waited % 10 == 0:
+            # what a person would do: scroll the figure back into view and let the page lay out
+            # again (JupyterLab renders only the cells in view; plotly draws on a resize)
+            cell.scroll_into_view_if_needed(timeout=UI_S * 1000)
+            page.evaluate("() => window.dispatchEvent(new Event('resize'))")
         before = cell.evaluate(PLOT_DATA)
     handle.click(timeout=UI_S * 1000)
     after = before
