@@ -108,8 +108,8 @@ def _addax(args) -> pd.DataFrame:
                          # the smoother measure: MeZO's final validation loss, and when it is reached
                          "loss_target": loss_target, "steps_to_loss": loss_step, "seconds_to_loss": loss_seconds,
                          # how often the run stays at the target after it first reaches it
-                         "at_target_after": float((ev["eval_accuracy"][ev["step"] >= (step or 0)]
-                                                   >= target - 1e-9).mean()) if step is not None else 0.0,
+                         "at_target_after": 0.0 if step is None else
+                         float((ev["eval_accuracy"][ev["step"] >= step] >= target - 1e-9).mean()),
                          "seconds": float(h["seconds"].iloc[-1]), "cpu_s": cpu,
                          "seconds_per_step": float(h["seconds"].iloc[-1]) / max(1, int(h["step"].iloc[-1])),
                          "peak_mib": float(h["peak_memory"].max()) / 2**20,

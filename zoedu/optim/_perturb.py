@@ -53,10 +53,10 @@ import torch
 #: large enough for torch's own threads, which is why ±1 passes run in one worker.
 CHUNK = 1 << 15
 #: Streams per span on CPU by default (see the module docstring). 1: spans are opt-in
-#: (``Perturber(..., group=16)``: a MeZO step on MiniLM 0.77× as long on 2 idle cores). Their
-#: large ops enter torch's OpenMP regions, and in two CI runs with them on by default the browser
-#: test beside the test suite timed out on a notebook's first live figure (it passed alone and
-#: in the earlier run); until that is understood, the default keeps the passes' ops single-threaded.
+#: (``Perturber(..., group=16)``: a MeZO step on MiniLM 0.77× as long on 2 idle cores). Two CI
+#: runs with them on by default failed the browser test on a notebook's first live figure; the
+#: same failure later came back with them off, so they were not its cause, but spans by default
+#: have not yet passed CI (benchmarks/README.md, "Spans are opt-in").
 GROUP = 1
 #: The distributions a direction's entries may be drawn from.
 DIRECTIONS = ("gaussian", "rademacher")
@@ -228,8 +228,9 @@ def row_map(params: Sequence[torch.Tensor], rows) -> dict[int, torch.Tensor]:
 def default_workers(directions: str = "gaussian") -> int:
     """Worker threads for the CPU passes: ``ZOEDU_PERTURB_THREADS`` if set; else one for ±1
     directions (a second Python thread only contends for the GIL between the passes' short
-    calls: a MeZO step on MiniLM 0.40 s against 0.465 with two, 0.36 s in spans of 16) and torch's thread count for gaussian ones (each
-    stream's ``randn`` is too small to be split by torch)."""
+    calls: a MeZO step on MiniLM 0.40 s against 0.465 with two, 0.36 s in spans of 16) and
+    torch's thread count for gaussian ones (each stream's ``randn`` is too small to be split
+    by torch)."""
     env = os.environ.get("ZOEDU_PERTURB_THREADS")
     if env:
         return max(1, int(env))
