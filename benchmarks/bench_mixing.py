@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--best", default=None, help="weights of the static mixer (the sweep's best), '/'-separated")
     parser.add_argument("--mixtures", default=None, help="sweep: 'w1,w2,...;w1,w2,...' (default: mixture_grid)")
     parser.add_argument("--alg1", action="store_true", help="PiKE as Algorithm 1 (no shrink, no smoothing)")
+    parser.add_argument("--pike-options", default=None,
+                        help="JSON options for pike and balanced-pike over PIKE_DEFAULTS, e.g. "
+                             "'{\"precondition\": \"none\"}'")
     parser.add_argument("--synthetic-seeds", type=int, default=0)
     parser.add_argument("--csv", default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -99,8 +102,14 @@ def main() -> None:
                 raise SystemExit("--mixers static needs --best w1/w2/... (the sweep's best fixed mixture)")
             options["static"] = {"weights": [float(x) for x in args.best.split("/")]}
         if args.alg1:
-            options["pike"] = dict(shrink=False, smoothing=0.0)
-            options["balanced-pike"] = dict(shrink=False, smoothing=0.0, tilt_losses="stats")
+            options["pike"] = dict(shrink=False, smoothing=0.0, precondition="none")
+            options["balanced-pike"] = dict(shrink=False, smoothing=0.0, tilt_losses="stats", precondition="none")
+        if args.pike_options:
+            import json
+
+            extra = json.loads(args.pike_options)
+            for m in ("pike", "balanced-pike"):
+                options[m] = {**options.get(m, {}), **extra}
         frames = []
         for seed in seeds:
             r = pretrain_multidomain(mixers, seed=seed, device="cpu", mixer_options=options, **config)

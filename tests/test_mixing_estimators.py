@@ -106,3 +106,61 @@ def test_averaging_draws_makes_the_score_less_noisy():
     sd = df.pivot(index="domain", columns="draws", values="score_sd")
     assert (sd[4] < sd[1]).mean() >= 2 / 3                     # 4 draws: about half the s.d.
     assert set(df.columns) >= {"relative_sd", "weight_mean", "weight_sd", "backward_passes"}
+
+
+def test_precondition_takes_the_statistics_in_adams_coordinates(gpt2, corpus):
+    # precondition="optimizer": every task gradient is multiplied by (√v̂ + ε)^(-½) from AdamW's
+    # own second moments; the statistics then equal task_gradient_stats with that scale
+    import torch
+
+    from zoedu.mixing import task_gradient_stats
+    from zoedu.train import fit
+
+    seen = {}
+
+    class Source(MixedBatchSource):
+        def after_step(self, ctx, step, out):
+            scale = self._preconditioner(ctx)
+            if scale is not None:
+                opt = ctx.optimizer
+                p = next(iter(scale))
+                st, group = opt.state[p], opt.param_groups[0]
+                v_hat = st["exp_avg_sq"] / (1 - group["betas"][1] ** float(st["step"]))
+                torch.testing.assert_close(scale[p], (v_hat.sqrt() + group["eps"]).rsqrt())
+                assert len(scale) == len([q for q in ctx.model.parameters() if q.requires_grad])
+                rng_state = copy.deepcopy(ctx.rng.bit_generator.state)
+                batches = self.task_batches(ctx)
+                ctx.rng.bit_generator.state = rng_state   # the statistics below draw the same batches
+                seen["expected"] = task_gradient_stats(ctx.model, self.task.loss, batches, n_groups=2,
+                                                       scale=scale)
+            super().after_step(ctx, step, out)
+            if scale is not None:
+                seen["got"] = self.last_stats
+
+    model = copy.deepcopy(gpt2)
+    fit(model, corpus, "adam", steps=2, lr=3e-3, batch_size=6, quiet=True, track_memory=False,
+        device="cpu", eval_every=0, mixer=Source("pike", stats_every=1, n_groups=2, precondition="optimizer"))
+    np.testing.assert_allclose(seen["got"].sq_norms, seen["expected"].sq_norms, rtol=1e-5)
+    np.testing.assert_allclose(seen["got"].variances, seen["expected"].variances, rtol=1e-5)
+    # Adam's coordinates are not the Euclidean ones: the norms differ by orders of magnitude
+    h = run(gpt2, corpus, MixedBatchSource("pike", stats_every=1, n_groups=2), steps=2)
+    plain = h[[f"grad_sq_norm/{d}" for d in corpus.domains]].to_numpy()[-1]
+    assert not np.allclose(plain, seen["got"].sq_norms, rtol=0.5)
+
+
+def test_precondition_is_the_identity_without_second_moments(gpt2, corpus):
+    # SGD keeps no exp_avg_sq: the statistics are the Euclidean ones, bit for bit
+    from zoedu.train import fit
+
+    def sgd(precondition):
+        return fit(copy.deepcopy(gpt2), corpus, "sgd", steps=3, lr=1e-2, batch_size=6, quiet=True,
+                   track_memory=False, device="cpu", eval_every=0,
+                   mixer=MixedBatchSource("pike", stats_every=1, n_groups=2, precondition=precondition))
+
+    cols = [f"grad_sq_norm/{d}" for d in corpus.domains]
+    np.testing.assert_array_equal(sgd("optimizer")[cols].to_numpy(), sgd("none")[cols].to_numpy())
+
+
+def test_bad_precondition():
+    with pytest.raises(ValueError, match="precondition='adam'.*allowed: none, optimizer"):
+        MixedBatchSource("pike", precondition="adam")

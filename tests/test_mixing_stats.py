@@ -116,3 +116,41 @@ def test_stats_reject_single_examples_and_nan_losses():
     bad["x"][0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="task 1"):
         task_gradient_stats(model, _loss, [batches[0], bad])
+
+
+def test_scale_multiplies_every_gradient_before_the_statistics():
+    # D ⊙ g for every task and example: norms, variances and cosines of the scaled gradients
+    model, batches = _Net(), _task_batches(n=5)
+    g = torch.Generator().manual_seed(3)
+    params = list(model.parameters())
+    scale = {p: torch.rand(p.shape, generator=g) + 0.1 for p in params[:3]}    # the last one: 1
+    flat = torch.cat([scale.get(p, torch.ones(p.shape)).reshape(-1) for p in params]).double()
+    for est in ("per-sample", "groups"):
+        stats = task_gradient_stats(model, _loss, batches, variance=est, n_groups=5, chunk_size=2, scale=scale)
+        means = torch.stack([_flat(model, _loss(model, b)) * flat for b in batches])
+        np.testing.assert_allclose(stats.sq_norms, (means ** 2).sum(1).numpy(), rtol=1e-5)
+        cos = torch.nn.functional.cosine_similarity(means[:, None, :], means[None, :, :], dim=-1)
+        np.testing.assert_allclose(stats.cosine, cos.numpy(), atol=1e-5)
+        for k, b in enumerate(batches):
+            per = torch.stack([_flat(model, _loss(model, {"x": b["x"][i:i + 1], "labels": b["labels"][i:i + 1]}))
+                               for i in range(len(b["x"]))]) * flat
+            var = ((per - per.mean(0)) ** 2).sum(1).sum() / (len(per) - 1)
+            assert stats.variances[k] == pytest.approx(float(var), rel=1e-4)
+    plain = task_gradient_stats(model, _loss, batches, variance="groups", n_groups=5)
+    assert not np.allclose(plain.sq_norms, stats.sq_norms)
+
+
+@pytest.mark.parametrize("scale,match", [
+    ([1.0], "scale must be None or a dict"),
+    ("wrong-shape", "scale for a parameter of shape"),
+    ("negative", "non-negative"),
+])
+def test_bad_scale(scale, match):
+    model, batches = _Net(), _task_batches(n=4)
+    p = next(model.parameters())
+    if scale == "wrong-shape":
+        scale = {p: torch.ones(3)}
+    elif scale == "negative":
+        scale = {p: -torch.ones(p.shape)}
+    with pytest.raises(ValueError, match=match):
+        task_gradient_stats(model, _loss, batches, scale=scale)

@@ -33,6 +33,7 @@ class FitContext:
     batch_source: Any = field(default=None, repr=False)
     steps: int | None = None
     parallel: Any = field(default=None, repr=False)  # a zoedu.distributed.Parallel, or None
+    optimizer: Any = field(default=None, repr=False)  # the runner's torch optimizer, once fit built it
 
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters, in registration order (tied weights once)."""

@@ -240,6 +240,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         quiet = quiet or par.rank != 0
     # ----
     runner = _runner_for(method, ctx, method_options)
+    ctx.optimizer = getattr(runner, "optimizer", None)  # a batch source may read its state (precondition)
     if par is not None:
         par.attach(runner)
     name = method if isinstance(method, str) else type(method).__name__.lower()

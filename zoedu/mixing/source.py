@@ -26,6 +26,15 @@ Better statistics at no or little cost (``smoothing``, ``tilt_losses``):
   every step from the per-example losses the training step computes anyway, so free —
   instead of the mean loss of the statistics' few examples (``"stats"``, the default).
 
+* ``precondition="optimizer"``: take the statistics in the optimizer's own geometry. PiKE's
+  bound is for SGD; Adam(W) steps −η P m̂ with P = diag(1/(√v̂ + ε)), which is SGD in the
+  coordinates u = P^{-½}x, where a task's gradient is P^½ ∇L_k. So every task gradient is
+  multiplied by P^½ (from the optimizer's ``exp_avg_sq``, bias-corrected, and its ε) before
+  the norms, variances and cosines are taken: ‖∇L_k‖² becomes ⟨∇L_k, P ∇L_k⟩, the decrease
+  an Adam step along task k buys. A task whose gradient is large only in coordinates Adam
+  already scales down (its own, frequently large ones) no longer looks worth more. Optimizers
+  without second moments (SGD, IP-SGD, MeZO) and steps before the first update use P = I.
+
 Columns added to the History (one per domain ``d``): ``loss/d`` (training loss of the
 step's batch, NaN if the domain was absent), ``count/d`` (its examples in the batch),
 ``weight/d`` (the mixing weight the batch was drawn with); at statistics steps
@@ -48,6 +57,7 @@ from .samplers import Proportional, RandomTask, RoundRobin, Sampler, Static, Uni
 from .stats import task_gradient_stats
 
 TILT_LOSSES = ("stats", "train")
+PRECONDITION = ("none", "optimizer")
 MIXERS = ("uniform", "proportional", "static", "round-robin", "random-task", "pike", "balanced-pike")
 
 
@@ -94,13 +104,15 @@ class MixedBatchSource:
             steps (module docstring); 0 uses each draw alone.
         tilt_losses: ``"stats"`` or ``"train"``, the losses behind Balanced-PiKE's tilt.
         loss_smoothing: averaging factor in [0, 1) of the training-batch losses.
+        precondition: ``"none"`` (the published Euclidean statistics) or ``"optimizer"``
+            (in the optimizer's preconditioned coordinates, module docstring).
         **mixer_options: passed to the mixer when it is given by name (e.g. ``zeta1``, ``tau``).
     """
 
     def __init__(self, mixer="uniform", *, stats_every: int | None = None,
                  stats_batch_size: int | None = None, variance: str = "groups", n_groups: int = 4,
                  require_all: bool = False, smoothing: float = 0.0, tilt_losses: str = "stats",
-                 loss_smoothing: float = 0.9, **mixer_options):
+                 loss_smoothing: float = 0.9, precondition: str = "none", **mixer_options):
         if stats_every is not None and (isinstance(stats_every, bool) or not isinstance(stats_every, int)
                                         or stats_every < 1):
             raise ValueError(f"stats_every={stats_every!r} must be None or a positive integer")
@@ -111,6 +123,9 @@ class MixedBatchSource:
                 raise ValueError(f"{name}={v!r} must be a number in [0, 1) (the weight of the past)")
         if tilt_losses not in TILT_LOSSES:
             raise ValueError(f"tilt_losses={tilt_losses!r} is unknown; allowed: {', '.join(TILT_LOSSES)}")
+        if precondition not in PRECONDITION:
+            raise ValueError(f"precondition={precondition!r} is unknown; allowed: {', '.join(PRECONDITION)}")
+        self.precondition = precondition
         self.smoothing, self.tilt_losses, self.loss_smoothing = float(smoothing), tilt_losses, float(loss_smoothing)
         if mixer_options and not isinstance(mixer, str):
             raise ValueError(f"mixer options {sorted(mixer_options)} only apply to a mixer given by name")
@@ -209,6 +224,27 @@ class MixedBatchSource:
         est = m / s1
         return est[0], est[1], est[2], n * s1 * s1 / s2
 
+    def _preconditioner(self, ctx) -> dict | None:
+        """P^½ = (√v̂ + ε)^(-½) per parameter from the optimizer's second moments, or None (P = I)."""
+        opt = getattr(ctx, "optimizer", None)
+        if self.precondition == "none" or opt is None or not hasattr(opt, "state"):
+            return None
+        scale = {}
+        for group in opt.param_groups:
+            beta2 = group.get("betas", (None, None))[1]
+            eps = group.get("eps")
+            for p in group["params"]:
+                st = opt.state.get(p, {})
+                v, t = st.get("exp_avg_sq"), st.get("step")
+                if v is None or t is None or beta2 is None or eps is None:
+                    continue
+                t = float(t)
+                if t < 1:
+                    continue
+                v_hat = v.detach().float() / (1 - beta2 ** t)
+                scale[p] = (v_hat.sqrt() + eps).rsqrt()
+        return scale or None
+
     def after_step(self, ctx, step: int, out: dict) -> None:
         """Add the per-domain columns; every ``stats_every`` steps the statistics (and PiKE's update)."""
         b = self.loss_smoothing
@@ -224,7 +260,8 @@ class MixedBatchSource:
         if self.stats_every and step % self.stats_every == 0:
             t0 = time.perf_counter()
             stats = task_gradient_stats(ctx.model, self.task.loss, self.task_batches(ctx),
-                                        variance=self.variance, n_groups=self.n_groups)
+                                        variance=self.variance, n_groups=self.n_groups,
+                                        scale=self._preconditioner(ctx))
             # PiKE needs ‖∇L_k‖², not ‖ḡ_k‖²: the plug-in is inflated by σ_k²/n (n = b_stats), far
             # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks.
             # the example counts only where the noise-aware step uses them, so a subclass that

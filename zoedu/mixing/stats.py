@@ -141,7 +141,7 @@ class _eager_attention:
         return False
 
 
-def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k):
+def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k, flat_scale=None):
     """(Σ_i g_i, Σ_i ‖g_i‖², mean loss, backward calls) from per-example gradients, chunked."""
     from torch.func import functional_call, grad_and_value, vmap
 
@@ -177,6 +177,8 @@ def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k):
                 rows.append(_flat_grad(loss, [p for _, p in params]))
                 losses.append(loss.detach())
             per_ex, losses = torch.stack(rows), torch.stack(losses)
+        if flat_scale is not None:
+            per_ex = per_ex * flat_scale
         calls += 1
         total = per_ex.sum(0) if total is None else total + per_ex.sum(0)
         sq_sum += float((per_ex.double() ** 2).sum())
@@ -187,7 +189,8 @@ def _per_sample_sums(model, loss_fn, batch, params, chunk_size, k):
 
 def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor],
                         batches: Sequence[dict], *, variance: str = "groups", n_groups: int = 4,
-                        chunk_size: int = 8, keep_grads: bool = False) -> TaskGradientStats:
+                        chunk_size: int = 8, keep_grads: bool = False,
+                        scale: dict | None = None) -> TaskGradientStats:
     """Gradient norm, per-example variance and cosine matrix of K tasks (see the module docstring).
 
     Args:
@@ -200,6 +203,11 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         n_groups: G for ``"groups"``, at least 2 (capped at the batch size).
         chunk_size: examples per vectorised per-sample chunk.
         keep_grads: also return the ``(K, d)`` task gradients in ``grads``.
+        scale: optional ``{parameter: tensor of its shape}``, positive factors D that multiply
+            every gradient before the statistics are taken (parameters not in it: 1). With
+            D = P^½ for a diagonal preconditioner P, the norms, variances and cosines are those
+            of the preconditioned coordinates, in which the preconditioned step is plain SGD
+            (:class:`zoedu.mixing.MixedBatchSource`'s ``precondition``).
 
     Returns:
         :class:`TaskGradientStats`. The model's ``.grad`` fields are not touched.
@@ -214,6 +222,22 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
     params = _params(model)
     plist = [p for _, p in params]
+    flat_scale = None
+    if scale is not None:
+        if not isinstance(scale, dict):
+            raise ValueError(f"scale must be None or a dict {{parameter: tensor}}, got {type(scale).__name__}")
+        parts = []
+        for p in plist:
+            s_p = scale.get(p)
+            if s_p is None:
+                parts.append(torch.ones(p.numel(), dtype=torch.float32, device=p.device))
+            elif tuple(s_p.shape) != tuple(p.shape):
+                raise ValueError(f"scale for a parameter of shape {tuple(p.shape)} has shape {tuple(s_p.shape)}")
+            else:
+                parts.append(s_p.detach().reshape(-1).float().to(p.device))
+        flat_scale = torch.cat(parts)
+        if not bool(torch.isfinite(flat_scale).all()) or bool((flat_scale < 0).any()):
+            raise ValueError("scale must hold finite, non-negative factors")
     grads, sq_norms, variances, losses, counts = [], [], [], [], []
     fwd = bwd = 0
     for k, batch in enumerate(batches):
@@ -221,7 +245,8 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         if n < 2:
             raise ValueError(f"batch of task {k} has {n} example(s); a variance needs at least 2")
         if variance == "per-sample":
-            total, sq_sum, mean_loss, calls = _per_sample_sums(model, loss_fn, batch, params, chunk_size, k)
+            total, sq_sum, mean_loss, calls = _per_sample_sums(model, loss_fn, batch, params, chunk_size, k,
+                                                               flat_scale)
             mean = total / n
             var = (sq_sum - n * float(mean.double().pow(2).sum())) / (n - 1)
             fwd += calls
@@ -233,7 +258,8 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
             for j in range(G):
                 sub = _rows(batch, slice(int(bounds[j]), int(bounds[j + 1])))
                 loss = _check_loss(loss_fn(model, sub), k)
-                group_grads.append(_flat_grad(loss, plist))
+                g = _flat_grad(loss, plist)
+                group_grads.append(g if flat_scale is None else g * flat_scale)
                 sizes.append(int(bounds[j + 1] - bounds[j]))
                 loss_sum += float(loss.detach()) * sizes[-1]
                 fwd += 1
