@@ -37,9 +37,10 @@ DOMAIN_SIZES = {"prose": 600, "code": 600, "rot13": 300, "arithmetic": 150, "noi
 SCENARIO_DOMAINS = ("prose", "code", "noise", "duplicated", "reversed")
 #: PiKE's settings in these experiments unless ``mixer_options`` says otherwise (the same for
 #: every mixture; benchmarks/README.md): the noise-aware step, statistics averaged across
-#: statistics steps, and Balanced-PiKE's tilt from the free training-batch losses.
-PIKE_DEFAULTS = {"pike": dict(shrink=True, smoothing=0.5),
-                 "balanced-pike": dict(shrink=True, smoothing=0.5, tilt_losses="train")}
+#: statistics steps, the statistics taken in Adam's preconditioned coordinates (the bound PiKE
+#: maximises is for SGD; since 2026-12-03) and Balanced-PiKE's tilt from the free training-batch losses.
+PIKE_DEFAULTS = {"pike": dict(shrink=True, smoothing=0.5, precondition="optimizer"),
+                 "balanced-pike": dict(shrink=True, smoothing=0.5, tilt_losses="train", precondition="optimizer")}
 
 
 def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pike", "balanced-pike"), *,
