@@ -203,7 +203,7 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         n_groups: G for ``"groups"``, at least 2 (capped at the batch size).
         chunk_size: examples per vectorised per-sample chunk.
         keep_grads: also return the ``(K, d)`` task gradients in ``grads``.
-        scale: optional ``{parameter: tensor of its shape}``, positive factors D that multiply
+        scale: optional ``{parameter: tensor of its shape}``, non-negative factors D that multiply
             every gradient before the statistics are taken (parameters not in it: 1). With
             D = P^½ for a diagonal preconditioner P, the norms, variances and cosines are those
             of the preconditioned coordinates, in which the preconditioned step is plain SGD
