@@ -209,36 +209,41 @@ def _dismiss_toasts(page) -> None:
             pass
 
 
+def _has_data(plot_data: str) -> bool:
+    return any(plot[0] for plot in json.loads(plot_data))
+
+
+def _wait_for_data(page, cell, before: str, seconds: float, *, nudge: bool) -> str:
+    """The cell's plot data once a figure holds data, or at the timeout; ``nudge``: every 5 s
+    scroll the figure back into view and send a resize (JupyterLab renders only the cells in
+    view; plotly draws on a resize), what a person would do."""
+    deadline = time.monotonic() + seconds
+    waited = 0
+    while not _has_data(before) and time.monotonic() < deadline:
+        page.wait_for_timeout(500)  # a busy machine: the live figure is still being drawn
+        waited += 1
+        if nudge and waited % 10 == 0:
+            cell.scroll_into_view_if_needed(timeout=UI_S * 1000)
+            page.evaluate("() => window.dispatchEvent(new Event('resize'))")
+        before = cell.evaluate(PLOT_DATA)
+    return before
+
+
 def _move_first_slider(page, cell) -> tuple[str, str, bool]:
     """Move the cell's first slider one step (right, or left at the end); return the plot
     data before and after (after: as soon as it differs, or at the timeout), and whether the
     figure was still empty after DRAW_S and drew only once the slider had moved."""
     handle = cell.locator(".widget-slider .noUi-handle").first
     handle.scroll_into_view_if_needed(timeout=UI_S * 1000)
-    before = cell.evaluate(PLOT_DATA)
-    deadline = time.monotonic() + DRAW_S
-    waited = 0
-    while not any(plot[0] for plot in json.loads(before)) and time.monotonic() < deadline:
-        page.wait_for_timeout(500)  # a busy machine: the live figure is still being drawn
-        waited += 1
-        if waited % 10 == 0:
-            # what a person would do: scroll the figure back into view and let the page lay out
-            # again (JupyterLab renders only the cells in view; plotly draws on a resize)
-            cell.scroll_into_view_if_needed(timeout=UI_S * 1000)
-            page.evaluate("() => window.dispatchEvent(new Event('resize'))")
-        before = cell.evaluate(PLOT_DATA)
+    before = _wait_for_data(page, cell, cell.evaluate(PLOT_DATA), DRAW_S, nudge=True)
     handle.click(timeout=UI_S * 1000)
-    late = False
-    if not any(plot[0] for plot in json.loads(before)):
+    late = not _has_data(before)
+    if late:
         # an empty first render (seen intermittently on a loaded machine, cause not found):
         # what a person would do next is move the slider, which makes the kernel send the
         # figure again; the caller reports it, and the move below must still change the figure
-        late = True
         handle.press("ArrowRight")
-        deadline = time.monotonic() + SLIDER_S
-        while not any(plot[0] for plot in json.loads(before)) and time.monotonic() < deadline:
-            page.wait_for_timeout(1000)
-            before = cell.evaluate(PLOT_DATA)
+        before = _wait_for_data(page, cell, before, SLIDER_S, nudge=False)
     after = before
     for key in ("ArrowRight", "ArrowLeft", "ArrowLeft"):
         handle.press(key)
@@ -295,7 +300,7 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser):
                       if cells.nth(i).locator(".widget-slider").count() and cells.nth(i).locator(".js-plotly-plot").count()]
         for k, cell in enumerate(dashboards):
             before, after, late = _move_first_slider(page, cell)
-            assert any(plot[0] for plot in json.loads(before)), (
+            assert _has_data(before), (
                 f"{path.name}: dashboard {k} ({cell.locator('.js-plotly-plot').count()} plot(s)) drew no data "
                 f"within {DRAW_S} s, nor after its slider moved")
             if late:
