@@ -57,8 +57,8 @@ def pretrain_multidomain(mixers: Sequence[str] = ("uniform", "proportional", "pi
         seed: model initialisation and batch order.
         task: a prebuilt multidomain task (skips building it; must match ``max_length``).
         mixer_options: per mixer name, options for it (over :data:`PIKE_DEFAULTS`), e.g.
-            ``{"pike": {"zeta1": 2.0}}``; ``{"pike": {"shrink": False, "smoothing": 0.0}}`` is
-            Algorithm 1 as published;
+            ``{"pike": {"zeta1": 2.0}}``; ``{"pike": {"shrink": False, "smoothing": 0.0, "precondition": "none"}}``
+            is Algorithm 1 as published;
             ``"static"`` needs ``{"static": {"weights": [...]}}``.
         domains (in config): the domains (names from ``zoedu.tasks.multidomain.DOMAINS``);
             sizes of domains ``n_train`` does not list come from :data:`DOMAIN_SIZES`.
