@@ -1,5 +1,7 @@
 """Figures and dashboards of notebook 04 (gradient conflicts, PiKE), tested headlessly."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -34,7 +36,7 @@ def test_conflict_figure_selects_the_level():
 
 def test_conflict_dashboard_slider_runs_from_aligned_to_opposed_and_changes_the_curves():
     dash = vm.ConflictDashboard(_conflict_results())
-    assert isinstance(dash.figure, go.FigureWidget)
+    assert isinstance(dash.figure, go.Figure)
     assert [v for _, v in dash.cosine.options] == [1.0, 0.0, -1.0]
     assert dash.cosine.value == 1.0
     before = np.array(dash.figure.data[0].y)
@@ -194,3 +196,38 @@ def test_mixing_weights_stay_visible_when_they_coincide():
     lines = [t.line for t in fig.data]
     assert len({ln.dash for ln in lines}) == 4
     assert [ln.width for ln in lines] == sorted((ln.width for ln in lines), reverse=True)  # first drawn, widest
+
+
+def _widget_tree(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _widget_tree(child)
+
+
+def _drawn(dash) -> dict:
+    (output,) = dash.view.outputs
+    return output["data"]["application/vnd.plotly.v1+json"]
+
+
+def test_dashboards_draw_into_an_output_widget_with_no_anywidget_in_the_tree():
+    # go.FigureWidget (an anywidget) drew empty figures that never updated when plotly's
+    # 4.9 MB module took > 2 s to load in the browser; the live view is a core Output now
+    import anywidget
+    import ipywidgets as w
+
+    m = np.array([[1, -0.25], [-0.25, 1]])
+    for dash, control, value in [
+            (vm.cosine_dashboard([(5, np.eye(2)), (10, m)], ["prose", "code"]), "step", 10),
+            (vm.ConflictDashboard(_conflict_results()), "cosine", -1.0)]:
+        tree = list(_widget_tree(dash.widget))
+        assert not [x for x in tree if isinstance(x, anywidget.AnyWidget)]
+        assert dash.view in tree and isinstance(dash.view, w.Output)
+        first = _drawn(dash)
+        assert first["data"] and first["layout"]["title"]["text"] == dash.figure.layout.title.text
+        setattr(getattr(dash, control), "value", value)
+        now = _drawn(dash)
+        assert now != first
+        figure = json.loads(dash.figure.to_json())  # what is drawn is the figure, exactly
+        assert (now["data"], now["layout"]) == (figure["data"], figure["layout"])
+    heat = _drawn(vm.cosine_dashboard([(5, np.eye(2)), (10, m)], ["prose", "code"]))["data"][0]
+    assert heat["type"] == "heatmap"

@@ -1,5 +1,5 @@
 """Figures and dashboards of notebooks 00, 01 and 03, tested headlessly: set a control's
-``.value`` from Python and check that the FigureWidget's data changed as it should."""
+``.value`` from Python and check that the figure's data changed as it should."""
 
 import numpy as np
 import pandas as pd
@@ -80,7 +80,7 @@ def test_spsa_figure_arrows_start_at_the_point():
 
 def test_spsa_dashboard_sliders_redraw_the_estimate():
     dash = vo.SPSADashboard(_quadratic_estimate, _objective, _gradient, point=(1.0, 0.5), n=1)
-    assert isinstance(dash.figure, go.FigureWidget)
+    assert isinstance(dash.figure, go.Figure)
     est = lambda: [t for t in dash.figure.data if t.name.startswith("SPSA")][0]  # noqa: E731
     faint = lambda: [t for t in dash.figure.data if t.name.startswith("one-direction")][0]  # noqa: E731
     one = np.array(est().x, float)

@@ -1,5 +1,7 @@
 """Figures and dashboards of notebook 05 (DP with public data), tested headlessly."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -50,7 +52,7 @@ def test_mean_mse_figure_rejects_missing_columns():
 def test_mean_estimation_dashboard_epsilon_slider_redraws_the_n_pub_panel():
     dash = vp.MeanEstimationDashboard(_grid(), n_pub=100, epsilon=1.0)
     fig = dash.figure
-    assert isinstance(fig, go.FigureWidget)
+    assert isinstance(fig, go.Figure)
     # trace 0 = throw-away formula vs n_pub (unaffected by ε); trace 4 = treat-as-private formula
     tap = [i for i, t in enumerate(fig.data) if t.xaxis in (None, "x") and t.mode == "lines"
            and "public as private" in t.name][0]
@@ -132,3 +134,17 @@ def test_dashboards_on_the_real_privacy_experiments():
     assert len(fig.data) == 2
     assert fig.data[0].y[-1] > fig.data[1].y[-1] > 0  # more noise, less ε spent
     assert fig.data[0].name == "σ = 0.8, accountant = rdp"
+
+
+def test_mean_estimation_dashboard_update_from_python_redraws_its_view():
+    # update() is public: calling it (not only moving a slider) must reach the view
+    dash = vp.MeanEstimationDashboard(_grid(), n_pub=100, epsilon=1.0)
+    (first,) = dash.view.outputs
+    dash.update(1000, 4.0)
+    (now,) = dash.view.outputs
+    drawn = now["data"]["application/vnd.plotly.v1+json"]
+    assert drawn != first["data"]["application/vnd.plotly.v1+json"]
+    assert drawn["data"] == json.loads(dash.figure.to_json())["data"]
+    dash.epsilon.value = 1.0  # the slider path: one redraw, the same figure drawn
+    assert dash.view.outputs[0]["data"]["application/vnd.plotly.v1+json"]["data"] == \
+        json.loads(dash.figure.to_json())["data"]

@@ -10,7 +10,6 @@ notebook.
 from __future__ import annotations
 
 import os
-from copy import deepcopy
 from collections.abc import Iterable
 
 import plotly.graph_objects as go
@@ -227,25 +226,66 @@ def static_bundle(fig: go.Figure) -> dict:
 
 
 class Dashboard:
-    """Base of every zoedu dashboard: ``figure`` is a ``go.FigureWidget``, ``controls`` the widgets.
+    """Base of every zoedu dashboard: ``figure`` (a ``go.Figure``) holds what is drawn,
+    ``view`` (an ``ipywidgets.Output``) draws it, ``controls`` are the widgets.
+
+    Every control change runs the subclass's handler, which edits ``figure``, and then
+    :meth:`redraw`, which puts the figure into ``view`` as one plotly display bundle
+    (``application/vnd.plotly.v1+json``, drawn by JupyterLab's plotly renderer). Handlers
+    are plain methods (``update``), so tests drive a dashboard by setting a control's
+    ``.value`` from Python and reading ``figure`` (and ``view.outputs``).
+
+    Why not ``go.FigureWidget``: it is an anywidget whose model, in the browser, must load
+    plotly's 4.9 MB module within 2 s; when it does not (a busy laptop, Binder, a shared
+    CI machine) anywidget drops every message to that model, so the figure is drawn empty
+    and never changes again (reproduced by shortening that timeout; tests/test_ui.py had
+    failed that way intermittently). An Output widget is part of ipywidgets itself and has
+    no such deadline.
 
     It displays as its live widget in Jupyter and, where widgets cannot run (nbconvert's
     HTML of an executed notebook carries no widget state), as a static copy of the figure:
     the display bundle holds the figure's own plotly bundle (which also loads plotly.js in
-    the page) with the widget view on top. Handlers are plain methods (``update``), so tests
-    drive a dashboard by setting a control's ``.value`` from Python.
+    the page) with the widget view on top.
     """
 
-    figure: go.FigureWidget
+    figure: go.Figure
     controls: dict
     _widget = None
+    _view = None
+
+    def _watch(self, handler, *controls) -> None:
+        """On every change of a control's value: ``handler()``, then :meth:`redraw`."""
+        for control in controls:
+            control.observe(lambda change: (handler(), self.redraw()), names="value")
 
     def _observe(self) -> None:
         for control in self.controls.values():
             style = getattr(control, "style", None)
             if style is not None and hasattr(style, "description_width"):
                 style.description_width = "initial"  # the whole label ("sequence length", not "sequence …")
-            control.observe(lambda change: self.update(), names="value")
+        self._watch(self.update, *self.controls.values())
+
+    def _outputs(self) -> tuple:
+        from plotly.io._base_renderers import PlotlyRenderer
+
+        bundle = PlotlyRenderer().to_mimebundle(self.figure.to_plotly_json())
+        title = self.figure.layout.title.text
+        bundle["text/plain"] = f"<{type(self).__name__}" + (f": {title}>" if title else ">")
+        return ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+    @property
+    def view(self):
+        """The ``ipywidgets.Output`` that shows ``figure`` (made on first use)."""
+        if self._view is None:
+            import ipywidgets as w
+
+            self._view = w.Output(outputs=self._outputs())
+        return self._view
+
+    def redraw(self) -> None:
+        """Show the current ``figure`` in ``view`` (one message; no flicker, no kernel needed)."""
+        if self._view is not None:
+            self._view.outputs = self._outputs()
 
     @property
     def widget(self):
@@ -254,25 +294,21 @@ class Dashboard:
             return self._widget
         import ipywidgets as w
 
-        return w.VBox([w.HBox(list(self.controls.values())), self.figure])
+        self._widget = w.VBox([w.HBox(list(self.controls.values())), self.view])
+        return self._widget
 
     @widget.setter
     def widget(self, value) -> None:
         self._widget = value
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        # the view of a FigureWidget inside a box is drawn from its _widget_data/_widget_layout,
-        # which plotly refreshes only in the FigureWidget's own _repr_mimebundle_ (not called
-        # here): without this, a dashboard changed from Python before it is shown would draw
-        # the figure it was built with
-        self.figure._widget_layout = deepcopy(self.figure._layout_obj._props)
-        self.figure._widget_data = deepcopy(self.figure._data)
-        bundle = dict(static_bundle(go.Figure(self.figure.to_dict())))
+        self.redraw()  # a figure changed from Python since the last control change
+        bundle = dict(static_bundle(go.Figure(self.figure)))
         bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
         return bundle
 
     def _replace(self, fig: go.Figure) -> None:
-        """Copy ``fig``'s traces and layout into the live FigureWidget in one batch."""
+        """Copy ``fig``'s traces and layout into ``figure`` in one batch (the caller redraws)."""
         with self.figure.batch_update():
             if len(self.figure.data) == len(fig.data) and all(
                     a.type == b.type for a, b in zip(self.figure.data, fig.data)):

@@ -147,7 +147,7 @@ class ConflictDashboard(_Dashboard):
     """A slider over the synthetic problem's conflict levels redrawing :func:`conflict_figure`.
 
     The slider runs from aligned (cosine +1, left) to opposed (−1, right). Set
-    ``dash.cosine.value``; ``dash.figure`` (a ``go.FigureWidget``) gets the curves of that
+    ``dash.cosine.value``; ``dash.figure`` (a ``go.Figure``, shown in ``dash.view``) gets the curves of that
     level. ``dash.widget`` is the container to display.
     """
 
@@ -164,9 +164,9 @@ class ConflictDashboard(_Dashboard):
         start = levels[0] if cosine is None else min(levels, key=lambda v: abs(v - cosine))
         self.cosine = widgets.SelectionSlider(options=[(f"{v:+g}", v) for v in levels], value=start,
                                               description=knob, continuous_update=False)
-        self.figure = go.FigureWidget(self._build(start))
-        self.cosine.observe(self._on_change, names="value")
-        self.widget = widgets.VBox([self.cosine, self.figure])
+        self.figure = go.Figure(self._build(start))
+        self._watch(self._on_change, self.cosine)
+        self.widget = widgets.VBox([self.cosine, self.view])
 
     def _build(self, level: float) -> go.Figure:
         return conflict_figure(self.results, cosine=level, knob=self.knob, by=self.by, losses=self.losses,
@@ -251,9 +251,9 @@ class CosineDashboard(_Dashboard):
         steps = sorted(self.snapshots)
         self.step = widgets.SelectionSlider(options=steps, value=steps[0], description="step",
                                             continuous_update=True)
-        self.figure = go.FigureWidget(cosine_heatmap(self.snapshots[steps[0]], self.domains, step=steps[0]))
-        self.step.observe(self._on_change, names="value")
-        self.widget = widgets.VBox([self.step, self.figure])
+        self.figure = go.Figure(cosine_heatmap(self.snapshots[steps[0]], self.domains, step=steps[0]))
+        self._watch(self._on_change, self.step)
+        self.widget = widgets.VBox([self.step, self.view])
 
     def _on_change(self, change=None) -> None:
         step = self.step.value

@@ -123,7 +123,7 @@ class MeanEstimationDashboard(_Dashboard):
     n_pub slider's value; a dotted vertical line marks the other slider's position.
 
     Handlers are plain methods: set ``dash.n_pub.value`` or ``dash.epsilon.value`` and
-    ``dash.figure`` (a ``go.FigureWidget``) is redrawn; ``dash.widget`` is the container.
+    ``dash.figure`` (a ``go.Figure``, shown in ``dash.view``) is redrawn; ``dash.widget`` is the container.
     """
 
     def __init__(self, grid: pd.DataFrame, *, mse: str = "mse", monte_carlo: str | None = "mc_mse",
@@ -146,10 +146,10 @@ class MeanEstimationDashboard(_Dashboard):
                                              description="n_pub", continuous_update=False)
         self.epsilon = widgets.SelectionSlider(options=[(_fmt(v), v) for v in e_values], value=e0,
                                                description="ε", continuous_update=False)
-        self.figure = go.FigureWidget(self._build(n0, e0))
-        self.n_pub.observe(self._on_change, names="value")
-        self.epsilon.observe(self._on_change, names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.n_pub, self.epsilon]), self.figure])
+        self.figure = go.Figure(self._build(n0, e0))
+        for control in (self.n_pub, self.epsilon):
+            control.observe(self._on_change, names="value")  # update() redraws: it is public
+        self.widget = widgets.VBox([widgets.HBox([self.n_pub, self.epsilon]), self.view])
 
     def _slices(self, n_pub: float, epsilon: float) -> tuple[pd.DataFrame, pd.DataFrame]:
         g = self.grid
@@ -187,6 +187,7 @@ class MeanEstimationDashboard(_Dashboard):
                 old.x, old.y = fresh.x, fresh.y
             self.figure.layout.shapes = new.layout.shapes
             self.figure.layout.annotations = new.layout.annotations
+        self.redraw()
 
 
 def mean_estimation_dashboard(grid: pd.DataFrame, **options):
@@ -247,7 +248,7 @@ class PrivacyUtilityDashboard(_Dashboard):
     """An ε slider and a metric toggle over a privacy–utility sweep.
 
     Set ``dash.epsilon.value`` or ``dash.metric.value``; ``dash.figure`` (a
-    ``go.FigureWidget``) is redrawn with :func:`privacy_utility_figure`.
+    ``go.Figure``, shown in ``dash.view``) is redrawn with :func:`privacy_utility_figure`.
     """
 
     def __init__(self, sweep: pd.DataFrame, *, x: str = "public_fraction",
@@ -265,10 +266,9 @@ class PrivacyUtilityDashboard(_Dashboard):
                                                description="ε", continuous_update=False)
         self.metric = widgets.ToggleButtons(options=[(UTILITY_METRICS.get(m, m), m) for m in metrics],
                                             value=metrics[0], description="metric")
-        self.figure = go.FigureWidget(self._build())
-        self.epsilon.observe(self._on_change, names="value")
-        self.metric.observe(self._on_change, names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.epsilon, self.metric]), self.figure])
+        self.figure = go.Figure(self._build())
+        self._watch(self._on_change, self.epsilon, self.metric)
+        self.widget = widgets.VBox([widgets.HBox([self.epsilon, self.metric]), self.view])
 
     def _build(self) -> go.Figure:
         return privacy_utility_figure(self.sweep, metric=self.metric.value, x=self.x,
