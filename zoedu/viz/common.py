@@ -266,11 +266,11 @@ class Dashboard:
         self._watch(self.update, *self.controls.values())
 
     def _outputs(self) -> tuple:
-        from plotly.io._base_renderers import PlotlyRenderer
+        import json
 
-        bundle = PlotlyRenderer().to_mimebundle(self.figure.to_plotly_json())
         title = self.figure.layout.title.text
-        bundle["text/plain"] = f"<{type(self).__name__}" + (f": {title}>" if title else ">")
+        bundle = {"application/vnd.plotly.v1+json": json.loads(self.figure.to_json()),  # arrays as typed arrays
+                  "text/plain": f"<{type(self).__name__}" + (f": {title}>" if title else ">")}
         return ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
     @property
