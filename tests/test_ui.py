@@ -219,16 +219,16 @@ def _has_data(plot_data: str) -> bool:
     return any(plot[0] for plot in json.loads(plot_data))
 
 
-def _wait_for_data(page, cell, before: str, seconds: float, *, nudge: bool) -> str:
-    """The cell's plot data once a figure holds data, or at the timeout; ``nudge``: every 5 s
-    scroll the figure back into view and send a resize (JupyterLab renders only the cells in
-    view; plotly draws on a resize), what a person would do."""
+def _wait_for_data(page, cell, before: str, seconds: float) -> str:
+    """The cell's plot data once a figure holds data, or at the timeout; every 5 s the figure
+    is scrolled back into view and a resize sent (JupyterLab renders only the cells in view;
+    plotly draws on a resize), what a person would do."""
     deadline = time.monotonic() + seconds
     waited = 0
     while not _has_data(before) and time.monotonic() < deadline:
         page.wait_for_timeout(500)  # a busy machine: the live figure is still being drawn
         waited += 1
-        if nudge and waited % 10 == 0:
+        if waited % 10 == 0:
             cell.scroll_into_view_if_needed(timeout=UI_S * 1000)
             page.evaluate("() => window.dispatchEvent(new Event('resize'))")
         before = cell.evaluate(PLOT_DATA)
@@ -241,7 +241,7 @@ def _move_first_slider(page, cell) -> tuple[str, str]:
     differs, or at the timeout)."""
     handle = cell.locator(".widget-slider .noUi-handle").first
     handle.scroll_into_view_if_needed(timeout=UI_S * 1000)
-    before = _wait_for_data(page, cell, cell.evaluate(PLOT_DATA), DRAW_S, nudge=True)
+    before = _wait_for_data(page, cell, cell.evaluate(PLOT_DATA), DRAW_S)
     handle.click(timeout=UI_S * 1000)
     after = before
     for key in ("ArrowRight", "ArrowLeft", "ArrowLeft"):

@@ -229,11 +229,12 @@ class Dashboard:
     """Base of every zoedu dashboard: ``figure`` (a ``go.Figure``) holds what is drawn,
     ``view`` (an ``ipywidgets.Output``) draws it, ``controls`` are the widgets.
 
-    Every control change runs the subclass's handler, which edits ``figure``, and then
-    :meth:`redraw`, which puts the figure into ``view`` as one plotly display bundle
-    (``application/vnd.plotly.v1+json``, drawn by JupyterLab's plotly renderer). Handlers
-    are plain methods (``update``), so tests drive a dashboard by setting a control's
-    ``.value`` from Python and reading ``figure`` (and ``view.outputs``).
+    Every control change runs the subclass's handler, which edits ``figure`` and ends with
+    :meth:`redraw` (``_replace`` does), which puts the figure into ``view`` as one plotly
+    display bundle (``application/vnd.plotly.v1+json``, drawn by JupyterLab's plotly
+    renderer); so a handler called from Python updates the view too. Handlers are plain
+    methods (``update``), so tests drive a dashboard by setting a control's ``.value`` from
+    Python and reading ``figure`` (and ``view.outputs``).
 
     Why not ``go.FigureWidget``: it is an anywidget whose model, in the browser, must load
     plotly's 4.9 MB module within 2 s; when it does not (a busy laptop, Binder, a shared
@@ -253,17 +254,12 @@ class Dashboard:
     _widget = None
     _view = None
 
-    def _watch(self, handler, *controls) -> None:
-        """On every change of a control's value: ``handler()``, then :meth:`redraw`."""
-        for control in controls:
-            control.observe(lambda change: (handler(), self.redraw()), names="value")
-
     def _observe(self) -> None:
         for control in self.controls.values():
             style = getattr(control, "style", None)
             if style is not None and hasattr(style, "description_width"):
                 style.description_width = "initial"  # the whole label ("sequence length", not "sequence …")
-        self._watch(self.update, *self.controls.values())
+            control.observe(lambda change: self.update(), names="value")
 
     def _outputs(self) -> tuple:
         import json
@@ -303,18 +299,18 @@ class Dashboard:
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         self.redraw()  # a figure changed from Python since the last control change
-        bundle = dict(static_bundle(go.Figure(self.figure)))
+        bundle = dict(static_bundle(self.figure))
         bundle.update(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
         return bundle
 
     def _replace(self, fig: go.Figure) -> None:
-        """Copy ``fig``'s traces and layout into ``figure`` in one batch (the caller redraws)."""
-        with self.figure.batch_update():
-            if len(self.figure.data) == len(fig.data) and all(
-                    a.type == b.type for a, b in zip(self.figure.data, fig.data)):
-                for live, new in zip(self.figure.data, fig.data):
-                    live.update(new.to_plotly_json(), overwrite=True)
-            else:
-                self.figure.data = ()
-                self.figure.add_traces(list(fig.data))
-            self.figure.layout = fig.layout
+        """Copy ``fig``'s traces and layout into ``figure`` (kept: the same object), then :meth:`redraw`."""
+        if len(self.figure.data) == len(fig.data) and all(
+                a.type == b.type for a, b in zip(self.figure.data, fig.data)):
+            for live, new in zip(self.figure.data, fig.data):
+                live.update(new.to_plotly_json(), overwrite=True)
+        else:
+            self.figure.data = ()
+            self.figure.add_traces(list(fig.data))
+        self.figure.layout = fig.layout
+        self.redraw()

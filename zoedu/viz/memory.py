@@ -236,7 +236,7 @@ class FootprintDashboard(Dashboard):
             "seq_len": w.SelectionSlider(options=sl, value=check_choice(seq_len or sl[len(sl) // 2], sl, "seq_len"),
                                          description="sequence length", continuous_update=False),
         }
-        self.figure = go.Figure(self.build())
+        self.figure = self.build()
         self._observe()
 
     def build(self) -> go.Figure:

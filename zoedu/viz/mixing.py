@@ -164,8 +164,8 @@ class ConflictDashboard(_Dashboard):
         start = levels[0] if cosine is None else min(levels, key=lambda v: abs(v - cosine))
         self.cosine = widgets.SelectionSlider(options=[(f"{v:+g}", v) for v in levels], value=start,
                                               description=knob, continuous_update=False)
-        self.figure = go.Figure(self._build(start))
-        self._watch(self._on_change, self.cosine)
+        self.figure = self._build(start)
+        self.cosine.observe(self._on_change, names="value")
         self.widget = widgets.VBox([self.cosine, self.view])
 
     def _build(self, level: float) -> go.Figure:
@@ -174,10 +174,10 @@ class ConflictDashboard(_Dashboard):
 
     def _on_change(self, change=None) -> None:
         new = self._build(self.cosine.value)
-        with self.figure.batch_update():
-            for old, fresh in zip(self.figure.data, new.data):
-                old.x, old.y = fresh.x, fresh.y
-            self.figure.layout.title = new.layout.title
+        for old, fresh in zip(self.figure.data, new.data):
+            old.x, old.y = fresh.x, fresh.y
+        self.figure.layout.title = new.layout.title
+        self.redraw()
 
 
 def conflict_dashboard(results: pd.DataFrame, **options):
@@ -251,17 +251,17 @@ class CosineDashboard(_Dashboard):
         steps = sorted(self.snapshots)
         self.step = widgets.SelectionSlider(options=steps, value=steps[0], description="step",
                                             continuous_update=True)
-        self.figure = go.Figure(cosine_heatmap(self.snapshots[steps[0]], self.domains, step=steps[0]))
-        self._watch(self._on_change, self.step)
+        self.figure = cosine_heatmap(self.snapshots[steps[0]], self.domains, step=steps[0])
+        self.step.observe(self._on_change, names="value")
         self.widget = widgets.VBox([self.step, self.view])
 
     def _on_change(self, change=None) -> None:
         step = self.step.value
         m, _ = _check_matrix(self.snapshots[step], self.domains)
-        with self.figure.batch_update():
-            self.figure.data[0].z = m
-            self.figure.data[0].text = np.round(m, 2)
-            self.figure.layout.title.text = f"Cosine between domain gradients at step {step}"
+        self.figure.data[0].z = m
+        self.figure.data[0].text = np.round(m, 2)
+        self.figure.layout.title.text = f"Cosine between domain gradients at step {step}"
+        self.redraw()
 
 
 def cosine_dashboard(snapshots, domains: Sequence[str] | None = None):

@@ -360,7 +360,7 @@ class SPSADashboard(_Dashboard):
             "n": w.IntSlider(value=n, min=1, max=64, description="directions n", continuous_update=False),
             "seed": w.IntSlider(value=seed, min=0, max=99, description="seed", continuous_update=False),
         }
-        self.figure = go.Figure(self.build())
+        self.figure = self.build()
         self._observe()
 
     def build(self) -> go.Figure:
@@ -389,7 +389,7 @@ class VarianceDashboard(_Dashboard):
         self.measure, self.title = measure, title
         self.controls = {"n": w.IntSlider(value=n, min=1, max=max_n, description="directions n",
                                           continuous_update=False)}
-        self.figure = go.Figure(self.build())
+        self.figure = self.build()
         self._observe()
 
     def build(self) -> go.Figure:
@@ -422,7 +422,7 @@ class LengthThresholdDashboard(_Dashboard):
         start = int(np.median(self.lengths)) if threshold is None else int(threshold)
         self.controls = {"threshold": w.IntSlider(value=min(max(start, lo), hi), min=lo, max=hi,
                                                   description="L_T", continuous_update=False)}
-        self.figure = go.Figure(self.build())
+        self.figure = self.build()
         self._observe()
 
     def build(self) -> go.Figure:
@@ -449,7 +449,7 @@ class AlphaDashboard(_Dashboard):
         value = options[len(options) // 2] if selected is None else check_choice(selected, options, "selected")
         self.controls = {"alpha": w.SelectionSlider(options=options, value=value, description="α",
                                                     continuous_update=False)}
-        self.figure = go.Figure(self.build())
+        self.figure = self.build()
         self._observe()
 
     def build(self) -> go.Figure:

@@ -146,9 +146,9 @@ class MeanEstimationDashboard(_Dashboard):
                                              description="n_pub", continuous_update=False)
         self.epsilon = widgets.SelectionSlider(options=[(_fmt(v), v) for v in e_values], value=e0,
                                                description="ε", continuous_update=False)
-        self.figure = go.Figure(self._build(n0, e0))
-        for control in (self.n_pub, self.epsilon):
-            control.observe(self._on_change, names="value")  # update() redraws: it is public
+        self.figure = self._build(n0, e0)
+        self.n_pub.observe(self._on_change, names="value")
+        self.epsilon.observe(self._on_change, names="value")
         self.widget = widgets.VBox([widgets.HBox([self.n_pub, self.epsilon]), self.view])
 
     def _slices(self, n_pub: float, epsilon: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -182,11 +182,10 @@ class MeanEstimationDashboard(_Dashboard):
     def update(self, n_pub: float, epsilon: float) -> None:
         """Redraw both panels for the slice at ``n_pub`` and ``epsilon``."""
         new = self._build(float(n_pub), float(epsilon))
-        with self.figure.batch_update():
-            for old, fresh in zip(self.figure.data, new.data):
-                old.x, old.y = fresh.x, fresh.y
-            self.figure.layout.shapes = new.layout.shapes
-            self.figure.layout.annotations = new.layout.annotations
+        for old, fresh in zip(self.figure.data, new.data):
+            old.x, old.y = fresh.x, fresh.y
+        self.figure.layout.shapes = new.layout.shapes
+        self.figure.layout.annotations = new.layout.annotations
         self.redraw()
 
 
@@ -266,8 +265,9 @@ class PrivacyUtilityDashboard(_Dashboard):
                                                description="ε", continuous_update=False)
         self.metric = widgets.ToggleButtons(options=[(UTILITY_METRICS.get(m, m), m) for m in metrics],
                                             value=metrics[0], description="metric")
-        self.figure = go.Figure(self._build())
-        self._watch(self._on_change, self.epsilon, self.metric)
+        self.figure = self._build()
+        self.epsilon.observe(self._on_change, names="value")
+        self.metric.observe(self._on_change, names="value")
         self.widget = widgets.VBox([widgets.HBox([self.epsilon, self.metric]), self.view])
 
     def _build(self) -> go.Figure:
@@ -276,11 +276,11 @@ class PrivacyUtilityDashboard(_Dashboard):
 
     def _on_change(self, change=None) -> None:
         new = self._build()
-        with self.figure.batch_update():
-            for old, fresh in zip(self.figure.data, new.data):
-                old.x, old.y, old.name = fresh.x, fresh.y, fresh.name
-            self.figure.layout.title = new.layout.title
-            self.figure.layout.yaxis.title = new.layout.yaxis.title
+        for old, fresh in zip(self.figure.data, new.data):
+            old.x, old.y, old.name = fresh.x, fresh.y, fresh.name
+        self.figure.layout.title = new.layout.title
+        self.figure.layout.yaxis.title = new.layout.yaxis.title
+        self.redraw()
 
 
 def privacy_utility_dashboard(sweep: pd.DataFrame, **options):
