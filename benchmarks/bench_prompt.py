@@ -5,8 +5,11 @@
     python benchmarks/bench_prompt.py lr --steps 300 --lrs 3e-6,1e-5,3e-5 # MeZO (full, prompt head) over learning rates
     python benchmarks/bench_prompt.py lr --steps 300 --lrs 1e-4,3e-4,1e-3 --peft lora
     python benchmarks/bench_prompt.py addax --steps 300 --addax-steps 100  # Addax's time to MeZO's final accuracy
-    python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 1e-5 --csv long.csv  # the long run
-    python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 3e-4 --peft lora --csv long-lora.csv
+    python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 1e-4 --max-length 32 --csv long.csv  # the long run
+    python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 1e-5 --batch-size 16 --directions gaussian \
+        --csv long16.csv                                                 # the first long run (batch 16, 64 tokens)
+    python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 3e-4 --batch-size 16 --directions gaussian \
+        --peft lora --csv long-lora.csv
     python benchmarks/bench_prompt.py noise --max-length 32                # the gradient noise scale (why batch 64)
     python benchmarks/bench_prompt.py forwards --steps 20 --max-length 32  # fp32/bf16 x whole/length pieces
     python benchmarks/bench_prompt.py goal --steps 300 --every 50 --lrs 1e-4 --batch-size 64 --max-length 32 --seeds 0
@@ -143,11 +146,13 @@ def _long(args) -> None:
         pd.DataFrame([{"step": 0, "eval_accuracy": zs["accuracy"], "eval_loss": zs["loss"], "seconds": 0.0,
                        "cpu_s": 0.0}]).to_csv(args.csv, index=False)
         print(f"step 0 (zero-shot): accuracy {zs['accuracy']:.4f}", flush=True)
+    torch.set_num_threads(args.threads)
+    options = {"directions": args.directions} if args.directions else {}
     for target in range(done + args.every, args.steps + 1, args.every):
         c0 = time.process_time()
-        h = fit(model, task, "mezo", steps=target, lr=lr, seed=seed, device="cpu", eval_every=args.every,
-                eval_examples=400, directions="gaussian", checkpoint=ckpt, checkpoint_every=args.every,
-                resume=ckpt if os.path.exists(ckpt) else None, quiet=True, track_memory=False)
+        h = fit(model, task, "mezo", steps=target, lr=lr, batch_size=args.batch_size, seed=seed, device="cpu",
+                eval_every=args.every, eval_examples=400, checkpoint=ckpt, checkpoint_every=args.every,
+                resume=ckpt if os.path.exists(ckpt) else None, quiet=True, track_memory=False, **options)
         last = h.dropna(subset=["eval_accuracy"]).iloc[-1]
         row = {"step": int(last["step"]), "eval_accuracy": float(last["eval_accuracy"]),
                "eval_loss": float(last["eval_loss"]), "seconds": float(last["seconds"]),
@@ -300,10 +305,10 @@ def main() -> None:
     p.add_argument("--addax-steps", type=int, default=100, help="addax: Addax's steps")
     p.add_argument("--addax-every", type=int, default=10, help="addax: evaluate Addax every N steps")
     p.add_argument("--every", type=int, default=500, help="long: evaluate and checkpoint every N steps")
-    p.add_argument("--batch-size", type=int, default=64, help="goal, forwards: MeZO's batch size")
-    p.add_argument("--threads", type=int, default=1, help="goal: torch threads per process")
+    p.add_argument("--batch-size", type=int, default=64, help="goal, forwards, long: MeZO's batch size")
+    p.add_argument("--threads", type=int, default=1, help="goal, long: torch threads per process")
     p.add_argument("--heads", default="prompt,linear", help="goal: prompt, linear or both (the ablation)")
-    p.add_argument("--directions", default=None, help="goal: gaussian or rademacher (default: fit's)")
+    p.add_argument("--directions", default=None, help="goal, long: gaussian or rademacher (default: fit's)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     if args.part in ("noise", "long"):

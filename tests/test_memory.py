@@ -193,6 +193,7 @@ def test_measured_categories_follow_the_methods(tiny_table, tiny_cls):
 @pytest.mark.parametrize("name, num_labels", [("tiny-opt", None), ("tiny-gpt2", 2), ("tiny-gpt2", None)])
 def test_estimate_matches_measure_on_tiny_models(tokenizer, name, num_labels):
     """Causal LM (the 30 522-token head dominates) and classification, fp32, CPU."""
+    from zoedu.methods.first_order import adamw
     from zoedu.models import load_model
     from zoedu.tasks.base import Task
 
@@ -213,7 +214,7 @@ def test_estimate_matches_measure_on_tiny_models(tokenizer, name, num_labels):
                 with torch.no_grad():
                     task.loss(model, batch)
         else:
-            opt = (torch.optim.AdamW if method == "adam" else torch.optim.SGD)(model.parameters(), lr=1e-4)
+            opt = (adamw if method == "adam" else torch.optim.SGD)(model.parameters(), lr=1e-4)  # fit's optimizers
 
             def fn():
                 def closure():
@@ -525,3 +526,28 @@ def test_mezo_scratch_follows_the_passes_spans_and_workers(monkeypatch):
     assert gau.other - base == 4 * span * 4
     with pytest.raises(ValueError, match="directions='uniform' is unknown"):
         estimate("tiny-opt", "mezo", directions="uniform", **kw)
+
+
+def test_fits_adamw_is_torchs_adamw_fused_on_cpu():
+    """fit's Adam on the CPU is torch's fused AdamW: the same update as torch's default loop
+    (to float32 rounding) and no temporaries in its step."""
+    from zoedu.methods.first_order import adamw
+
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(300, 40, generator=g), torch.randn(40, generator=g)]
+    runs = []
+    for make in (adamw, torch.optim.AdamW):
+        params = [nn.Parameter(t.clone()) for t in start]
+        opt = make(params, lr=1e-2, weight_decay=0.1)
+        gg = torch.Generator().manual_seed(1)
+        for _ in range(10):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gg)
+            opt.step()
+        runs.append((opt, params))
+    (fused, a), (plain, b) = runs
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+    assert not torch.equal(a[0], start[0])
+    assert adamw([nn.Parameter(torch.zeros(3, dtype=torch.float64))], lr=1e-3).defaults["fused"] is True

@@ -51,8 +51,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
             language-model head.
         size: the tiny models' size.
         device: ``"cuda"`` (torch's foreach optimizers: Adam holds one model-sized
-            temporary in its step) or ``"cpu"`` (per-tensor loop: two temporaries the size
-            of the largest parameter).
+            temporary in its step) or ``"cpu"`` (``fit``'s fused AdamW: no temporaries;
+            torch's default per-tensor loop would add two the size of the largest parameter).
         mixed_precision: ``torch.autocast`` training (Hugging Face Trainer ``fp16=True``):
             fp32 weights, gradients and Adam moments, activations in ``dtype``, plus the
             ``dtype`` copy of the weights that autocast caches (``other``). Applies to
@@ -197,7 +197,7 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
             f = Footprint(params=f.params, optimizer=state, activations=f.activations, other=f.other)
         temps = 0
         if adam:
-            temps = a.params * w if device == "cuda" else 2 * a.largest * w
+            temps = a.params * w if device == "cuda" else 0  # CPU: fit's fused AdamW
         step = Footprint(params=a.params * w, grads=a.params * w, optimizer=state,
                          other=batch_bytes(b, s) + temps)
         return max(f, step, key=lambda fp: fp.total)

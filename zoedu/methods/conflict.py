@@ -13,6 +13,7 @@ import torch
 
 from ..loop import check_loss
 from ..mixing.conflict import AGGREGATORS, aggregate
+from .first_order import adamw
 
 
 class ConflictAverseRunner:
@@ -27,7 +28,7 @@ class ConflictAverseRunner:
         self.ctx, self.method = ctx, method
         self.params = ctx.params()
         if optimizer == "adam":
-            self.optimizer = torch.optim.AdamW(self.params, lr=ctx.lr, betas=betas, weight_decay=0.0)
+            self.optimizer = adamw(self.params, lr=ctx.lr, betas=betas, weight_decay=0.0)
         elif optimizer == "sgd":
             self.optimizer = torch.optim.SGD(self.params, lr=ctx.lr, momentum=momentum)
         else:

@@ -10,10 +10,21 @@ from ..loop import FirstOrderRunner
 from ..optim.ipsgd import IPSGD
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` as ``fit`` runs it: with parameters on the CPU, torch's fused
+    kernel (one pass over each tensor, no temporaries: 7× faster than torch's per-tensor loop
+    on MiniLM's 22.7 M weights, and Adam's step no longer holds two temporaries the size of
+    the largest parameter; benchmarks/README.md); elsewhere torch's default (foreach on CUDA)."""
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = bool(tensors) and all(p.device.type == "cpu" and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(params, fused=True if fused else None, **kwargs)
+
+
 def make_adam(ctx, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) -> FirstOrderRunner:
-    """``fit(..., "adam")``: ``torch.optim.AdamW`` (decoupled weight decay, default 0)."""
-    return FirstOrderRunner(ctx, torch.optim.AdamW(ctx.params(), lr=ctx.lr, betas=betas, eps=eps,
-                                                   weight_decay=weight_decay))
+    """``fit(..., "adam")``: ``torch.optim.AdamW`` (decoupled weight decay, default 0; fused on
+    the CPU: :func:`adamw`)."""
+    return FirstOrderRunner(ctx, adamw(ctx.params(), lr=ctx.lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
 
 def make_sgd(ctx, *, momentum=0.0, weight_decay=0.0) -> FirstOrderRunner:
@@ -29,4 +40,4 @@ def make_ipsgd(ctx, *, weight_decay: float = 0.0, sparse_embedding_grads: bool =
                                        sparse_embedding_grads=sparse_embedding_grads))
 
 
-__all__ = ["make_adam", "make_ipsgd", "make_sgd"]
+__all__ = ["adamw", "make_adam", "make_ipsgd", "make_sgd"]
