@@ -85,10 +85,15 @@ def resolve_pieces(length_pieces, task, batch_size: int) -> int:
 
 
 def forward_context(mode: str, device) -> contextlib.AbstractContextManager:
-    """The context the zeroth-order forwards run in: bf16 autocast on ``device``, or none."""
+    """The context the zeroth-order forwards run in: bf16 autocast on ``device``, or none.
+
+    Without autocast's weight cache: a forward uses each weight once, so the cache would
+    only keep a bf16 copy of every matrix alive until the context closes (MiniLM, 16 × 64
+    tokens: a MeZO step peaked at 1.15× fp32 inference with it, 0.95× without; the casts
+    cost the same either way)."""
     if mode != "bf16":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 __all__ = ["AUTOCAST", "AUTO_MIN_PARAMS", "PIECES_MIN_BATCH", "cpu_has_native_bf16", "forward_context",
