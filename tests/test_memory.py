@@ -529,8 +529,8 @@ def test_mezo_scratch_follows_the_passes_spans_and_workers(monkeypatch):
 
 
 def test_fits_adamw_is_torchs_adamw_fused_on_cpu():
-    """fit's Adam on the CPU is torch's fused AdamW: the same update as torch's default loop
-    (to float32 rounding) and no temporaries in its step."""
+    """fit's Adam on the CPU is torch's fused AdamW, the same update as torch's default loop
+    to float32 rounding (its missing temporaries: test_estimate_matches_measure_on_tiny_models)."""
     from zoedu.methods.first_order import adamw
 
     g = torch.Generator().manual_seed(0)
@@ -551,3 +551,5 @@ def test_fits_adamw_is_torchs_adamw_fused_on_cpu():
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
     assert not torch.equal(a[0], start[0])
     assert adamw([nn.Parameter(torch.zeros(3, dtype=torch.float64))], lr=1e-3).defaults["fused"] is True
+    grouped = adamw([{"params": iter(a), "lr": 1e-3}], lr=1e-2)  # parameter groups holding a generator
+    assert grouped.defaults["fused"] is True and len(grouped.param_groups[0]["params"]) == 2

@@ -12,10 +12,10 @@ from ..optim.ipsgd import IPSGD
 
 def adamw(params, **kwargs) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` as ``fit`` runs it: with parameters on the CPU, torch's fused
-    kernel (one pass over each tensor, no temporaries: 7× faster than torch's per-tensor loop
-    on MiniLM's 22.7 M weights, and Adam's step no longer holds two temporaries the size of
+    kernel (one pass over each tensor, no temporaries: about 6× faster than torch's per-tensor
+    loop on MiniLM's 22.7 M weights, and Adam's step no longer holds two temporaries the size of
     the largest parameter; benchmarks/README.md); elsewhere torch's default (foreach on CUDA)."""
-    params = list(params)
+    params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     fused = bool(tensors) and all(p.device.type == "cpu" and p.is_floating_point() for p in tensors)
     return torch.optim.AdamW(params, fused=True if fused else None, **kwargs)
