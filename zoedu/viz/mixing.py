@@ -173,11 +173,7 @@ class ConflictDashboard(_Dashboard):
                                log_y=self.log_y)
 
     def _on_change(self, change=None) -> None:
-        new = self._build(self.cosine.value)
-        for old, fresh in zip(self.figure.data, new.data):
-            old.x, old.y = fresh.x, fresh.y
-        self.figure.layout.title = new.layout.title
-        self.redraw()
+        self._replace(self._build(self.cosine.value))
 
 
 def conflict_dashboard(results: pd.DataFrame, **options):

@@ -181,12 +181,7 @@ class MeanEstimationDashboard(_Dashboard):
 
     def update(self, n_pub: float, epsilon: float) -> None:
         """Redraw both panels for the slice at ``n_pub`` and ``epsilon``."""
-        new = self._build(float(n_pub), float(epsilon))
-        for old, fresh in zip(self.figure.data, new.data):
-            old.x, old.y = fresh.x, fresh.y
-        self.figure.layout.shapes = new.layout.shapes
-        self.figure.layout.annotations = new.layout.annotations
-        self.redraw()
+        self._replace(self._build(float(n_pub), float(epsilon)))
 
 
 def mean_estimation_dashboard(grid: pd.DataFrame, **options):
@@ -275,12 +270,7 @@ class PrivacyUtilityDashboard(_Dashboard):
                                       epsilon=self.epsilon.value)
 
     def _on_change(self, change=None) -> None:
-        new = self._build()
-        for old, fresh in zip(self.figure.data, new.data):
-            old.x, old.y, old.name = fresh.x, fresh.y, fresh.name
-        self.figure.layout.title = new.layout.title
-        self.figure.layout.yaxis.title = new.layout.yaxis.title
-        self.redraw()
+        self._replace(self._build())
 
 
 def privacy_utility_dashboard(sweep: pd.DataFrame, **options):
