@@ -10,6 +10,8 @@
         --csv long16.csv                                                 # the first long run (batch 16, 64 tokens)
     python benchmarks/bench_prompt.py long --steps 20000 --every 500 --lrs 3e-4 --batch-size 16 --directions gaussian \
         --peft lora --csv long-lora.csv
+    python benchmarks/bench_prompt.py long --steps 5000 --every 500 --lrs 1e-4 --max-length 32 --lr-schedule linear \
+        --csv long-linear.csv                                            # the long run with a decaying rate
     python benchmarks/bench_prompt.py noise --max-length 32                # the gradient noise scale (why batch 64)
     python benchmarks/bench_prompt.py forwards --steps 20 --max-length 32  # fp32/bf16 x whole/length pieces
     python benchmarks/bench_prompt.py goal --steps 300 --every 50 --lrs 1e-4 --batch-size 64 --max-length 32 --seeds 0
@@ -148,6 +150,8 @@ def _long(args) -> None:
         print(f"step 0 (zero-shot): accuracy {zs['accuracy']:.4f}", flush=True)
     torch.set_num_threads(args.threads)
     options = {"directions": args.directions} if args.directions else {}
+    if args.lr_schedule != "constant":  # decays over the whole run (--steps), whichever chunk runs
+        options.update(lr_schedule=args.lr_schedule, schedule_steps=args.steps)
     for target in range(done + args.every, args.steps + 1, args.every):
         c0 = time.process_time()
         h = fit(model, task, "mezo", steps=target, lr=lr, batch_size=args.batch_size, seed=seed, device="cpu",
@@ -309,6 +313,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="goal, long: torch threads per process")
     p.add_argument("--heads", default="prompt,linear", help="goal: prompt, linear or both (the ablation)")
     p.add_argument("--directions", default=None, help="goal, long: gaussian or rademacher (default: fit's)")
+    p.add_argument("--lr-schedule", default="constant", help="long: constant, linear or cosine (over --steps)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     if args.part in ("noise", "long"):

@@ -91,6 +91,55 @@ def check_weights_finite(params, lr: float, where: str) -> None:
                                      f"learning rate (lr={lr:g})")
 
 
+# --------------------------------------------------------------------------- learning-rate schedules
+#: The named schedules of ``fit(..., lr_schedule=)``: the factor that multiplies the learning
+#: rate at step ``t`` (1, 2, …) of a horizon of ``total`` steps. ``"linear"`` and ``"cosine"``
+#: start at the full rate and reach 1/``total`` (linear) or ~0 (cosine) at the last step.
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The factor of a named schedule (:data:`LR_SCHEDULES`) at ``step`` of ``total``."""
+    if schedule == "constant":
+        return 1.0
+    if not 1 <= step <= total:
+        raise ValueError(f"step={step} is outside the schedule's horizon 1..{total}")
+    if schedule == "linear":
+        return (total - step + 1) / total
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (step - 1) / total))
+    raise ValueError(f"lr_schedule={schedule!r} is unknown; allowed: {', '.join(LR_SCHEDULES)} or a callable")
+
+
+class ScheduledLR:
+    """Set the learning rate of every parameter group of ``optimizer`` before each step:
+    its rate when the run began × ``schedule``'s factor (a name of :data:`LR_SCHEDULES` over
+    ``total`` steps, or a callable ``step -> factor``). Reads and writes ``group["lr"]``, which
+    every zoedu optimizer and torch's read at each step; returns the rate of the first group."""
+
+    def __init__(self, optimizer, schedule, total: int):
+        groups = getattr(optimizer, "param_groups", None)
+        if not groups or any("lr" not in g for g in groups):
+            raise ValueError(f"lr_schedule={schedule!r} needs a method whose optimizer has torch param groups with "
+                             f"an 'lr'; {type(optimizer).__name__} has none: use lr_schedule='constant'")
+        self.optimizer, self.schedule, self.total = optimizer, schedule, int(total)
+        self.base = [float(g["lr"]) for g in groups]
+
+    def factor(self, step: int) -> float:
+        if callable(self.schedule):
+            f = self.schedule(step)
+            if not isinstance(f, (int, float)) or isinstance(f, bool) or not math.isfinite(f) or f < 0:
+                raise ValueError(f"lr_schedule({step}) returned {f!r}; a schedule returns a finite factor ≥ 0")
+            return float(f)
+        return lr_factor(self.schedule, step, self.total)
+
+    def set(self, step: int) -> float:
+        f = self.factor(step)
+        for g, base in zip(self.optimizer.param_groups, self.base):
+            g["lr"] = base * f
+        return self.base[0] * f
+
+
 # --------------------------------------------------------------------------- runners
 class FirstOrderRunner:
     """Drive a first-order ``torch.optim.Optimizer``: sample, forward, backward, step."""
@@ -137,4 +186,5 @@ class ZerothOrderRunner:
         return {"loss": float(loss), "forward_passes": fwd, "backward_passes": 0}
 
 
-__all__ = ["FirstOrderRunner", "FitContext", "ZerothOrderRunner", "check_loss", "check_weights_finite"]
+__all__ = ["LR_SCHEDULES", "FirstOrderRunner", "FitContext", "ScheduledLR", "ZerothOrderRunner", "check_loss",
+           "check_weights_finite", "lr_factor"]

@@ -135,7 +135,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         eval_examples: int | None = None, eval_batch_size: int = 64, mixer=None,
         track_memory: bool = True, quiet: bool = False, progress_desc: str | None = None,
         parallel=None, checkpoint=None, checkpoint_every: int | None = None, resume=None,
-        **method_options) -> History:
+        lr_schedule="constant", schedule_steps: int | None = None, **method_options) -> History:
     """Train ``model`` on ``task`` with ``method`` for ``steps`` steps; return the History.
 
     Args:
@@ -175,6 +175,15 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
             one run straight through. The method, lr, batch_size, seed and task must be the
             checkpoint's (a ValueError names the one that differs); the rest of the call
             (model architecture, method options) must be the same as well.
+        lr_schedule: ``"constant"`` (the default), ``"linear"`` or ``"cosine"`` (from ``lr`` at
+            step 1 down to ``lr``/``schedule_steps`` or ~0 at step ``schedule_steps``), or a
+            callable ``step -> factor`` (steps count from 1); the factor multiplies the rate of
+            every parameter group of the method's optimizer before each step, and the History
+            gains an ``lr`` column (the first group's rate at each step). A constant rate suits
+            short runs; a MeZO run of thousands of steps drifts back at a constant rate
+            (benchmarks/README.md, "The long run").
+        schedule_steps: the horizon of a named decaying schedule (default: ``steps``); give it
+            to run a schedule in several calls (``resume=``), each with its own ``steps``.
         **method_options: passed to the method's factory (e.g. ``eps`` for MeZO).
 
     Returns:
@@ -199,6 +208,19 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
         if not os.path.isdir(folder):
             raise ValueError(f"checkpoint={os.fspath(checkpoint)!r}: the folder {folder!r} does not exist")
+    from .loop import LR_SCHEDULES, ScheduledLR
+
+    if not callable(lr_schedule) and lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; allowed: {', '.join(LR_SCHEDULES)} or a callable "
+                         "step -> factor")
+    optional_integer("schedule_steps", schedule_steps, low=1, what="the schedule's horizon; None: steps")
+    if schedule_steps is not None and (callable(lr_schedule) or lr_schedule == "constant"):
+        raise ValueError(f"schedule_steps={schedule_steps} is the horizon of a named decaying schedule; "
+                         f"lr_schedule={lr_schedule!r} has none (use 'linear' or 'cosine', or drop schedule_steps)")
+    horizon = int(steps if schedule_steps is None else schedule_steps)
+    if horizon < steps:
+        raise ValueError(f"schedule_steps={schedule_steps} is shorter than steps={steps}; the schedule must cover "
+                         "every step")
     if resume is not None and not os.path.isfile(os.fspath(resume)):
         raise ValueError(f"resume={os.fspath(resume)!r} is not a checkpoint file (fit(..., checkpoint=...) writes one)")
     if not isinstance(task, Task):
@@ -241,6 +263,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     # ----
     runner = _runner_for(method, ctx, method_options)
     ctx.optimizer = getattr(runner, "optimizer", None)  # a batch source may read its state (precondition)
+    # the rates the run starts from, read before a checkpoint's optimizer state (which holds scheduled ones)
+    scheduler = None if lr_schedule == "constant" else ScheduledLR(ctx.optimizer, lr_schedule, horizon)
     if par is not None:
         par.attach(runner)
     name = method if isinstance(method, str) else type(method).__name__.lower()
@@ -251,15 +275,20 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     peak = 0
     first_peak = None
     config = {"method": name, "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed), "task": task.name}
+    if scheduler is not None:  # a resumed run must continue the same schedule
+        config.update(lr_schedule=getattr(lr_schedule, "__qualname__", repr(lr_schedule)) if callable(lr_schedule)
+                      else lr_schedule, schedule_steps=None if callable(lr_schedule) else horizon)
     if (checkpoint is not None or resume is not None) and par is not None:
         raise ValueError("checkpoint=/resume= are not supported under torch.distributed (parallel=) yet")
     start = 1
     if resume is not None:
         state = torch.load(os.fspath(resume), map_location=dev, weights_only=False)
-        for key, value in state["config"].items():
-            if config.get(key) != value:
+        unscheduled = {"lr_schedule": "constant", "schedule_steps": None}  # what a constant-rate run leaves out
+        for key in [*state["config"], *(k for k in config if k not in state["config"])]:
+            value = state["config"].get(key, unscheduled.get(key))
+            if config.get(key, unscheduled.get(key)) != value:
                 raise ValueError(f"resume: the checkpoint was written by a run with {key}={value!r}, this call has "
-                                 f"{key}={config.get(key)!r}; pass {key}={value!r} to continue that run")
+                                 f"{key}={config.get(key, unscheduled.get(key))!r}; pass {key}={value!r} to continue that run")
         if state["step"] >= steps:
             raise ValueError(f"steps={steps}: the checkpoint {os.fspath(resume)!r} is already at step {state['step']}; "
                              f"pass steps > {state['step']} to continue it")
@@ -335,6 +364,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                     torch.cuda.synchronize(dev)
                     torch.cuda.reset_peak_memory_stats(dev)
                 t0 = time.perf_counter()
+                step_lr = scheduler.set(step) if scheduler is not None else None
                 if par is not None:
                     par.begin_step(step)
                 if track_memory and dev.type == "cpu" and step <= start + 1:
@@ -365,6 +395,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
                 fwd += int(out.pop("forward_passes", 0)) + int(out.get("mixer_forward_passes", 0))
                 bwd += int(out.pop("backward_passes", 0)) + int(out.get("mixer_backward_passes", 0))
                 row = {"step": step, "loss": float(out.pop("loss"))}
+                if step_lr is not None:
+                    out["lr"] = step_lr
                 done_row = {**row, "seconds": seconds, "forward_passes": fwd, "backward_passes": bwd, **out}
                 if step in eval_at:
                     metrics = task.evaluate(model, "validation", batch_size=eval_batch_size,
