@@ -68,6 +68,13 @@ def test_every_method_steps_with_the_scheduled_rate(tiny_task, method, lr):
     assert max(float((a - c).abs().max()) for a, c in zip(two.parameters(), moved.parameters())) > 1e-5
 
 
+def test_an_optimizer_instance_gets_its_rate_back(tabular):
+    model = _linear()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    h = fit(model, tabular, opt, steps=4, lr=0.2, quiet=True, track_memory=False, lr_schedule="linear")
+    assert np.allclose(h["lr"], [0.2, 0.15, 0.1, 0.05]) and opt.param_groups[0]["lr"] == 0.2
+
+
 def test_a_decaying_schedule_changes_the_run(tabular):
     const = _linear()
     fit(const, tabular, "sgd", steps=20, lr=0.3, batch_size=32, quiet=True, track_memory=False)

@@ -133,6 +133,11 @@ class ScheduledLR:
             return float(f)
         return lr_factor(self.schedule, step, self.total)
 
+    def restore(self) -> None:
+        """Put back the rates the run began with."""
+        for g, base in zip(self.optimizer.param_groups, self.base):
+            g["lr"] = base
+
     def set(self, step: int) -> float:
         f = self.factor(step)
         for g, base in zip(self.optimizer.param_groups, self.base):

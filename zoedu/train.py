@@ -287,8 +287,9 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         for key in [*state["config"], *(k for k in config if k not in state["config"])]:
             value = state["config"].get(key, unscheduled.get(key))
             if config.get(key, unscheduled.get(key)) != value:
+                mine = config.get(key, unscheduled.get(key))
                 raise ValueError(f"resume: the checkpoint was written by a run with {key}={value!r}, this call has "
-                                 f"{key}={config.get(key, unscheduled.get(key))!r}; pass {key}={value!r} to continue that run")
+                                 f"{key}={mine!r}; pass {key}={value!r} to continue that run")
         if state["step"] >= steps:
             raise ValueError(f"steps={steps}: the checkpoint {os.fspath(resume)!r} is already at step {state['step']}; "
                              f"pass steps > {state['step']} to continue it")
@@ -428,6 +429,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
             pass
         raise
     finally:
+        if scheduler is not None:  # an optimizer instance passed in gets its own rates back
+            scheduler.restore()
         if bar is not None:
             bar.close()
         if par is not None:
