@@ -32,6 +32,19 @@ def test_compare_command_prints_a_table_and_writes_html(tmp_path, capsys):
     assert html.exists() and "plotly" in html.read_text()[:5000].lower()
 
 
+def test_compare_runs_every_method_on_the_schedule(tmp_path, capsys):
+    _, histories = compare(["sgd", "mezo"], model="tiny-opt", model_options={"size": "1m"},
+                           task_options={"n_train": 60, "n_validation": 20, "max_length": 32}, steps=4,
+                           batch_size=4, eval_examples=20, head="linear", zero_shot=False, lr_schedule="linear",
+                           method_options={"mezo": {"lr_schedule": "cosine"}})
+    sgd = histories["sgd"]["lr"].to_numpy()
+    assert sgd == pytest.approx(sgd[0] * pd.Series([1, 0.75, 0.5, 0.25]).to_numpy())
+    mezo = histories["mezo"]["lr"].to_numpy()  # its own option wins
+    assert mezo[1:3] == pytest.approx(mezo[0] * pd.Series([0.853553, 0.5]).to_numpy(), rel=1e-5)
+    assert main(["compare", "--model", "tiny-opt", "--lr-schedule", "step"]) == 2
+    assert "--lr-schedule: invalid choice: 'step'" in capsys.readouterr().err
+
+
 def test_compare_starts_with_the_zero_shot_prompt_model():
     kw = dict(model="tiny-opt", model_options={"size": "1m"}, batch_size=4, eval_examples=20,
               task_options={"n_train": 60, "n_validation": 20, "max_length": 32})

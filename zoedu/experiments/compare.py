@@ -67,7 +67,7 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
             lr=None, batch_size: int | None = None, seed: int = 0, device="auto", eval_every: int | None = None,
             eval_examples: int | None = 200, task_options: dict | None = None,
             model_options: dict | None = None, method_options: dict | None = None,
-            head: str | None = "prompt", zero_shot: bool = True,
+            head: str | None = "prompt", zero_shot: bool = True, lr_schedule: str = "constant",
             quiet: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Train a fresh copy of ``model`` on ``task`` with each method; return (table, histories).
 
@@ -85,7 +85,9 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
     setting); ``head="linear"`` a freshly initialised linear head (their ablation). With
     ``zero_shot`` the table's first row is the untrained model (steps 0; ``"zero-shot"``
     with the prompt head, ``"untrained"`` otherwise), whose peak memory is that of a forward
-    pass: inference memory.
+    pass: inference memory. ``lr_schedule`` is every method's :func:`zoedu.train.fit` schedule
+    (``"constant"``, ``"linear"`` or ``"cosine"`` over ``steps``) unless its
+    ``method_options`` name one.
     """
     from ..tasks import task_prompt
     from .optim import run_methods
@@ -98,7 +100,8 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
         head = None  # e.g. multidomain (language modelling) or tabular: no prompt to use
     if batch_size is not None:
         integer("batch_size", batch_size, low=1, what="examples per step for every method; None: each method's default")
-    specs = {m: {"batch_size": default_batch_size(m, head) if batch_size is None else batch_size,
+    schedule = {} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}
+    specs = {m: {"batch_size": default_batch_size(m, head) if batch_size is None else batch_size, **schedule,
                  **(method_options or {}).get(m, {})} for m in methods}  # a method's own batch_size wins
     batches = {m: spec["batch_size"] for m, spec in specs.items()}
     lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods, head, batches)
@@ -175,7 +178,7 @@ def _compare_and_report(args) -> int:
         eval_examples=args.eval_examples,
         task_options={"max_length": args.max_length} if args.task in ("sentiment", "sst2", "multidomain") else None,
         model_options=_model_options(args), head=args.head, zero_shot=args.zero_shot,
-        quiet=args.quiet,
+        lr_schedule=args.lr_schedule, quiet=args.quiet,
     )
     if not is_main():  # every rank holds the same table; rank 0 prints and writes
         return 0
@@ -243,6 +246,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="examples per step for every method (default: each method's own: MeZO 64 with the "
                         "prompt head, as in the MeZO paper; the others 16)")
+    p.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default="constant",
+                   help="every method's learning-rate schedule over --steps: constant (default), linear or cosine "
+                        "decay (long zeroth-order runs want a decaying rate)")
     p.add_argument("--max-length", type=_positive_int, default=128, help="truncate examples to this many tokens (default: 128)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: only at the end)")
     p.add_argument("--eval-examples", type=int, default=200, help="validation examples per evaluation (default: 200)")
