@@ -63,6 +63,19 @@ def test_convergence_figure_reference_lines_in_every_panel():
         vo.convergence_figure(hs, y="eval_accuracy", reference={"zero-shot": float("nan")})
 
 
+def test_convergence_figure_lines_begin_at_the_shared_start():
+    hs = {"adam": _history([1.0, 0.5, 0.2], eval_accuracy=[np.nan, 0.6, 0.8]),
+          "mezo": _history([1.0, 0.9, 0.8], eval_accuracy=[np.nan, 0.66, 0.67], seconds_per_step=0.05)}
+    fig = vo.convergence_figure(hs, y="eval_accuracy", start=0.65)
+    mezo_seconds = [t for t in fig.data if t.name == "MeZO" and t.xaxis == "x2"][0]
+    np.testing.assert_allclose(mezo_seconds.x, [0.0, 0.1, 0.15])
+    np.testing.assert_allclose(mezo_seconds.y, [0.65, 0.66, 0.67])
+    adam_steps = [t for t in fig.data if t.name == "Adam" and t.xaxis == "x"][0]
+    np.testing.assert_allclose(adam_steps.x, [0, 2, 3])
+    with pytest.raises(ValueError, match="start"):
+        vo.convergence_figure(hs, y="eval_accuracy", start=float("inf"))
+
+
 def test_spsa_figure_arrows_start_at_the_point():
     gx = gy = np.linspace(-2, 2, 11)
     X, Y = np.meshgrid(gx, gy)

@@ -83,7 +83,8 @@ _AXIS_TITLES = {"step": "step", "seconds": "wall seconds", "forward_passes": "fo
 # --------------------------------------------------------------------------- convergence
 def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"), y: str = "loss",
                 window: int = 1, log_y: bool = False, title: str | None = None,
-                reference: dict[str, float] | None = None, height: int = 380) -> go.Figure:
+                reference: dict[str, float] | None = None, start: float | None = None,
+                height: int = 380) -> go.Figure:
     """``y`` against each of ``x`` (side-by-side panels), one coloured line per method.
 
     Args:
@@ -96,11 +97,16 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
         log_y: logarithmic y axis.
         reference: ``{label: value}`` drawn as labelled dotted horizontal lines in every panel
             (e.g. ``{"zero-shot": 0.685}`` under a validation-accuracy curve).
+        start: the value of ``y`` before the first step, shared by every run (e.g. the
+            zero-shot accuracy all methods start from): each line then begins there, at 0 on
+            every x axis, so that an evaluated-every-50-steps curve shows where it came from.
     """
     runs = _as_histories(histories)
     xs = [x] if isinstance(x, str) else list(x)
     for label, value in (reference or {}).items():
         number(f"reference[{label!r}]", value)
+    if start is not None:
+        number("start", start)
     if not xs:
         raise ValueError("x must name at least one column, e.g. 'step' or 'seconds'")
     for name, h in runs.items():
@@ -108,10 +114,12 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
     fig = make_subplots(rows=1, cols=len(xs), shared_yaxes=True, horizontal_spacing=0.06)
     for i, (name, h) in enumerate(runs.items()):
         h = h.dropna(subset=[y])
+        if start is not None:  # the shared starting point, at 0 steps / seconds / passes
+            h = pd.concat([pd.DataFrame([{**{c: 0 for c in xs}, y: float(start)}]), h[[*xs, y]]], ignore_index=True)
         yy = smooth(h[y], window) if window > 1 else h[y].to_numpy(dtype=float)
         for j, col in enumerate(xs, start=1):
             fig.add_trace(go.Scatter(
-                x=h[col].to_numpy(), y=yy, mode="lines+markers" if len(h) < 30 else "lines",
+                x=h[col].to_numpy(dtype=float), y=yy, mode="lines+markers" if len(h) < 30 else "lines",
                 name=method_label(name), legendgroup=name, showlegend=(j == 1),
                 line=dict(color=method_color(name, i), width=2), marker=dict(size=5),
                 hovertemplate=f"{method_label(name)}<br>{col}=%{{x:.4g}}<br>{y}=%{{y:.4g}}<extra></extra>",
