@@ -313,7 +313,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="goal, long: torch threads per process")
     p.add_argument("--heads", default="prompt,linear", help="goal: prompt, linear or both (the ablation)")
     p.add_argument("--directions", default=None, help="goal, long: gaussian or rademacher (default: fit's)")
-    p.add_argument("--lr-schedule", default="constant", help="long: constant, linear or cosine (over --steps)")
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "linear", "cosine"),
+                   help="long: the rate's schedule over --steps")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     if args.part in ("noise", "long"):

@@ -119,7 +119,7 @@ def convergence_figure(histories, *, x: str | Sequence[str] = ("step", "seconds"
         yy = smooth(h[y], window) if window > 1 else h[y].to_numpy(dtype=float)
         for j, col in enumerate(xs, start=1):
             fig.add_trace(go.Scatter(
-                x=h[col].to_numpy(dtype=float), y=yy, mode="lines+markers" if len(h) < 30 else "lines",
+                x=h[col].to_numpy(), y=yy, mode="lines+markers" if len(h) < 30 else "lines",
                 name=method_label(name), legendgroup=name, showlegend=(j == 1),
                 line=dict(color=method_color(name, i), width=2), marker=dict(size=5),
                 hovertemplate=f"{method_label(name)}<br>{col}=%{{x:.4g}}<br>{y}=%{{y:.4g}}<extra></extra>",
