@@ -181,7 +181,7 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
             every parameter group of the method's optimizer before each step, and the History
             gains an ``lr`` column (the first group's rate at each step). A constant rate suits
             short runs; a MeZO run of thousands of steps drifts back at a constant rate
-            (benchmarks/README.md, "The long run").
+            (benchmarks/README.md, "The long run with a decaying rate").
         schedule_steps: the horizon of a named decaying schedule (default: ``steps``); give it
             to run a schedule in several calls (``resume=``), each with its own ``steps``.
         **method_options: passed to the method's factory (e.g. ``eps`` for MeZO).
@@ -274,20 +274,20 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     fwd = bwd = 0
     peak = 0
     first_peak = None
-    config = {"method": name, "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed), "task": task.name}
-    if scheduler is not None:  # a resumed run must continue the same schedule
-        config.update(lr_schedule=getattr(lr_schedule, "__qualname__", repr(lr_schedule)) if callable(lr_schedule)
-                      else lr_schedule, schedule_steps=None if callable(lr_schedule) else horizon)
+    # a resumed run must continue the same schedule (a callable is known by its name)
+    named = isinstance(lr_schedule, str)
+    config = {"method": name, "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed), "task": task.name,
+              "lr_schedule": lr_schedule if named else getattr(lr_schedule, "__qualname__", repr(lr_schedule)),
+              "schedule_steps": horizon if named and lr_schedule != "constant" else None}
     if (checkpoint is not None or resume is not None) and par is not None:
         raise ValueError("checkpoint=/resume= are not supported under torch.distributed (parallel=) yet")
     start = 1
     if resume is not None:
         state = torch.load(os.fspath(resume), map_location=dev, weights_only=False)
-        unscheduled = {"lr_schedule": "constant", "schedule_steps": None}  # what a constant-rate run leaves out
-        for key in [*state["config"], *(k for k in config if k not in state["config"])]:
+        unscheduled = {"lr_schedule": "constant", "schedule_steps": None}  # checkpoints written before schedules
+        for key, mine in config.items():
             value = state["config"].get(key, unscheduled.get(key))
-            if config.get(key, unscheduled.get(key)) != value:
-                mine = config.get(key, unscheduled.get(key))
+            if mine != value:
                 raise ValueError(f"resume: the checkpoint was written by a run with {key}={value!r}, this call has "
                                  f"{key}={mine!r}; pass {key}={value!r} to continue that run")
         if state["step"] >= steps:

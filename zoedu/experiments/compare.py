@@ -100,8 +100,8 @@ def compare(methods, *, task: str = "sentiment", model: str = "minilm", steps: i
         head = None  # e.g. multidomain (language modelling) or tabular: no prompt to use
     if batch_size is not None:
         integer("batch_size", batch_size, low=1, what="examples per step for every method; None: each method's default")
-    schedule = {} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}
-    specs = {m: {"batch_size": default_batch_size(m, head) if batch_size is None else batch_size, **schedule,
+    specs = {m: {"batch_size": default_batch_size(m, head) if batch_size is None else batch_size,
+                 "lr_schedule": lr_schedule,
                  **(method_options or {}).get(m, {})} for m in methods}  # a method's own batch_size wins
     batches = {m: spec["batch_size"] for m, spec in specs.items()}
     lrs = dict(lr) if isinstance(lr, dict) else parse_lr(lr, methods, head, batches)
