@@ -187,12 +187,15 @@ def _goal(args) -> pd.DataFrame:
             start = task.evaluate(model, "validation", max_examples=400, device="cpu")
             c0 = time.process_time()
             options = {"directions": args.directions} if args.directions else {}
+            if args.lr_schedule != "constant":  # decays over --steps, both heads alike
+                options["lr_schedule"] = args.lr_schedule
             h = fit(model, task, "mezo", steps=args.steps, lr=lr, batch_size=args.batch_size, seed=seed,
                     device="cpu", eval_every=args.every, eval_examples=400, quiet=True, track_memory=False,
                     **options)
             cpu = time.process_time() - c0
             ev = h.dropna(subset=["eval_accuracy"])
-            rows.append({"seed": seed, "head": head, "lr": lr, "batch_size": args.batch_size,
+            rows.append({"seed": seed, "head": head, "lr": lr, "schedule": args.lr_schedule,
+                         "batch_size": args.batch_size,
                          "directions": h.attrs["settings"]["directions"], "steps": args.steps,
                          "start": start["accuracy"], "final": float(ev["eval_accuracy"].iloc[-1]),
                          "change": float(ev["eval_accuracy"].iloc[-1]) - start["accuracy"],
@@ -314,7 +317,7 @@ def main() -> None:
     p.add_argument("--heads", default="prompt,linear", help="goal: prompt, linear or both (the ablation)")
     p.add_argument("--directions", default=None, help="goal, long: gaussian or rademacher (default: fit's)")
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "linear", "cosine"),
-                   help="long: the rate's schedule over --steps")
+                   help="long, goal: the rate's schedule over --steps")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     if args.part in ("noise", "long"):
