@@ -60,7 +60,12 @@ def test_smoothing_is_the_bias_corrected_average_of_the_draws(gpt2, corpus):
             self.n_examples = np.array([4, 4])
 
     src._average(S([1.0, 2.0], [4.0, 4.0], [3.0, 1.0]))
-    g, v, l, n = src._average(S([3.0, 0.0], [0.0, 8.0], [1.0, 1.0]))
+    g, v, l, n, spread, along = src._average(S([3.0, 0.0], [0.0, 8.0], [1.0, 1.0]))
+    assert np.isnan(spread).all() and np.isnan(along).all()   # statistics without tr Σ²: the bound is used
+    # a checkpoint from before tr Σ² and μᵀΣμ were averaged (3 rows) resumes with them unknown
+    src._avg[0] = src._avg[0][:3]
+    g2, v2, l2, n2, spread2, along2 = src._average(S([3.0, 0.0], [0.0, 8.0], [1.0, 1.0]))
+    assert np.all(np.isfinite(g2)) and np.isnan(spread2).all() and np.isnan(along2).all()
     np.testing.assert_allclose(g, [(0.25 * 1 + 0.5 * 3) / 0.75, (0.25 * 2) / 0.75])
     np.testing.assert_allclose(v, [(0.25 * 4) / 0.75, (0.25 * 4 + 0.5 * 8) / 0.75])
     np.testing.assert_allclose(n, 4 * 0.75 ** 2 / (0.0625 + 0.25))
@@ -105,7 +110,8 @@ def test_averaging_draws_makes_the_score_less_noisy():
                           draws=(1, 4), sizes=[12, 12, 12], n_validation=2)
     sd = df.pivot(index="domain", columns="draws", values="score_sd")
     assert (sd[4] < sd[1]).mean() >= 2 / 3                     # 4 draws: about half the s.d.
-    assert set(df.columns) >= {"relative_sd", "weight_mean", "weight_sd", "backward_passes"}
+    assert set(df.columns) >= {"relative_sd", "weight_mean", "weight_sd", "backward_passes", "se_bound", "se_measured"}
+    assert (df.se_measured <= df.se_bound * (1 + 1e-9)).all() and (df.se_measured < df.se_bound).any()
 
 
 def test_precondition_takes_the_statistics_in_adams_coordinates(gpt2, corpus):
@@ -164,3 +170,98 @@ def test_precondition_is_the_identity_without_second_moments(gpt2, corpus):
 def test_bad_precondition():
     with pytest.raises(ValueError, match="precondition='adam'.*allowed: none, optimizer"):
         MixedBatchSource("pike", precondition="adam")
+
+
+# --------------------------------------------------------------------------- how the noise spreads
+def _score_draws(rng, mu, scales, n, reps, pike, gain=None):
+    """Scores of ``pike`` from ``reps`` draws of n per-example gradients N(μ_k, diag(scales_k²))."""
+    import torch
+
+    from zoedu.mixing.stats import _noise_spread
+
+    K = len(mu)
+    scores, spreads = [], []
+    for _ in range(reps):
+        sq, var, spread = np.zeros(K), np.zeros(K), np.zeros((K, 2))
+        for k in range(K):
+            g = mu[k] + rng.normal(size=(n, mu[k].size)) * scales[k]
+            mean = g.mean(0)
+            var[k] = ((g - mean) ** 2).sum() / (n - 1)
+            sq[k] = max(mean @ mean - var[k] / n, 0.0)
+            spread[k] = _noise_spread(torch.tensor(g), [1] * n)
+        gain_ = np.ones(K) if gain is None else gain
+        scores.append(pike._scores(sq, var, gain_))
+        spreads.append(spread)
+    return np.array(scores), np.array(spreads)
+
+
+def test_measured_score_noise_matches_the_scores_spread_and_the_bound_overstates_it():
+    # per-example noise spread evenly over 200 directions: tr Σ² = (tr Σ)²/200
+    rng = np.random.default_rng(0)
+    d, n, K = 200, 8, 3
+    mu = [np.full(d, 0.05 * (k + 1)) for k in range(K)]
+    scales = [np.full(d, 0.1 * (k + 1)) for k in range(K)]
+    pike = PiKE(K, normalize=False, shrink=True, batch_size=16)
+    scores, spreads = _score_draws(rng, mu, scales, n, 400, pike)
+    true_var = np.array([d * s[0] ** 2 for s in scales])       # tr Σ
+    true_mu = np.array([m @ m for m in mu])
+    true_q = np.array([d * s[0] ** 4 for s in scales])          # tr Σ²
+    true_along = np.array([(m ** 2 * s ** 2).sum() for m, s in zip(mu, scales)])   # μᵀΣμ
+    np.testing.assert_allclose(spreads.mean(0)[:, 0], true_q, rtol=0.1)       # both estimated without bias
+    np.testing.assert_allclose(spreads.mean(0)[:, 1], true_along, rtol=0.25)
+    sd = scores.std(0)
+    measured = pike.score_se(true_mu, true_var, [n] * K, cov_sq=true_q, cov_along_mean=true_along)
+    bound = pike.score_se(true_mu, true_var, [n] * K)
+    assert np.all(measured >= 0.8 * sd)                          # still (nearly) an upper bound …
+    assert np.all(measured <= 1.5 * sd)                          # … and a close one
+    # with tr Σ² alone (μᵀΣμ bounded by ‖μ‖²√tr Σ²) it is looser but still far below the bound
+    assert np.all(pike.score_se(true_mu, true_var, [n] * K, cov_sq=true_q) < 0.5 * bound)
+    assert np.all(bound >= 5 * sd)                               # the one-direction bound: far too wide
+
+
+def test_cov_sq_at_its_bound_is_the_one_direction_formula_and_bad_input_is_refused():
+    p = PiKE(3, shrink=True)
+    sq, var, n = [1.0, 2.0, 0.5], [4.0, 9.0, 1.0], [8, 8, 8]
+    np.testing.assert_allclose(p.score_se(sq, var, n, cov_sq=np.square(var)), p.score_se(sq, var, n))
+    np.testing.assert_allclose(p.score_se(sq, var, n, cov_sq=[np.nan] * 3), p.score_se(sq, var, n))
+    # above the bound it is clipped to it (tr Σ² ≤ (tr Σ)²); below it the noise is smaller
+    np.testing.assert_allclose(p.score_se(sq, var, n, cov_sq=[1e9] * 3), p.score_se(sq, var, n))
+    assert np.all(p.score_se(sq, var, n, cov_sq=[0.1, 0.1, 0.1]) < p.score_se(sq, var, n))
+    for bad in ([-1.0, 1.0, 1.0], [1.0, 1.0], [np.inf, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="cov_sq"):
+            p.score_se(sq, var, n, cov_sq=bad)
+    with pytest.raises(ValueError, match="cov_along_mean"):
+        p.score_se(sq, var, n, cov_sq=[1.0] * 3, cov_along_mean=[np.inf, 0.0, 0.0])
+    # μᵀΣμ is clipped to [0, ‖μ‖²√tr Σ²]: a negative chance estimate counts as 0
+    np.testing.assert_allclose(p.score_se(sq, var, n, cov_sq=[0.1] * 3, cov_along_mean=[-5.0] * 3),
+                               p.score_se(sq, var, n, cov_sq=[0.1] * 3, cov_along_mean=[0.0] * 3))
+
+
+@pytest.mark.parametrize("kwargs", [dict(score_noise="exact"), dict(score_noise="measured", n_groups=2),
+                                    dict(score_noise="measured", variance="per-sample")])
+def test_bad_score_noise(kwargs):
+    with pytest.raises(ValueError, match="score_noise"):
+        MixedBatchSource("pike", **kwargs)
+
+
+class RecordingSpread(PiKE):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.spreads = []
+
+    def update(self, sq_norms, variances, n_examples=None, cov_sq=None, cov_along_mean=None):
+        self.spreads.append(None if cov_sq is None else np.array([cov_sq, cov_along_mean]))
+        return super().update(sq_norms, variances, n_examples, cov_sq, cov_along_mean)
+
+
+def test_measured_score_noise_reaches_pike_and_narrows_its_noise(gpt2, corpus):
+    bound = RecordingSpread(3, update_every=2, shrink=True)
+    run(gpt2, corpus, MixedBatchSource(bound, stats_every=2, n_groups=4), steps=2)
+    measured = RecordingSpread(3, update_every=2, shrink=True)
+    run(gpt2, corpus, MixedBatchSource(measured, stats_every=2, n_groups=4, score_noise="measured"), steps=2)
+    assert bound.spreads == [None]
+    assert len(measured.spreads) == 1 and np.all(np.isfinite(measured.spreads[0]))
+    assert np.all(measured.spreads[0][0] >= 0)
+    # the same draw and the same move; the noise credited to it is what the spread allows, no more
+    np.testing.assert_allclose(measured.raw_weights, bound.raw_weights)
+    assert np.all(measured._noise <= bound._noise + 1e-12) and np.any(measured._noise < bound._noise)

@@ -154,3 +154,26 @@ def test_bad_scale(scale, match):
         scale = {p: -torch.ones(p.shape)}
     with pytest.raises(ValueError, match=match):
         task_gradient_stats(model, _loss, batches, scale=scale)
+
+
+def test_noise_spread_is_unbiased_and_only_from_four_or_more_groups():
+    from zoedu.mixing.stats import _noise_spread
+
+    rng = np.random.default_rng(0)
+    d = 30
+    for directions in (1, 6, 30):                 # noise along 1, 6 or 30 directions, tr Σ = 3
+        ev = np.zeros(d)
+        ev[:directions] = 3.0 / directions
+        sizes = [1, 2, 1, 3, 2]                   # unequal groups: g_j has covariance Σ/m_j
+        mu = 0.2 + 0.1 * np.arange(d) / d
+        est = np.array([_noise_spread(torch.tensor(np.stack([mu + rng.normal(size=d) * np.sqrt(ev / m)
+                                                            for m in sizes])), sizes) for _ in range(3000)])
+        assert est[:, 0].mean() == pytest.approx(float((ev ** 2).sum()), rel=0.08)       # tr Σ²
+        if directions > 1:   # along one direction μᵀΣμ's estimate is heavy-tailed: s.d. 9× its mean
+            assert est[:, 1].mean() == pytest.approx(float((mu ** 2 * ev).sum()), rel=0.2)  # μᵀΣμ
+    model, batches = _Net(), _task_batches(n=6)
+    four = task_gradient_stats(model, _loss, batches, n_groups=4)
+    assert np.all(np.isfinite(four.cov_sq)) and np.all(np.isfinite(four.cov_along_mean))
+    for stats in (task_gradient_stats(model, _loss, batches, n_groups=3),
+                  task_gradient_stats(model, _loss, batches, variance="per-sample")):
+        assert np.all(np.isnan(stats.cov_sq)) and np.all(np.isnan(stats.cov_along_mean))

@@ -226,8 +226,11 @@ def statistics_noise(*, domains=SCENARIO_DOMAINS, warm_steps: int = 100, repeats
 
     Returns one row per (draws, domain): ``score_mean``, ``score_sd``, ``relative_sd``
     (s.d./|mean|), ``weight_mean`` and ``weight_sd`` (the weights one PiKE update from
-    uniform gives, with the default ζ₁ = ζ₂ = 1 and ``max_log_step`` = 2), and ``backward_passes``
-    (statistics' passes per estimate).
+    uniform gives, with the default ζ₁ = ζ₂ = 1 and ``max_log_step`` = 2), ``se_bound`` and
+    ``se_measured`` (the mean over repeats of the standard error PiKE's noise-aware step
+    assigns to the score: the one-direction bound, and the one from the measured spread tr Σ²
+    and μᵀΣμ, ``MixedBatchSource(score_noise="measured")`` — to set beside ``score_sd``), and
+    ``backward_passes`` (statistics' passes per estimate).
     """
     from ..mixing import task_gradient_stats
     from ..models import load_model
@@ -246,25 +249,30 @@ def statistics_noise(*, domains=SCENARIO_DOMAINS, warm_steps: int = 100, repeats
     rng = np.random.default_rng([seed, 99])
     rows = []
     for m in draws:
-        scores, weights, passes = [], [], 0
+        scores, weights, se_bound, se_measured, passes = [], [], [], [], 0
         for _ in range(repeats):
-            sq = np.zeros(K)
-            var = np.zeros(K)
+            sq, var, cov_sq, along = np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K)
             for _ in range(m):
                 batches = [task.sample("train", n, rng, indices=p) for p in pools]
                 st = task_gradient_stats(model, task.loss, batches)
                 sq += st.unbiased_sq_norms / m
                 var += st.variances / m
+                cov_sq += st.cov_sq / m
+                along += st.cov_along_mean / m
                 passes += st.backward_passes
             pike = PiKE(K, batch_size=b)
             scores.append((sq - var / (2 * b)) / max(sq.mean(), 1e-30))
+            se_bound.append(pike.score_se(sq, var, [m * n] * K))
+            se_measured.append(pike.score_se(sq, var, [m * n] * K, cov_sq=cov_sq, cov_along_mean=along))
             weights.append(pike.update(sq, var))
         scores, weights = np.array(scores), np.array(weights)
+        se_bound, se_measured = np.array(se_bound), np.array(se_measured)
         for k, dom in enumerate(task.domains):
             mean, sd = float(scores[:, k].mean()), float(scores[:, k].std(ddof=1))
             rows.append(dict(draws=m, examples=m * n, domain=dom, score_mean=mean, score_sd=sd,
                              relative_sd=sd / max(abs(mean), 1e-12), weight_mean=float(weights[:, k].mean()),
-                             weight_sd=float(weights[:, k].std(ddof=1)), backward_passes=passes / repeats))
+                             weight_sd=float(weights[:, k].std(ddof=1)), se_bound=float(se_bound[:, k].mean()),
+                             se_measured=float(se_measured[:, k].mean()), backward_passes=passes / repeats))
     return pd.DataFrame(rows)
 
 

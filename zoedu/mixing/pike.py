@@ -38,7 +38,15 @@ What this implementation adds to (1)–(2), each a documented option:
 
       (3)  SE_k² = [ a_k² (4 ĝ_k σ̂_k² + 2 σ̂_k⁴/n)/n + (a_k/n + c)² · 2 σ̂_k⁴/(n − 1) ] / m²,
 
-  an upper bound (equality for noise along one direction). After t updates a task's
+  an upper bound (equality for noise along one direction). Given ``cov_sq`` = tr Σ_k² (how
+  the noise spreads over directions, ``TaskGradientStats.cov_sq``) and ``cov_along_mean`` =
+  μ_kᵀΣ_kμ_k, σ̂_k⁴ is replaced by Q_k = min(tr Σ_k², σ̂_k⁴) and 4 ĝ_k σ̂_k² by 4 M_k, M_k =
+  μᵀΣμ clipped to [0, ĝ_k √Q_k] (ĝ_k √Q_k without it): the Gaussian variances of ‖ḡ‖²
+  (4 μᵀΣμ/n + 2 tr Σ²/n², and μᵀΣμ ≤ ‖μ‖² √tr Σ²) and of σ̂² (2 tr Σ²/(n − 1)). With noise
+  along one direction Q = σ̂⁴ and (3) is unchanged. On the benchmark's tiny GPT-2 the bound
+  is 3–17× the scores' measured spread; told the real noise, PiKE moves further and loses to
+  uniform mixing (benchmarks/README.md, "How wide is the noise"), so callers pass it only
+  when asked (``MixedBatchSource(score_noise="measured")``). After t updates a task's
   log-weight has moved by A_k = Σ_t step_{k,t} relative to the tasks' mean, with noise
   variance V_k = Σ_t Var(step_{k,t}), Var(s_k − mean_j s_j) = SE_k²(1 − 2/K) + Σ_j SE_j²/K²
   (capped at (2·``max_log_step``·(K − 1)/K)² for clipped steps). The weights used shrink
@@ -53,7 +61,7 @@ What this implementation adds to (1)–(2), each a documented option:
   successive averages overlap, so V_k then counts their noise as independent and shrinks
   less than an exact accounting would.
 
-Contract. ``update(sq_norms, variances[, losses][, n_examples])`` takes one non-negative,
+Contract. ``update(sq_norms, variances[, losses][, n_examples][, cov_sq, cov_along_mean])`` takes one non-negative,
 finite entry per task (a ValueError otherwise) and returns the new weights; ``weights`` is
 always on the simplex with every entry ≥ ``min_weight``; ``counts(b)`` / ``batch_sizes(b)``
 turn them into integers summing to b (:func:`zoedu.mixing.apportion`). The bound behind
@@ -190,8 +198,11 @@ class PiKE(Checkpointable):
             return np.zeros_like(sq_norms)
         return (self.zeta1 * gain * sq_norms - self.zeta2 / (2 * self.batch_size) * variances) / scale
 
-    def score_se(self, sq_norms, variances, n_examples, gain=None) -> np.ndarray:
-        """Standard error of each task's score (module docstring, "Noise-aware steps")."""
+    def score_se(self, sq_norms, variances, n_examples, gain=None, cov_sq=None, cov_along_mean=None) -> np.ndarray:
+        """Standard error of each task's score (module docstring, "Noise-aware steps").
+
+        ``cov_sq``: tr Σ_k² per task (NaN: unknown, use the one-direction bound σ̂_k⁴);
+        ``cov_along_mean``: μ_kᵀΣ_kμ_k (NaN: unknown, use ĝ_k √tr Σ_k²)."""
         sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
         var = _check_stat("variances", variances, self.n_tasks)
         n = _check_counts(n_examples, self.n_tasks)
@@ -200,8 +211,22 @@ class PiKE(Checkpointable):
         scale = self._scale(sq)
         if scale <= 0:
             return np.zeros(self.n_tasks)
-        v_norm = (4 * sq * var + 2 * var ** 2 / n) / n
-        v_var = 2 * var ** 2 / (n - 1)
+        q = var ** 2                                        # tr Σ² ≤ (tr Σ)²: noise along one direction
+        if cov_sq is not None:
+            spread = np.asarray(cov_sq, dtype=np.float64)
+            if spread.shape != (self.n_tasks,) or np.any(spread < 0) or np.any(np.isinf(spread)):
+                raise ValueError(f"cov_sq={spread.tolist()!r} must hold one non-negative entry per task "
+                                 f"({self.n_tasks}; NaN where unknown)")
+            q = np.where(np.isnan(spread), q, np.minimum(spread, q))
+        along = sq * np.sqrt(q)                             # μᵀΣμ ≤ ‖μ‖² λ_max ≤ ‖μ‖² √tr Σ²
+        if cov_along_mean is not None:
+            m_ = np.asarray(cov_along_mean, dtype=np.float64)
+            if m_.shape != (self.n_tasks,) or np.any(np.isinf(m_)):
+                raise ValueError(f"cov_along_mean={m_.tolist()!r} must hold one finite entry per task "
+                                 f"({self.n_tasks}; NaN where unknown)")
+            along = np.where(np.isnan(m_), along, np.clip(m_, 0.0, along))
+        v_norm = (4 * along + 2 * q / n) / n
+        v_var = 2 * q / (n - 1)
         return np.sqrt(a ** 2 * v_norm + (a / n + c) ** 2 * v_var) / scale
 
     def _apply(self, scores: np.ndarray, se: np.ndarray | None = None) -> np.ndarray:
@@ -245,16 +270,19 @@ class PiKE(Checkpointable):
             w[~fixed] *= (1 - self.min_weight * fixed.sum()) / w[~fixed].sum()
         return w / w.sum()
 
-    def update(self, sq_norms, variances, n_examples=None) -> np.ndarray:
+    def update(self, sq_norms, variances, n_examples=None, cov_sq=None, cov_along_mean=None) -> np.ndarray:
         """One PiKE step from ‖∇L_k‖² and σ_k² (one entry per task); returns the new weights.
 
         ``n_examples`` (examples per task behind the statistics, each ≥ 2) lets the step
         account for the statistics' noise (``shrink``); without it they are taken as exact.
+        ``cov_sq`` (tr Σ_k²) and ``cov_along_mean`` (μ_kᵀΣ_kμ_k; NaN where unknown) tell the
+        noise-aware step how that noise spreads over directions; without them the
+        one-direction bound is used.
         """
         sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
         var = _check_stat("variances", variances, self.n_tasks)
         gain = np.ones(self.n_tasks)
-        se = None if n_examples is None else self.score_se(sq, var, n_examples, gain)
+        se = None if n_examples is None else self.score_se(sq, var, n_examples, gain, cov_sq, cov_along_mean)
         return self._apply(self._scores(sq, var, gain), se)
 
     def batch_sizes(self, b: int, *, rng: np.random.Generator | None = None,
@@ -299,13 +327,14 @@ class BalancedPiKE(PiKE):
         p = np.exp(z - z.max())
         return p / p.sum()
 
-    def update(self, sq_norms, variances, losses=None, n_examples=None) -> np.ndarray:
+    def update(self, sq_norms, variances, losses=None, n_examples=None, cov_sq=None,
+               cov_along_mean=None) -> np.ndarray:
         if losses is None:
             raise ValueError("BalancedPiKE.update needs losses (one current loss per task) for the tilt")
         sq = _check_stat("sq_norms", sq_norms, self.n_tasks)
         var = _check_stat("variances", variances, self.n_tasks)
         gain = self.n_tasks * self.tilt(losses)
-        se = None if n_examples is None else self.score_se(sq, var, n_examples, gain)
+        se = None if n_examples is None else self.score_se(sq, var, n_examples, gain, cov_sq, cov_along_mean)
         return self._apply(self._scores(sq, var, gain), se)
 
     def __repr__(self):

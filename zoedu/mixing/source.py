@@ -26,6 +26,13 @@ Better statistics at no or little cost (``smoothing``, ``tilt_losses``):
   every step from the per-example losses the training step computes anyway, so free —
   instead of the mean loss of the statistics' few examples (``"stats"``, the default).
 
+* ``score_noise="measured"``: tell PiKE's noise-aware step how each task's per-example
+  noise spreads over directions (tr Σ_k² and μ_kᵀΣ_kμ_k, estimated from the Gram matrix of the
+  group gradients the statistics already take, ``TaskGradientStats.cov_sq`` and
+  ``cov_along_mean``; averaged like the rest with ``smoothing``).
+  ``"bound"`` (the default) assumes all of it along one direction — an upper bound on the
+  scores' noise that is loose by about the noise's effective number of directions.
+
 * ``precondition="optimizer"``: take the statistics in the optimizer's own geometry. PiKE's
   bound is for SGD; Adam(W) steps −η P m̂ with P = diag(1/(√v̂ + ε)), which is SGD in the
   coordinates u = P^{-½}x, where a task's gradient is P^½ ∇L_k. So every task gradient is
@@ -58,6 +65,7 @@ from .stats import task_gradient_stats
 
 TILT_LOSSES = ("stats", "train")
 PRECONDITION = ("none", "optimizer")
+SCORE_NOISE = ("bound", "measured")
 MIXERS = ("uniform", "proportional", "static", "round-robin", "random-task", "pike", "balanced-pike")
 
 
@@ -106,13 +114,16 @@ class MixedBatchSource:
         loss_smoothing: averaging factor in [0, 1) of the training-batch losses.
         precondition: ``"none"`` (the published Euclidean statistics) or ``"optimizer"``
             (in the optimizer's preconditioned coordinates, module docstring).
+        score_noise: ``"bound"`` or ``"measured"``, the noise model of PiKE's noise-aware step
+            (module docstring); ``"measured"`` needs the groups estimator with ``n_groups`` ≥ 4.
         **mixer_options: passed to the mixer when it is given by name (e.g. ``zeta1``, ``tau``).
     """
 
     def __init__(self, mixer="uniform", *, stats_every: int | None = None,
                  stats_batch_size: int | None = None, variance: str = "groups", n_groups: int = 4,
                  require_all: bool = False, smoothing: float = 0.0, tilt_losses: str = "stats",
-                 loss_smoothing: float = 0.9, precondition: str = "none", **mixer_options):
+                 loss_smoothing: float = 0.9, precondition: str = "none", score_noise: str = "bound",
+                 **mixer_options):
         if stats_every is not None and (isinstance(stats_every, bool) or not isinstance(stats_every, int)
                                         or stats_every < 1):
             raise ValueError(f"stats_every={stats_every!r} must be None or a positive integer")
@@ -126,6 +137,12 @@ class MixedBatchSource:
         if precondition not in PRECONDITION:
             raise ValueError(f"precondition={precondition!r} is unknown; allowed: {', '.join(PRECONDITION)}")
         self.precondition = precondition
+        if score_noise not in SCORE_NOISE:
+            raise ValueError(f"score_noise={score_noise!r} is unknown; allowed: {', '.join(SCORE_NOISE)}")
+        if score_noise == "measured" and (variance != "groups" or not isinstance(n_groups, int) or n_groups < 4):
+            raise ValueError(f"score_noise='measured' estimates tr Σ² from at least 4 group gradients: it needs "
+                             f"variance='groups' and n_groups ≥ 4 (got variance={variance!r}, n_groups={n_groups!r})")
+        self.score_noise = score_noise
         self.smoothing, self.tilt_losses, self.loss_smoothing = float(smoothing), tilt_losses, float(loss_smoothing)
         if mixer_options and not isinstance(mixer, str):
             raise ValueError(f"mixer options {sorted(mixer_options)} only apply to a mixer given by name")
@@ -169,7 +186,7 @@ class MixedBatchSource:
         self._task_losses: dict[int, float] = {}
         self._counts = np.zeros(K, dtype=np.int64)
         self._weights = self.mixer.weights
-        self._avg = None                      # EMA state of (ĝ, σ̂², losses), its weight sums
+        self._avg = None                      # EMA state of (ĝ, σ̂², losses, tr Σ², μᵀΣμ), its weight sums
         self._train_loss = np.full(K, np.nan)  # EMA of the training-batch losses per domain
         return self
 
@@ -208,21 +225,26 @@ class MixedBatchSource:
         return [move_batch(self.task.sample("train", n, ctx.rng, indices=pool), ctx.device)
                 for pool in self.pools]
 
-    def _average(self, stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(ĝ, σ̂², losses, n_eff): this draw's statistics, or their bias-corrected EMAs."""
-        x = np.stack([stats.unbiased_sq_norms, stats.variances, stats.losses])
+    def _average(self, stats) -> tuple[np.ndarray, ...]:
+        """(ĝ, σ̂², losses, n_eff, tr Σ², μᵀΣμ): this draw's statistics, or their bias-corrected EMAs."""
+        unknown = np.full(len(stats.losses), np.nan)
+        spread = [unknown if getattr(stats, k, None) is None else getattr(stats, k)
+                  for k in ("cov_sq", "cov_along_mean")]
+        x = np.stack([stats.unbiased_sq_norms, stats.variances, stats.losses, *spread])
         n = stats.n_examples.astype(np.float64)
         a = self.smoothing
         if a == 0:
-            return x[0], x[1], x[2], n
+            return x[0], x[1], x[2], n, x[3], x[4]
         if self._avg is None:
             self._avg = [np.zeros_like(x), 0.0, 0.0]
         m, s1, s2 = self._avg
+        if m.shape[0] < x.shape[0]:   # a checkpoint from before tr Σ² was averaged: unknown (NaN) so far
+            m = np.vstack([m, np.full((x.shape[0] - m.shape[0], m.shape[1]), np.nan)])
         m = a * m + (1 - a) * x
         s1, s2 = a * s1 + (1 - a), a * a * s2 + (1 - a) ** 2
         self._avg = [m, s1, s2]
         est = m / s1
-        return est[0], est[1], est[2], n * s1 * s1 / s2
+        return est[0], est[1], est[2], n * s1 * s1 / s2, est[3], est[4]
 
     def _preconditioner(self, ctx) -> dict | None:
         """P^½ = (√v̂ + ε)^(-½) per parameter from the optimizer's second moments, or None (P = I)."""
@@ -266,10 +288,12 @@ class MixedBatchSource:
             # more than the σ_k²/2b penalty, and would steer weight toward the *noisy* tasks.
             # the example counts only where the noise-aware step uses them, so a subclass that
             # overrides update(sq_norms, variances[, losses]) keeps working
-            sq, var, losses, n_eff = self._average(stats)
+            sq, var, losses, n_eff, cov_sq, along = self._average(stats)
             if self.tilt_losses == "train" and np.all(np.isfinite(self._train_loss)):
                 losses = self._train_loss.copy()
             extra = {"n_examples": n_eff} if getattr(self.mixer, "shrink", False) else {}
+            if extra and self.score_noise == "measured":
+                extra.update(cov_sq=cov_sq, cov_along_mean=along)
             if isinstance(self.mixer, PiKE) and step % self.mixer.update_every == 0:
                 if isinstance(self.mixer, BalancedPiKE):
                     self.mixer.update(sq, var, losses, **extra)

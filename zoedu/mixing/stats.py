@@ -23,12 +23,28 @@ Two estimators of σ_k², both unbiased:
   (E Σ_j m_j‖g_j − ḡ‖² = (G − 1)σ²) and with ``G = n`` it *is* the per-sample estimator.
   Cost: G backward passes over n examples in all — about one ordinary backward pass.
 
+How the noise is spread (``cov_sq``, groups estimator with G ≥ 4): σ² = tr Σ is the total
+per-example variance; tr Σ² (Σ the per-example gradient covariance) says how it is spread
+over directions — tr Σ² = (tr Σ)² when it lies along one direction, (tr Σ)²/r when it is spread
+evenly over r. The noise of ‖ḡ‖² and σ̂² (which PiKE's noise-aware step needs) is set by tr Σ²,
+not by (tr Σ)². For four distinct groups i, j, k, l the differences g_i − g_j and g_k − g_l are
+independent, mean zero, with covariances Σ(1/m_i + 1/m_j) and Σ(1/m_k + 1/m_l), so
+
+    E ⟨g_i − g_j, g_k − g_l⟩² = (1/m_i + 1/m_j)(1/m_k + 1/m_l) · tr Σ²,
+
+and the average of the rescaled squares over every split of four groups into two pairs is an
+unbiased estimate (no Gaussian assumption; it needs only the G × G Gram matrix of the group
+gradients). Likewise E⟨g_i − g_j, g_k⟩² = (1/m_i + 1/m_j)(μᵀΣμ + tr Σ²/m_k) for distinct i, j, k
+gives μᵀΣμ (``cov_along_mean``), the other number the noise of ‖ḡ‖² depends on. With G < 4, or
+the per-sample estimator, both are NaN.
+
 Memory: one flat gradient of d parameters per task (O(K·d)) plus one chunk of per-example
 gradients (O(chunk_size·d)).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +68,11 @@ class TaskGradientStats:
         cosine: ``(K, K)`` cosine similarities of the task gradients (1 on the diagonal).
         losses: ``(K,)`` the mean loss of each task's batch.
         n_examples: ``(K,)`` examples per task batch.
+        cov_sq: ``(K,)`` unbiased estimates of tr Σ_k², how the per-example noise is spread
+            over directions (module docstring); NaN where it cannot be estimated (fewer
+            than 4 groups, the per-sample estimator); None from older callers.
+        cov_along_mean: ``(K,)`` unbiased estimates of μ_kᵀ Σ_k μ_k, the noise along the task's
+            mean gradient (may be slightly negative by chance; NaN where ``cov_sq`` is).
         forward_passes, backward_passes: the passes spent, counted like ``fit`` counts a
             step (one per batched call; a per-example chunk counts as one).
     """
@@ -65,6 +86,8 @@ class TaskGradientStats:
     backward_passes: int = 0
     estimator: str = "groups"
     grads: torch.Tensor | None = field(default=None, repr=False)
+    cov_sq: np.ndarray | None = None
+    cov_along_mean: np.ndarray | None = None
 
     @property
     def unbiased_sq_norms(self) -> np.ndarray:
@@ -238,7 +261,7 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         flat_scale = torch.cat(parts)
         if not bool(torch.isfinite(flat_scale).all()) or bool((flat_scale < 0).any()):
             raise ValueError("scale must hold finite, non-negative factors")
-    grads, sq_norms, variances, losses, counts = [], [], [], [], []
+    grads, sq_norms, variances, losses, counts, cov_sqs, alongs = [], [], [], [], [], [], []
     fwd = bwd = 0
     for k, batch in enumerate(batches):
         n = _batch_size(batch)
@@ -251,6 +274,7 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
             var = (sq_sum - n * float(mean.double().pow(2).sum())) / (n - 1)
             fwd += calls
             bwd += calls
+            cov_sq = along = float("nan")
         else:
             G = min(n_groups, n)
             bounds = np.linspace(0, n, G + 1).round().astype(int)
@@ -269,6 +293,7 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
             mean = (m[:, None] * stacked).sum(0) / n               # ḡ = Σ m_j g_j / n
             dev = (stacked - mean).double().pow(2).sum(1)          # ‖g_j − ḡ‖²
             var = float((m.double() * dev).sum()) / (G - 1)        # Σ m_j‖g_j − ḡ‖²/(G − 1)
+            cov_sq, along = _noise_spread(stacked, sizes)
             mean_loss = loss_sum / n
             del stacked, group_grads
         sq = float(mean.double().pow(2).sum())
@@ -277,6 +302,8 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
         grads.append(mean)
         sq_norms.append(sq)
         variances.append(max(var, 0.0))  # round-off can make an exact-zero variance slightly negative
+        cov_sqs.append(cov_sq)
+        alongs.append(along)
         losses.append(mean_loss)
         counts.append(n)
     G = torch.stack(grads).double()                                # (K, d)
@@ -291,7 +318,32 @@ def task_gradient_stats(model: nn.Module, loss_fn: Callable[[nn.Module, dict], t
                              cosine=cosine, losses=np.asarray(losses),
                              n_examples=np.asarray(counts, dtype=np.int64), forward_passes=fwd,
                              backward_passes=bwd, estimator=variance,
-                             grads=torch.stack(grads) if keep_grads else None)
+                             grads=torch.stack(grads) if keep_grads else None,
+                             cov_sq=np.asarray(cov_sqs, dtype=np.float64),
+                             cov_along_mean=np.asarray(alongs, dtype=np.float64))
+
+
+def _noise_spread(group_grads: torch.Tensor, sizes: Sequence[int]) -> tuple[float, float]:
+    """Unbiased (tr Σ², μᵀΣμ) from G ≥ 4 group gradients (module docstring); NaNs for G < 4."""
+    G = group_grads.shape[0]
+    if G < 4:
+        return float("nan"), float("nan")
+    gram = (group_grads.double() @ group_grads.double().T).cpu().numpy()
+    inv = 1.0 / np.asarray(sizes, dtype=np.float64)
+    q = np.asarray(list(itertools.combinations(range(G), 4)))          # (C, 4)
+    estimates = []
+    # the three ways to split {i, j, k, l} into two pairs (a, b), (c, d)
+    for a, b, c, d in ((0, 1, 2, 3), (0, 2, 1, 3), (0, 3, 1, 2)):
+        a, b, c, d = q[:, a], q[:, b], q[:, c], q[:, d]
+        inner = gram[a, c] - gram[a, d] - gram[b, c] + gram[b, d]
+        estimates.append(inner * inner / ((inv[a] + inv[b]) * (inv[c] + inv[d])))
+    cov_sq = float(np.mean(estimates))
+    # E⟨g_i − g_j, g_k⟩² = (1/m_i + 1/m_j)(μᵀΣμ + tr Σ²/m_k) for distinct i, j, k
+    t = np.asarray([(i, j, k) for i, j in itertools.combinations(range(G), 2) for k in range(G) if k not in (i, j)])
+    i, j, k = t[:, 0], t[:, 1], t[:, 2]
+    inner = gram[i, k] - gram[j, k]
+    along_mean = float(np.mean(inner * inner / (inv[i] + inv[j]) - cov_sq * inv[k]))
+    return cov_sq, along_mean
 
 
 __all__ = ["TaskGradientStats", "task_gradient_stats", "VARIANCE_ESTIMATORS"]
