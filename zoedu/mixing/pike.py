@@ -61,8 +61,9 @@ What this implementation adds to (1)–(2), each a documented option:
   successive averages overlap, so V_k then counts their noise as independent and shrinks
   less than an exact accounting would.
 
-Contract. ``update(sq_norms, variances[, losses][, n_examples][, cov_sq, cov_along_mean])`` takes one non-negative,
-finite entry per task (a ValueError otherwise) and returns the new weights; ``weights`` is
+Contract. ``update(sq_norms, variances[, losses][, n_examples][, cov_sq, cov_along_mean])``
+takes one non-negative, finite entry per task (a ValueError otherwise; NaN marks an unknown
+``cov_sq``/``cov_along_mean``) and returns the new weights; ``weights`` is
 always on the simplex with every entry ≥ ``min_weight``; ``counts(b)`` / ``batch_sizes(b)``
 turn them into integers summing to b (:func:`zoedu.mixing.apportion`). The bound behind
 (1) is for SGD; under Adam, which rescales coordinates, a large ‖∇L_k‖² need not buy a
