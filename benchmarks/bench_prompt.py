@@ -189,12 +189,15 @@ def _goal(args) -> pd.DataFrame:
             options = {"directions": args.directions} if args.directions else {}
             if args.lr_schedule != "constant":  # decays over --steps, both heads alike
                 options["lr_schedule"] = args.lr_schedule
+            if args.eps is not None:
+                options["eps"] = args.eps
             h = fit(model, task, "mezo", steps=args.steps, lr=lr, batch_size=args.batch_size, seed=seed,
                     device="cpu", eval_every=args.every, eval_examples=400, quiet=True, track_memory=False,
                     **options)
             cpu = time.process_time() - c0
             ev = h.dropna(subset=["eval_accuracy"])
             rows.append({"seed": seed, "head": head, "lr": lr, "schedule": args.lr_schedule,
+                         "eps": h.attrs["settings"]["eps"],
                          "batch_size": args.batch_size,
                          "directions": h.attrs["settings"]["directions"], "steps": args.steps,
                          "start": start["accuracy"], "final": float(ev["eval_accuracy"].iloc[-1]),
@@ -318,6 +321,7 @@ def main() -> None:
     p.add_argument("--directions", default=None, help="goal, long: gaussian or rademacher (default: fit's)")
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "linear", "cosine"),
                    help="long, goal: the rate's schedule over --steps")
+    p.add_argument("--eps", type=float, default=None, help="goal: MeZO's ε (default: fit's, 1e-3)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     if args.part in ("noise", "long"):

@@ -179,6 +179,9 @@ def test_fit_draws_mezo_directions_as_rademacher_on_cpu(tabular):
         runs[label] = (h, model.weight.detach().clone())
     assert runs["default"][0].attrs["settings"]["directions"] == "rademacher"
     assert runs["gaussian"][0].attrs["settings"]["directions"] == "gaussian"
+    assert runs["default"][0].attrs["settings"]["eps"] == 1e-3             # the ε the run used
+    h = fit(_linear(tabular), tabular, "mezo", steps=1, lr=1e-2, eps=3e-3, quiet=True, track_memory=False)
+    assert h.attrs["settings"]["eps"] == 3e-3
     assert torch.equal(runs["default"][1], runs["rademacher"][1])
     assert list(runs["default"][0]["loss"]) == list(runs["rademacher"][0]["loss"])
     assert not torch.equal(runs["default"][1], runs["gaussian"][1])

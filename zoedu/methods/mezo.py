@@ -53,8 +53,8 @@ class MeZORunner:
     def settings(self) -> dict:
         """The choices this run uses, defaults resolved (``fit`` puts them in
         ``History.attrs["settings"]``)."""
-        return {"directions": self.optimizer.directions, "sparse_embedding": self.sparse_embedding,
-                "autocast": self.autocast, "length_pieces": self.pieces}
+        return {"directions": self.optimizer.directions, "eps": self.optimizer.eps,
+                "sparse_embedding": self.sparse_embedding, "autocast": self.autocast, "length_pieces": self.pieces}
 
     def _value(self, batch):
         with forward_context(self.autocast, self.ctx.device):
