@@ -53,7 +53,7 @@ class MeZORunner:
     def settings(self) -> dict:
         """The choices this run uses, defaults resolved (``fit`` puts them in
         ``History.attrs["settings"]``)."""
-        return {"directions": self.optimizer.directions, "eps": self.optimizer.eps,
+        return {"directions": self.optimizer.directions, "eps": getattr(self.optimizer, "eps", None),
                 "sparse_embedding": self.sparse_embedding, "autocast": self.autocast, "length_pieces": self.pieces}
 
     def _value(self, batch):
