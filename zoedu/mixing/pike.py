@@ -99,6 +99,17 @@ def _check_stat(name: str, values, n_tasks: int) -> np.ndarray:
     return arr
 
 
+def _check_spread(name: str, values, n_tasks: int, *, non_negative: bool) -> np.ndarray:
+    """One entry per task, NaN where unknown (all NaN for None); no infinities."""
+    if values is None:
+        return np.full(n_tasks, np.nan)
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n_tasks,) or np.any(np.isinf(arr)) or (non_negative and np.any(arr < 0)):
+        raise ValueError(f"{name}={arr.tolist()!r} must hold one {'non-negative' if non_negative else 'finite'} "
+                         f"entry per task ({n_tasks}; NaN where unknown)")
+    return arr
+
+
 def _check_counts(values, n_tasks: int) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.shape != (n_tasks,) or not np.all(np.isfinite(arr)) or np.any(arr < 2):
@@ -212,20 +223,14 @@ class PiKE(Checkpointable):
         scale = self._scale(sq)
         if scale <= 0:
             return np.zeros(self.n_tasks)
-        q = var ** 2                                        # tr Σ² ≤ (tr Σ)²: noise along one direction
-        if cov_sq is not None:
-            spread = np.asarray(cov_sq, dtype=np.float64)
-            if spread.shape != (self.n_tasks,) or np.any(spread < 0) or np.any(np.isinf(spread)):
-                raise ValueError(f"cov_sq={spread.tolist()!r} must hold one non-negative entry per task "
-                                 f"({self.n_tasks}; NaN where unknown)")
-            q = np.where(np.isnan(spread), q, np.minimum(spread, q))
-        along = sq * np.sqrt(q)                             # μᵀΣμ ≤ ‖μ‖² λ_max ≤ ‖μ‖² √tr Σ²
-        if cov_along_mean is not None:
-            m_ = np.asarray(cov_along_mean, dtype=np.float64)
-            if m_.shape != (self.n_tasks,) or np.any(np.isinf(m_)):
-                raise ValueError(f"cov_along_mean={m_.tolist()!r} must hold one finite entry per task "
-                                 f"({self.n_tasks}; NaN where unknown)")
-            along = np.where(np.isnan(m_), along, np.clip(m_, 0.0, along))
+        # unknown (None or NaN) entries fall back to the bounds tr Σ² ≤ (tr Σ)² (noise along one
+        # direction) and μᵀΣμ ≤ ‖μ‖² λ_max ≤ ‖μ‖² √tr Σ²; known ones are clipped to them
+        q = var ** 2
+        spread = _check_spread("cov_sq", cov_sq, self.n_tasks, non_negative=True)
+        q = np.where(np.isnan(spread), q, np.minimum(spread, q))
+        along = sq * np.sqrt(q)
+        m_ = _check_spread("cov_along_mean", cov_along_mean, self.n_tasks, non_negative=False)
+        along = np.where(np.isnan(m_), along, np.clip(m_, 0.0, along))
         v_norm = (4 * along + 2 * q / n) / n
         v_var = 2 * q / (n - 1)
         return np.sqrt(a ** 2 * v_norm + (a / n + c) ** 2 * v_var) / scale

@@ -66,6 +66,7 @@ from .stats import task_gradient_stats
 TILT_LOSSES = ("stats", "train")
 PRECONDITION = ("none", "optimizer")
 SCORE_NOISE = ("bound", "measured")
+_AVERAGED = 5  # rows of the statistics' running average: ĝ, σ̂², losses, tr Σ², μᵀΣμ
 MIXERS = ("uniform", "proportional", "static", "round-robin", "random-task", "pike", "balanced-pike")
 
 
@@ -238,8 +239,6 @@ class MixedBatchSource:
         if self._avg is None:
             self._avg = [np.zeros_like(x), 0.0, 0.0]
         m, s1, s2 = self._avg
-        if m.shape[0] < x.shape[0]:   # a checkpoint from before tr Σ² was averaged: unknown (NaN) so far
-            m = np.vstack([m, np.full((x.shape[0] - m.shape[0], m.shape[1]), np.nan)])
         m = a * m + (1 - a) * x
         s1, s2 = a * s1 + (1 - a), a * a * s2 + (1 - a) ** 2
         self._avg = [m, s1, s2]
@@ -338,6 +337,10 @@ class MixedBatchSource:
         for k, v in state_dict["state"].items():
             if k in self._STATE:
                 setattr(self, k, copy.deepcopy(v))
+        if self._avg is not None and len(self._avg[0]) < _AVERAGED:
+            # a checkpoint from before tr Σ² and μᵀΣμ were averaged: those rows are unknown (NaN) so far
+            m = self._avg[0]
+            self._avg[0] = np.vstack([m, np.full((_AVERAGED - len(m), m.shape[1]), np.nan)])
 
     def __repr__(self):
         return f"MixedBatchSource(mixer={self.mixer or self.spec!r}, stats_every={self.stats_every})"

@@ -328,7 +328,8 @@ def _noise_spread(group_grads: torch.Tensor, sizes: Sequence[int]) -> tuple[floa
     G = group_grads.shape[0]
     if G < 4:
         return float("nan"), float("nan")
-    gram = (group_grads.double() @ group_grads.double().T).cpu().numpy()
+    g = group_grads.double()
+    gram = (g @ g.T).cpu().numpy()
     inv = 1.0 / np.asarray(sizes, dtype=np.float64)
     q = np.asarray(list(itertools.combinations(range(G), 4)))          # (C, 4)
     estimates = []
