@@ -36,10 +36,16 @@ time it needs it ("resample z" in lines 3–4 and 7 of ``PerturbParameters`` and
 
 The direction for a parameter stored in ``bfloat16``/``float16`` is drawn in that dtype,
 so the perturbation is exactly what is added to the weights.
+
+*Masks* (``Perturber(..., masks=)``, Sparse MeZO): a parameter may carry a fixed 0/1 mask,
+stored as packed bits (one bit per weight, 1/32 of an fp32 parameter's memory; built by
+:func:`magnitude_mask`). Its streams' directions are then ``m ⊙ z``: every pass perturbs and
+updates only the weights where ``m = 1``, and ``z`` is drawn exactly as without the mask.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -245,17 +251,83 @@ def _padded(n: int) -> int:
     return -(-n // 8) * 8
 
 
-#: Per (dtype, device): the 256 × 8 table whose row b holds bit k of b as ±1.
-_SIGN_TABLES: dict[tuple, torch.Tensor] = {}
+#: Per (kind, dtype, device): the 256 × 8 table whose row b holds bit k of b, as ±1 (kind
+#: "sign", for ±1 directions) or as 0/1 (kind "bit", for masks).
+_BIT_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def _bit_table(kind: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (kind, dtype, str(device))
+    table = _BIT_TABLES.get(key)
+    if table is None:
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        table = _BIT_TABLES[key] = (bits * 2 - 1 if kind == "sign" else bits).to(dtype=dtype, device=device)
+    return table
 
 
 def _sign_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (dtype, str(device))
-    table = _SIGN_TABLES.get(key)
-    if table is None:
-        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-        table = _SIGN_TABLES[key] = (bits * 2 - 1).to(dtype=dtype, device=device)
-    return table
+    return _bit_table("sign", dtype, device)
+
+
+#: The bit weights of one byte, bit k ↔ element 8j + k of a packed mask (the byte order of
+#: the sign table, so a mask and a ±1 draw read their bits the same way).
+_BYTE_WEIGHTS = tuple(1 << k for k in range(8))
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor as packed bits: ``uint8`` of ``ceil(numel / 8)`` bytes, element ``i``
+    (row-major) in bit ``i % 8`` of byte ``i // 8``."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = _padded(flat.numel()) - flat.numel()
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    cols = flat.view(-1, 8)
+    out = cols[:, 0].clone()
+    for k in range(1, 8):
+        out.bitwise_or_(cols[:, k] << k)
+    return out
+
+
+def unpack_mask(packed: torch.Tensor, numel: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """The flat mask of ``numel`` elements that :func:`pack_mask` packed (0/1 in ``dtype``)."""
+    return _mask_bits(packed, 0, numel, torch.float32).to(dtype)
+
+
+def _mask_bits(packed: torch.Tensor, start: int, n: int, dtype: torch.dtype,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Elements ``start … start + n − 1`` of a packed mask as 0/1 in ``dtype`` (into ``out``)."""
+    first, last = start // 8, -(-(start + n) // 8)
+    nbytes = last - first
+    if out is None or out.numel() < nbytes * 8:
+        out = torch.empty(nbytes * 8, dtype=dtype, device=packed.device)
+    torch.index_select(_bit_table("bit", dtype, packed.device), 0, packed[first:last].long(),
+                       out=out[: nbytes * 8].view(nbytes, 8))
+    off = start - first * 8
+    return out[off: off + n]
+
+
+def _mask_rows(packed: torch.Tensor, rows: torch.Tensor, row_numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """The mask of the rows ``rows`` of a parameter whose rows hold ``row_numel`` elements."""
+    pos = (rows.to(torch.int64).unsqueeze(1) * row_numel + torch.arange(row_numel, device=rows.device)).view(-1)
+    return ((packed.index_select(0, pos >> 3).to(torch.int64) >> (pos & 7)) & 1).to(dtype)
+
+
+def magnitude_mask(param: torch.Tensor, density: float) -> torch.Tensor:
+    """Sparse MeZO's mask of ``param``: its ``density`` fraction of smallest-magnitude weights
+    (at least one; ties at the threshold included), packed (:func:`pack_mask`).
+
+    Liu et al. (2024, "Sparse MeZO") perturb and update only the small weights of each
+    layer: a zeroth-order step's noise hurts large weights most, and on the bundled MiniLM
+    the smallest half of each tensor holds 64–69 % of the loss gradient's squared norm
+    (benchmarks/README.md, "Sparse MeZO")."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+        raise ValueError(f"density={density!r} must be a fraction in (0, 1] (the share of weights perturbed)")
+    w = param.detach().reshape(-1).abs().float()
+    if density >= 1 or w.numel() == 0:
+        return pack_mask(torch.ones(w.numel(), dtype=torch.bool, device=w.device))
+    k = max(1, math.ceil(density * w.numel()))
+    threshold = w.kthvalue(k).values if w.device.type == "cpu" else w.sort().values[k - 1]
+    return pack_mask(w <= threshold)
 
 
 def rademacher_(buf: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -297,10 +369,13 @@ class Perturber:
         directions: ``"gaussian"`` (N(0, 1) entries) or ``"rademacher"`` (±1 with probability ½).
         group: streams per span on CPU (default :data:`GROUP`; 1: every stream on its own).
             It changes the speed of a pass and its scratch memory, never the numbers.
+        masks: per parameter, ``None`` or a packed 0/1 mask (:func:`pack_mask`, one bit per
+            element in row-major order): the parameter's direction is ``m ⊙ z`` (Sparse MeZO).
     """
 
     def __init__(self, params: Sequence[torch.Tensor], *, chunk: int = CHUNK, workers: int | None = None,
-                 directions: str = "gaussian", group: int = GROUP):
+                 directions: str = "gaussian", group: int = GROUP,
+                 masks: Sequence[torch.Tensor | None] | None = None):
         if directions not in DIRECTIONS:
             raise ValueError(f"directions={directions!r} is unknown; allowed: {', '.join(DIRECTIONS)}")
         if isinstance(group, bool) or not isinstance(group, int) or group < 1:
@@ -313,6 +388,7 @@ class Perturber:
                                     and self.params else self.chunk, group=1 if on_cuda else group)
         self.workers = 1 if on_cuda else int(workers or default_workers(directions))
         self._pool: ThreadPoolExecutor | None = None
+        self.masks = _check_masks(self.params, masks)
 
     # ------------------------------------------------------------------ internals
     def _buffers(self, slots: int, streams: Sequence[Stream]) -> list[dict]:
@@ -326,6 +402,18 @@ class Perturber:
                 for _ in range(self.workers)]
 
     def _draw(self, stream: Stream, buffers: dict, seed: int, slot: int) -> torch.Tensor:
+        z = self._draw_z(stream, buffers, seed, slot)
+        mask = self.masks[stream.param_index] if self.masks is not None else None
+        if mask is None:
+            return z
+        p = stream.param
+        if stream.rows is not None:
+            bits = _mask_rows(mask, stream.rows, max(1, p[0].numel()), z.dtype)
+        else:
+            bits = _mask_bits(mask, stream.start if stream.contiguous else 0, stream.numel, z.dtype)
+        return z.mul_(bits.view(z.shape))
+
+    def _draw_z(self, stream: Stream, buffers: dict, seed: int, slot: int) -> torch.Tensor:
         p = stream.param
         scratch = buffers[(p.dtype, p.device, slot)]
         gen = torch.Generator(device=p.device)
@@ -461,15 +549,36 @@ class Perturber:
             pass
 
 
+def _check_masks(params: Sequence[torch.Tensor], masks) -> list | None:
+    """``Perturber(masks=)`` checked: one entry per parameter, each ``None`` or packed bits of
+    the parameter's size on its device."""
+    if masks is None:
+        return None
+    masks = list(masks)
+    if len(masks) != len(params):
+        raise ValueError(f"masks must have one entry per parameter ({len(params)}), got {len(masks)}")
+    for k, (p, m) in enumerate(zip(params, masks)):
+        if m is None:
+            continue
+        if not torch.is_tensor(m) or m.dtype != torch.uint8 or m.dim() != 1 or m.numel() != _padded(p.numel()) // 8:
+            raise ValueError(f"masks[{k}] must be None or the packed bits of parameter {k} (a 1-D uint8 tensor of "
+                             f"{_padded(p.numel()) // 8} bytes, from pack_mask), got "
+                             f"{type(m).__name__ if not torch.is_tensor(m) else f'{m.dtype} of shape {tuple(m.shape)}'}")
+        if m.device != p.device:
+            raise ValueError(f"masks[{k}] is on {m.device} but parameter {k} is on {p.device}")
+    return masks if any(m is not None for m in masks) else None
+
+
 def _no_grad_call(fn, *args):
     with torch.no_grad():
         return fn(*args)
 
 
 def direction(params: Sequence[torch.Tensor], seed: int, *, chunk: int = CHUNK,
-              directions: str = "gaussian") -> list[torch.Tensor]:
-    """The direction ``z(seed)`` as materialised tensors shaped like ``params`` (for tests,
-    the forward-gradient reference and teaching; the optimizers never store it)."""
+              directions: str = "gaussian", masks: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """The direction ``z(seed)`` (``m ⊙ z`` with ``masks``) as materialised tensors shaped like
+    ``params`` (for tests, the forward-gradient reference and teaching; the optimizers never
+    store it)."""
     out = [torch.zeros_like(p) for p in params]
-    Perturber(out, chunk=chunk, workers=1, directions=directions).add(seed, 1.0)
+    Perturber(out, chunk=chunk, workers=1, directions=directions, masks=masks).add(seed, 1.0)
     return out

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ._perturb import Perturber, direction_seed
+from ._perturb import Perturber, direction_seed, magnitude_mask
 from ..checks import non_negative
 from .estimators import UpdateRule
 
@@ -98,8 +98,10 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
         lr = non_negative("lr", lr)
     n, eps, one = int(log["n_perturb"]), float(log["eps"]), bool(log["one_sided"])
     exact = bool(log.get("exact_restore", False)) and passes
+    sparsity = float(log.get("sparsity", 0.0))  # Sparse MeZO: the masks of the base weights, as the run's
+    masks = [magnitude_mask(p, 1.0 - sparsity) for p in params] if sparsity else None
     perturber = Perturber(params, chunk=int(log["chunk"]), workers=workers,
-                          directions=log.get("directions", "gaussian"))
+                          directions=log.get("directions", "gaussian"), masks=masks)
     rule = UpdateRule(params, group_of, log["estimator"], n, float(log["momentum"]), tuple(log["betas"]),
                        float(log["adam_eps"]), state={})
     rule.prepare()
