@@ -171,3 +171,30 @@ def test_fit_records_the_sparsity(tiny_task):
     assert torch.equal(w.detach()[big], base[name][big])
     assert not torch.equal(w.detach(), base[name])
 
+
+
+def test_memory_estimate_counts_the_masks_and_matches_measure(tokenizer):
+    """One bit per weight of optimizer state (tiny-opt 1m: its weights / 32 in fp32), and a
+    Sparse MeZO step measured within 25 % of the estimate."""
+    from zoedu.memory import estimate, measure
+    from zoedu.models import load_model
+    from zoedu.tasks.base import Task
+
+    model, _ = load_model("tiny-opt", size="1m", num_labels=2)
+    split = {"text": ["x"], "label": [0]}
+    task = Task("probe", "classification", {"train": split, "validation": split}, tokenizer=tokenizer, num_labels=2)
+    ids = torch.randint(1000, 2000, (4, 48), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(4, dtype=torch.long)}
+    opt = MeZO(model.parameters(), lr=1e-4, sparsity=0.5, directions="rademacher")
+    opt.step(lambda: float(task.loss(model, batch)))  # the masks exist from the first step on
+    measured = measure(lambda: opt.step(lambda: float(task.loss(model, batch))), model=model, optimizer=opt)
+    n = sum(p.numel() for p in model.parameters())
+    kw = dict(batch_size=4, seq_len=48, device="cpu", sparse_embedding=False)
+    sparse, dense = estimate(model, "mezo", sparsity=0.5, **kw), estimate(model, "mezo", **kw)
+    assert sparse.optimizer - dense.optimizer == -(-n // 8)
+    assert measured.optimizer == sum(-(-p.numel() // 8) for p in model.parameters())
+    assert 0.75 <= sparse.ratio(measured) <= 1.25, (str(sparse), str(measured))
+    with pytest.raises(ValueError, match="sparsity"):
+        estimate(model, "adam", sparsity=0.5, **kw)
+    with pytest.raises(ValueError, match="sparsity"):
+        estimate(model, "mezo", sparsity=1.0, **kw)

@@ -29,7 +29,7 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
              size: str = "5m", device: str = "cuda", mixed_precision: bool = False, k0: int | None = None,
              k1: int | None = None, length_threshold: int | None = None,
              exact_restore: bool = False, sparse_embedding: bool = True, chunk: int = ZO_CHUNK,
-             directions: str | None = None, first_step: bool = False) -> Footprint:
+             directions: str | None = None, first_step: bool = False, sparsity: float = 0.0) -> Footprint:
     """The peak memory of a training step of ``method`` in the steady state, on paper (a :class:`Footprint`).
 
     The steady state is step 2 onward: Adam's moments, created by the first update, live
@@ -64,6 +64,9 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         directions: MeZO's ``"gaussian"`` or ``"rademacher"`` directions; ``None``: ``fit``'s
             default (±1 on CPU, gaussian on CUDA). On CPU a ±1 pass runs in one thread with
             a span's index temporaries, a gaussian pass in torch's thread count.
+        sparsity: Sparse MeZO's (``zoedu.optim.MeZO``'s argument; ``mezo`` only): above 0 the
+            masks, one bit per weight, are optimizer state, and each stream's draw also
+            unpacks its mask bits (a slot of ``dtype`` and, for row streams, int64 positions).
         first_step: the first step's peak instead of the steady state's (they differ for
             Adam only: its moments do not exist yet while the first forward pass runs).
         sparse_embedding: MeZO in ``fit`` perturbs only the input-embedding rows a batch
@@ -157,6 +160,10 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         return forward(b, s, False)
 
     exact = bool(exact_restore)  # None (the former automatic default) is False, as in MeZO
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity={sparsity!r} must be a fraction in [0, 1) (Sparse MeZO's share of weights left out)")
+    if sparsity and method != "mezo":
+        raise ValueError(f"sparsity={sparsity!r} applies to method='mezo' only, not {method!r}")
 
     def mezo(b, s, keeper=True):
         f = inference(b, s)
@@ -179,8 +186,13 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
                 z = slots * span * w + span // 8 + span
             else:
                 z = slots * span * w * torch.get_num_threads()
+            if sparsity:  # the mask's bits in dtype, and a row stream's int64 positions and bytes (≤ 17 B each)
+                z += span * w + 17 * span
+        if sparsity:  # the masks: one bit per weight, kept from the first step on
+            f = Footprint(params=f.params, optimizer=f.optimizer + -(-a.params // 8),
+                          activations=f.activations, other=f.other)
         if z > f.activations:
-            return Footprint(params=f.params, other=f.other + z)
+            return Footprint(params=f.params, optimizer=f.optimizer, other=f.other + z)
         return f
 
     def ipsgd(b, s):
