@@ -269,14 +269,10 @@ def _sign_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return _bit_table("sign", dtype, device)
 
 
-#: The bit weights of one byte, bit k ↔ element 8j + k of a packed mask (the byte order of
-#: the sign table, so a mask and a ±1 draw read their bits the same way).
-_BYTE_WEIGHTS = tuple(1 << k for k in range(8))
-
-
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """A boolean tensor as packed bits: ``uint8`` of ``ceil(numel / 8)`` bytes, element ``i``
-    (row-major) in bit ``i % 8`` of byte ``i // 8``."""
+    (row-major) in bit ``i % 8`` of byte ``i // 8`` (the sign table's order, so a mask and a
+    ±1 draw read their bytes the same way)."""
     flat = mask.reshape(-1).to(torch.uint8)
     pad = _padded(flat.numel()) - flat.numel()
     if pad:
@@ -293,13 +289,11 @@ def unpack_mask(packed: torch.Tensor, numel: int, dtype: torch.dtype = torch.boo
     return _mask_bits(packed, 0, numel, torch.float32).to(dtype)
 
 
-def _mask_bits(packed: torch.Tensor, start: int, n: int, dtype: torch.dtype,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """Elements ``start … start + n − 1`` of a packed mask as 0/1 in ``dtype`` (into ``out``)."""
+def _mask_bits(packed: torch.Tensor, start: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Elements ``start … start + n − 1`` of a packed mask as 0/1 in ``dtype``."""
     first, last = start // 8, -(-(start + n) // 8)
     nbytes = last - first
-    if out is None or out.numel() < nbytes * 8:
-        out = torch.empty(nbytes * 8, dtype=dtype, device=packed.device)
+    out = torch.empty(nbytes * 8, dtype=dtype, device=packed.device)
     torch.index_select(_bit_table("bit", dtype, packed.device), 0, packed[first:last].long(),
                        out=out[: nbytes * 8].view(nbytes, 8))
     off = start - first * 8
