@@ -196,6 +196,8 @@ def _goal(args) -> pd.DataFrame:
                 options["eps"] = args.eps
             if args.sparsity:
                 options["sparsity"] = args.sparsity
+            if args.mask_every:
+                options["mask_every"] = args.mask_every
             h = fit(model, task, "mezo", steps=args.steps, lr=lr, batch_size=args.batch_size, seed=seed,
                     device="cpu", eval_every=args.every, eval_examples=400, quiet=True, track_memory=False,
                     **options)
@@ -203,6 +205,7 @@ def _goal(args) -> pd.DataFrame:
             ev = h.dropna(subset=["eval_accuracy"])
             rows.append({"seed": seed, "head": head, "lr": lr, "schedule": args.lr_schedule,
                          "eps": h.attrs["settings"]["eps"], "sparsity": h.attrs["settings"]["sparsity"],
+                         "mask_every": args.mask_every,
                          "batch_size": args.batch_size,
                          "directions": h.attrs["settings"]["directions"], "steps": args.steps,
                          "start": start["accuracy"], "final": float(ev["eval_accuracy"].iloc[-1]),
@@ -365,6 +368,8 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=None, help="goal: MeZO's ε (default: fit's, 1e-3)")
     p.add_argument("--sparsity", type=float, default=0.0,
                    help="goal: Sparse MeZO's share of each tensor left out (its largest weights; default 0: dense)")
+    p.add_argument("--mask-every", type=int, default=None,
+                   help="goal: re-choose Sparse MeZO's masks every N steps (default: fixed at the first step)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     if args.part in ("noise", "long", "share"):

@@ -185,16 +185,67 @@ def test_memory_estimate_counts_the_masks_and_matches_measure(tokenizer):
     task = Task("probe", "classification", {"train": split, "validation": split}, tokenizer=tokenizer, num_labels=2)
     ids = torch.randint(1000, 2000, (4, 48), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(4, dtype=torch.long)}
-    opt = MeZO(model.parameters(), lr=1e-4, sparsity=0.5, directions="rademacher")
-    opt.step(lambda: float(task.loss(model, batch)))  # the masks exist from the first step on
-    measured = measure(lambda: opt.step(lambda: float(task.loss(model, batch))), model=model, optimizer=opt)
-    n = sum(p.numel() for p in model.parameters())
+    opt = MeZO(model.parameters(), lr=1e-4, sparsity=0.5, directions="rademacher", mask_every=2)
+
+    def step():
+        opt.step(lambda: float(task.loss(model, batch)))
+
     kw = dict(batch_size=4, seq_len=48, device="cpu", sparse_embedding=False)
+    first = measure(step, model=model, optimizer=opt)             # step 0: the masks are chosen
+    measured = measure(step, model=model, optimizer=opt)          # step 1: they are kept
+    refresh = measure(step, model=model, optimizer=opt)           # step 2: re-chosen
+    n = sum(p.numel() for p in model.parameters())
     sparse, dense = estimate(model, "mezo", sparsity=0.5, **kw), estimate(model, "mezo", **kw)
     assert sparse.optimizer - dense.optimizer == -(-n // 8)
     assert measured.optimizer == sum(-(-p.numel() // 8) for p in model.parameters())
     assert 0.75 <= sparse.ratio(measured) <= 1.25, (str(sparse), str(measured))
+    choosing = estimate(model, "mezo", sparsity=0.5, first_step=True, **kw)
+    assert choosing.total > sparse.total and refresh.total > measured.total
+    for peak in (first, refresh):
+        assert 0.75 <= choosing.ratio(peak) <= 1.25, (str(choosing), str(peak))
+    assert estimate(model, "mezo", sparsity=0.5, mask_every=2, **kw).total == choosing.total
     with pytest.raises(ValueError, match="sparsity"):
         estimate(model, "adam", sparsity=0.5, **kw)
     with pytest.raises(ValueError, match="sparsity"):
         estimate(model, "mezo", sparsity=1.0, **kw)
+
+
+def test_masks_re_chosen_every_k_steps_resume_and_replay_bit_for_bit():
+    x, y = mlp_data()
+    model = mlp()
+    base = snapshot(model)
+    opt = MeZO(model.parameters(), lr=5e-2, sparsity=0.5, mask_every=10, seed=6, directions="rademacher")
+    first = None
+    for t in range(25):
+        opt.step(mse(model, x, y))
+        if t == 0:
+            first = [opt.state[p]["sparse_mask"].clone() for p in model.parameters()]
+        if t == 14:
+            state, weights = copy.deepcopy(opt.state_dict()), snapshot(model)
+    now = [opt.state[p]["sparse_mask"] for p in model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(first, now))  # re-chosen (at steps 10 and 20)
+    reference = snapshot(model)
+
+    resumed = mlp()
+    with torch.no_grad():
+        for p, w in zip(resumed.parameters(), weights):
+            p.copy_(w)
+    opt2 = MeZO(resumed.parameters(), lr=5e-2, sparsity=0.5, mask_every=10, seed=6, directions="rademacher")
+    opt2.load_state_dict(state)
+    for _ in range(10):
+        opt2.step(mse(resumed, x, y))
+    assert same(snapshot(resumed), reference)
+
+    rebuilt = [b.clone() for b in base]
+    replay(rebuilt, opt.state_dict()["trajectory"])
+    assert same(rebuilt, reference)
+
+    with pytest.raises(ValueError, match="mask_every"):
+        MeZO(mlp().parameters(), lr=5e-2, sparsity=0.5, seed=6, directions="rademacher").load_state_dict(state)
+
+
+@pytest.mark.parametrize("kwargs", [{"mask_every": 0, "sparsity": 0.5}, {"mask_every": 2.5, "sparsity": 0.5},
+                                    {"mask_every": 10}])
+def test_bad_mask_every_is_refused(kwargs):
+    with pytest.raises(ValueError, match="mask_every"):
+        MeZO(mlp().parameters(), lr=1e-2, **kwargs)

@@ -18,6 +18,11 @@ METHODS = ("inference", "adam", "sgd", "ipsgd", "mezo", "addax")
 EXACT_RESTORE_BYTES = 0.3
 
 
+#: Sparse MeZO's choice of a mask (``zoedu.optim._perturb.magnitude_mask``): the weights'
+#: magnitudes in fp32, the boolean mask and its packing, 6.25 bytes per weight measured.
+MASK_CHOICE_BYTES = 6.25
+
+
 #: Elements per random stream of the zeroth-order CPU passes, ``zoedu.optim.CHUNK`` (the
 #: optimizers import memory, not the other way; a test checks that the two agree).
 ZO_CHUNK = 1 << 15
@@ -29,7 +34,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
              size: str = "5m", device: str = "cuda", mixed_precision: bool = False, k0: int | None = None,
              k1: int | None = None, length_threshold: int | None = None,
              exact_restore: bool = False, sparse_embedding: bool = True, chunk: int = ZO_CHUNK,
-             directions: str | None = None, first_step: bool = False, sparsity: float = 0.0) -> Footprint:
+             directions: str | None = None, first_step: bool = False, sparsity: float = 0.0,
+             mask_every: int | None = None) -> Footprint:
     """The peak memory of a training step of ``method`` in the steady state, on paper (a :class:`Footprint`).
 
     The steady state is step 2 onward: Adam's moments, created by the first update, live
@@ -67,6 +73,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         sparsity: Sparse MeZO's (``zoedu.optim.MeZO``'s argument; ``mezo`` only): above 0 the
             masks, one bit per weight, are optimizer state, and each stream's draw also
             unpacks its mask bits (a slot of ``dtype`` and, for row streams, int64 positions).
+            Choosing a mask (the first step, and every ``mask_every`` steps if given) holds
+            :data:`MASK_CHOICE_BYTES` per weight of the largest parameter, outside the forwards.
         first_step: the first step's peak instead of the steady state's (they differ for
             Adam only: its moments do not exist yet while the first forward pass runs).
         sparse_embedding: MeZO in ``fit`` perturbs only the input-embedding rows a batch
@@ -164,6 +172,9 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
         raise ValueError(f"sparsity={sparsity!r} must be a fraction in [0, 1) (Sparse MeZO's share of weights left out)")
     if sparsity and method != "mezo":
         raise ValueError(f"sparsity={sparsity!r} applies to method='mezo' only, not {method!r}")
+    if mask_every is not None and (isinstance(mask_every, bool) or not isinstance(mask_every, int)
+                                   or mask_every < 1 or not sparsity):
+        raise ValueError(f"mask_every={mask_every!r} must be a positive integer, with sparsity > 0")
 
     def mezo(b, s, keeper=True):
         f = inference(b, s)
@@ -188,6 +199,8 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
                 z = slots * span * w * torch.get_num_threads()
             if sparsity:  # the mask's bits in dtype, and a row stream's int64 positions and bytes (≤ 17 B each)
                 z += span * w + 17 * span
+        if sparsity and (first_step or mask_every):  # choosing the masks, before the forwards
+            z = max(z, int(MASK_CHOICE_BYTES * a.largest))
         if sparsity:  # the masks: one bit per weight, kept from the first step on
             f = Footprint(params=f.params, optimizer=f.optimizer + -(-a.params // 8),
                           activations=f.activations, other=f.other)

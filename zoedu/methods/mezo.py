@@ -55,6 +55,7 @@ class MeZORunner:
         ``History.attrs["settings"]``)."""
         return {"directions": self.optimizer.directions, "eps": getattr(self.optimizer, "eps", None),
                 "sparsity": getattr(self.optimizer, "sparsity", 0.0),
+                "mask_every": getattr(self.optimizer, "mask_every", None),
                 "sparse_embedding": self.sparse_embedding, "autocast": self.autocast, "length_pieces": self.pieces}
 
     def _value(self, batch):
@@ -101,9 +102,9 @@ def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: i
               directions: str | None = None, autocast: str | None = "auto", length_pieces: int | None = None,
               **options) -> MeZORunner:
     """``fit(..., "mezo", eps=..., n_perturb=..., estimator=..., objective="loss"|"accuracy",
-    sparse_embedding=True, directions=None, autocast="auto", length_pieces=None, sparsity=0)``:
-    MeZO on the trainable parameters (see :class:`MeZORunner`; ``sparsity`` is Sparse MeZO's,
-    :class:`~zoedu.optim.mezo.MeZO`). ``directions=None`` is
+    sparse_embedding=True, directions=None, autocast="auto", length_pieces=None, sparsity=0,
+    mask_every=None)``: MeZO on the trainable parameters (see :class:`MeZORunner`; ``sparsity``
+    and ``mask_every`` are Sparse MeZO's, :class:`~zoedu.optim.mezo.MeZO`). ``directions=None`` is
     :func:`default_directions`, ``autocast="auto"``
     :func:`zoedu.methods.forwards.resolve_autocast`, ``length_pieces=None``
     :func:`zoedu.methods.forwards.resolve_pieces` (the History's ``attrs["settings"]`` records

@@ -183,6 +183,10 @@ class MeZO(torch.optim.Optimizer):
             smaller half carries about two thirds of the gradient, so the rate can double: 1.5×
             the dense loss decrease in 240 steps, but level with dense MeZO by 480, the mask
             being fixed (benchmarks/README.md, "Sparse MeZO"). Default 0: the paper's dense MeZO.
+        mask_every: with ``sparsity``, re-choose the masks from the current weights every this
+            many steps (at the start of steps k·``mask_every``); ``None`` (default): the first
+            step's masks throughout. Deterministic, so :func:`replay` and a resume re-choose
+            them at the same steps from the same weights.
     """
 
     zeroth_order = True
@@ -192,9 +196,12 @@ class MeZO(torch.optim.Optimizer):
                  momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                  seed: int = 0, exact_restore: bool = False, fused: bool | None = None,
                  workers: int | None = None, chunk: int = CHUNK, directions: str = "gaussian",
-                 sparsity: float = 0.0):
+                 sparsity: float = 0.0, mask_every: int | None = None):
         choice("directions", directions, DIRECTIONS)
         unit_interval("sparsity", sparsity, high_open=True)
+        optional_integer("mask_every", mask_every, low=1, what="steps between re-chosen Sparse MeZO masks")
+        if mask_every is not None and not sparsity:
+            raise ValueError(f"mask_every={mask_every} re-chooses Sparse MeZO's masks: it needs sparsity > 0")
         _check_hparams(lr, eps, weight_decay, n_perturb, estimator, momentum, betas, adam_eps)
         integer("seed", seed, what="seeds every direction")
         positive_int("chunk", chunk, "elements per random stream")
@@ -210,6 +217,7 @@ class MeZO(torch.optim.Optimizer):
         self.seed = int(seed)
         self.directions = directions
         self.sparsity = float(sparsity)
+        self.mask_every = None if mask_every is None else int(mask_every)
         self.exact_restore = bool(exact_restore)  # None (the former automatic default) is False
         if fused is not None and not isinstance(fused, bool):
             raise ValueError(f"fused={fused!r} must be None (automatic), True or False")
@@ -262,6 +270,14 @@ class MeZO(torch.optim.Optimizer):
                                         masks=self._masks(params))
             self._perturber_key = key
         return self._perturber
+
+    def _refresh_masks(self, t: int) -> None:
+        """At the start of step ``t``: re-choose Sparse MeZO's masks if ``mask_every`` says so."""
+        if self.mask_every is None or t == 0 or t % self.mask_every:
+            return
+        for p in self._flat_params()[0]:
+            self.state[p]["sparse_mask"] = magnitude_mask(p, 1.0 - self.sparsity)
+        self._perturber = None
 
     def _masks(self, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """Sparse MeZO's masks: each parameter's from its state (a resumed run's), else chosen now
@@ -324,6 +340,7 @@ class MeZO(torch.optim.Optimizer):
     def _guarded_step(self, closure: Callable, rows: dict | None, guard: DeferredInterrupt) -> float:
         params, group_of = self._flat_params()
         rows_of = row_map(params, rows)
+        self._refresh_masks(self.step_count)
         streams = self.perturber.plan(rows_of)
         self._step_rows = {k: r.to(torch.int32).cpu() for k, r in rows_of.items()} or None
         t = self.step_count
@@ -432,7 +449,7 @@ class MeZO(torch.optim.Optimizer):
             "seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
             "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
             "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact,
-            "directions": self.directions, "sparsity": self.sparsity,
+            "directions": self.directions, "sparsity": self.sparsity, "mask_every": self.mask_every or 0,
             "weight_decay": [float(g["weight_decay"]) for g in self.param_groups],
             "group_of": torch.tensor(group_of, dtype=torch.int32),
             **self._trajectory.tensors(self.n_perturb, len(self.param_groups)),
@@ -450,7 +467,7 @@ class MeZO(torch.optim.Optimizer):
         return {"seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
                 "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
                 "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact,
-                "directions": self.directions, "sparsity": self.sparsity}
+                "directions": self.directions, "sparsity": self.sparsity, "mask_every": self.mask_every or 0}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch.optim's contract (learning rates and per-parameter state come from the state),
@@ -461,7 +478,8 @@ class MeZO(torch.optim.Optimizer):
         log = state_dict.pop("trajectory", None)
         counters = state_dict.pop("counters", None)
         if log is not None:
-            saved = {"sparsity": 0.0, **{k: log[k] for k in self._config() if k in log}}  # older logs: dense
+            saved = {"sparsity": 0.0, "mask_every": 0,  # older logs: dense
+                     **{k: log[k] for k in self._config() if k in log}}
             same_config("MeZO", saved, self._config())
         super().load_state_dict(state_dict)
         for st in self.state.values():  # torch casts every saved tensor to its parameter's dtype:

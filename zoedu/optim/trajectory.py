@@ -98,10 +98,15 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
         lr = non_negative("lr", lr)
     n, eps, one = int(log["n_perturb"]), float(log["eps"]), bool(log["one_sided"])
     exact = bool(log.get("exact_restore", False)) and passes
-    sparsity = float(log.get("sparsity", 0.0))  # Sparse MeZO: the masks of the base weights, as the run's
-    masks = [magnitude_mask(p, 1.0 - sparsity) for p in params] if sparsity else None
-    perturber = Perturber(params, chunk=int(log["chunk"]), workers=workers,
-                          directions=log.get("directions", "gaussian"), masks=masks)
+    sparsity = float(log.get("sparsity", 0.0))  # Sparse MeZO: the masks of the base weights, as the run's,
+    mask_every = int(log.get("mask_every", 0))   # re-chosen from the weights at the run's steps
+
+    def make_perturber() -> Perturber:
+        masks = [magnitude_mask(p, 1.0 - sparsity) for p in params] if sparsity else None
+        return Perturber(params, chunk=int(log["chunk"]), workers=workers,
+                         directions=log.get("directions", "gaussian"), masks=masks)
+
+    perturber = make_perturber()
     rule = UpdateRule(params, group_of, log["estimator"], n, float(log["momentum"]), tuple(log["betas"]),
                        float(log["adam_eps"]), state={})
     rule.prepare()
@@ -118,6 +123,8 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
         fused_passes = FusedPasses(params)
     for t, status, grads, lrs, rows, fused in zip(steps, log["status"].tolist(), log["projected_grads"].tolist(),
                                                   log["lrs"].tolist(), all_rows, all_fused):
+        if mask_every and t and t % mask_every == 0:
+            perturber = make_perturber()
         seeds = [direction_seed(int(log["seed"]), t, j) for j in range(n)]
         lrs = [lr] * len(lrs) if lr is not None else lrs
         streams = perturber.plan({int(k): r.to(torch.int64) for k, r in rows.items()} if rows else None)
