@@ -16,6 +16,24 @@ def mse(model, x, y):
     return lambda: float(((model(x) - y) ** 2).mean().detach())
 
 
+def resumes_and_replays(opt, options, base, state, weights, rest, reference):
+    """A MeZO made with ``options`` on ``weights`` and loaded with ``state`` ends, after
+    ``rest`` more steps, at ``reference`` bit for bit; so does replaying ``opt``'s log from
+    ``base``."""
+    x, y = mlp_data()
+    resumed = mlp()
+    with torch.no_grad():
+        for p, w in zip(resumed.parameters(), weights):
+            p.copy_(w)
+    again = MeZO(resumed.parameters(), **options)
+    again.load_state_dict(state)
+    for _ in range(rest):
+        again.step(mse(resumed, x, y))
+    rebuilt = [b.clone() for b in base]
+    replay(rebuilt, opt.state_dict()["trajectory"])
+    return same(snapshot(resumed), reference) and same(rebuilt, reference)
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 1003])
 def test_pack_unpack_round_trip(n):
     g = torch.Generator().manual_seed(n)
@@ -92,7 +110,8 @@ def test_resume_keeps_the_mask_and_replay_rebuilds_the_run():
     x, y = mlp_data()
     model = mlp()
     base = snapshot(model)
-    opt = MeZO(model.parameters(), lr=5e-2, sparsity=0.5, seed=4, directions="rademacher")
+    options = dict(lr=5e-2, sparsity=0.5, seed=4, directions="rademacher")
+    opt = MeZO(model.parameters(), **options)
     for _ in range(40):
         opt.step(mse(model, x, y))
     state, weights = copy.deepcopy(opt.state_dict()), snapshot(model)
@@ -100,22 +119,7 @@ def test_resume_keeps_the_mask_and_replay_rebuilds_the_run():
     assert any(not torch.equal(magnitude_mask(p, 0.5), opt.state[p]["sparse_mask"]) for p in model.parameters())
     for _ in range(10):
         opt.step(mse(model, x, y))
-    reference = snapshot(model)
-
-    resumed = mlp()
-    with torch.no_grad():
-        for p, w in zip(resumed.parameters(), weights):
-            p.copy_(w)
-    opt2 = MeZO(resumed.parameters(), lr=5e-2, sparsity=0.5, seed=4, directions="rademacher")
-    opt2.load_state_dict(state)
-    for _ in range(10):
-        opt2.step(mse(resumed, x, y))
-    assert same(snapshot(resumed), reference)
-
-    rebuilt = [b.clone() for b in base]
-    replay(rebuilt, opt.state_dict()["trajectory"])
-    assert same(rebuilt, reference)
-
+    assert resumes_and_replays(opt, options, base, state, weights, 10, snapshot(model))
     with pytest.raises(ValueError, match="sparsity=0.5"):
         MeZO(mlp().parameters(), lr=5e-2, seed=4, directions="rademacher").load_state_dict(state)
 
@@ -214,7 +218,8 @@ def test_masks_re_chosen_every_k_steps_resume_and_replay_bit_for_bit():
     x, y = mlp_data()
     model = mlp()
     base = snapshot(model)
-    opt = MeZO(model.parameters(), lr=5e-2, sparsity=0.5, mask_every=10, seed=6, directions="rademacher")
+    options = dict(lr=5e-2, sparsity=0.5, mask_every=10, seed=6, directions="rademacher")
+    opt = MeZO(model.parameters(), **options)
     first = None
     for t in range(25):
         opt.step(mse(model, x, y))
@@ -224,22 +229,7 @@ def test_masks_re_chosen_every_k_steps_resume_and_replay_bit_for_bit():
             state, weights = copy.deepcopy(opt.state_dict()), snapshot(model)
     now = [opt.state[p]["sparse_mask"] for p in model.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(first, now))  # re-chosen (at steps 10 and 20)
-    reference = snapshot(model)
-
-    resumed = mlp()
-    with torch.no_grad():
-        for p, w in zip(resumed.parameters(), weights):
-            p.copy_(w)
-    opt2 = MeZO(resumed.parameters(), lr=5e-2, sparsity=0.5, mask_every=10, seed=6, directions="rademacher")
-    opt2.load_state_dict(state)
-    for _ in range(10):
-        opt2.step(mse(resumed, x, y))
-    assert same(snapshot(resumed), reference)
-
-    rebuilt = [b.clone() for b in base]
-    replay(rebuilt, opt.state_dict()["trajectory"])
-    assert same(rebuilt, reference)
-
+    assert resumes_and_replays(opt, options, base, state, weights, 10, snapshot(model))
     with pytest.raises(ValueError, match="mask_every"):
         MeZO(mlp().parameters(), lr=5e-2, sparsity=0.5, seed=6, directions="rademacher").load_state_dict(state)
 
