@@ -181,8 +181,9 @@ class MeZO(torch.optim.Optimizer):
             a resumed run keeps its mask, :func:`replay` rebuilds it from the base weights).
             With half the weights (``0.5``) the estimate's noise halves while, on MiniLM, the
             smaller half carries about two thirds of the gradient, so the rate can double: 1.5×
-            the dense loss decrease in 240 steps, but level with dense MeZO by 480, the mask
-            being fixed (benchmarks/README.md, "Sparse MeZO"). Default 0: the paper's dense MeZO.
+            the dense loss decrease in 240 steps, but level with dense MeZO by 480 with a fixed
+            mask, 1.1× with ``mask_every=40`` (benchmarks/README.md, "Sparse MeZO"). Default 0:
+            the paper's dense MeZO.
         mask_every: with ``sparsity``, re-choose the masks from the current weights every this
             many steps (at the start of steps k·``mask_every``); ``None`` (default): the first
             step's masks throughout. Deterministic, so :func:`replay` and a resume re-choose
