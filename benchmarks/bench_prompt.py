@@ -16,8 +16,10 @@
     python benchmarks/bench_prompt.py share --max-length 32 --steps 512 --seeds 0,1,2  # why Sparse MeZO: ‖∇L‖² on small weights
     python benchmarks/bench_prompt.py forwards --steps 20 --max-length 32  # fp32/bf16 x whole/length pieces
     python benchmarks/bench_prompt.py goal --steps 300 --every 50 --lrs 1e-4 --batch-size 64 --max-length 32 --seeds 0
-    python benchmarks/bench_prompt.py goal --steps 240 --every 80 --lrs 6e-4 --max-length 32 --heads prompt \
+    python benchmarks/bench_prompt.py goal --steps 240 --every 80 --lrs 3e-4 --max-length 32 --heads prompt \
         --sparsity 0.5 --seeds 0                          # Sparse MeZO: the smallest half of each tensor
+    python benchmarks/bench_prompt.py goal --steps 480 --every 240 --lrs 3e-4 --max-length 32 --heads prompt \
+        --sparsity 0.5 --mask-every 40 --seeds 0          # ... its mask re-chosen every 40 steps
     python benchmarks/bench_prompt.py goal --steps 850 --every 170 --lrs 1e-5 --batch-size 16 --max-length 32 \
         --heads prompt --directions gaussian --seeds 0     # the previous default in the same CPU budget
 
@@ -273,7 +275,6 @@ def _share(args) -> None:
         model = load().eval()
         emb = model.get_input_embeddings().weight
         params = [p for p in model.parameters() if p.requires_grad and p is not emb]
-        sq = [torch.zeros_like(p) for p in params]
         grads = [torch.zeros_like(p) for p in params]
         for k in range(0, args.steps, 64):
             idx = list(range(k, min(args.steps, k + 64)))
