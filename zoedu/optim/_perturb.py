@@ -324,6 +324,17 @@ def magnitude_mask(param: torch.Tensor, density: float) -> torch.Tensor:
     return pack_mask(w <= threshold)
 
 
+def sparse_masks(params: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor] | None:
+    """Sparse MeZO's masks of ``params`` for ``sparsity`` (the share of each tensor left out):
+    each tensor's :func:`magnitude_mask` at density ``1 − sparsity``; ``None`` when dense."""
+    return [magnitude_mask(p, 1.0 - sparsity) for p in params] if sparsity else None
+
+
+def masks_due(step: int, mask_every: int | None) -> bool:
+    """Whether Sparse MeZO re-chooses its masks at the start of ``step`` (``mask_every``)."""
+    return bool(mask_every) and step > 0 and step % mask_every == 0
+
+
 def rademacher_(buf: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """Fill ``buf[:n]`` with ±1 entries, each with probability ½ and independent, from
     ``generator``; return that slice. ``buf`` must hold ``_padded(n)`` elements.

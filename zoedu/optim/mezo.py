@@ -75,8 +75,9 @@ from ._perturb import (
     Perturber,
     Stream,
     direction_seed,
-    magnitude_mask,
+    masks_due,
     row_map,
+    sparse_masks,
 )
 from .estimators import ESTIMATORS, UpdateRule, decays
 from .fused import FusedPasses, fused_passes_for
@@ -274,10 +275,11 @@ class MeZO(torch.optim.Optimizer):
 
     def _refresh_masks(self, t: int) -> None:
         """At the start of step ``t``: re-choose Sparse MeZO's masks if ``mask_every`` says so."""
-        if self.mask_every is None or t == 0 or t % self.mask_every:
+        if not masks_due(t, self.mask_every):
             return
-        for p in self._flat_params()[0]:
-            self.state[p]["sparse_mask"] = magnitude_mask(p, 1.0 - self.sparsity)
+        params = self._flat_params()[0]
+        for p, m in zip(params, sparse_masks(params, self.sparsity)):
+            self.state[p]["sparse_mask"] = m
         self._perturber = None
 
     def _masks(self, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -285,13 +287,10 @@ class MeZO(torch.optim.Optimizer):
         from its weights and stored there (``state_dict`` saves them)."""
         if self.sparsity == 0:
             return None
-        masks = []
-        for p in params:
-            st = self.state[p]
-            if "sparse_mask" not in st:
-                st["sparse_mask"] = magnitude_mask(p, 1.0 - self.sparsity)
-            masks.append(st["sparse_mask"].to(p.device))
-        return masks
+        missing = [p for p in params if "sparse_mask" not in self.state[p]]
+        for p, m in zip(missing, sparse_masks(missing, self.sparsity)):
+            self.state[p]["sparse_mask"] = m
+        return [self.state[p]["sparse_mask"].to(p.device) for p in params]
 
     def _rule(self) -> UpdateRule:
         params, group_of = self._flat_params()

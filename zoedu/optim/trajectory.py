@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ._perturb import Perturber, direction_seed, magnitude_mask
+from ._perturb import Perturber, direction_seed, masks_due, sparse_masks
 from ..checks import non_negative
 from .estimators import UpdateRule
 
@@ -102,9 +102,8 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
     mask_every = int(log.get("mask_every", 0))   # re-chosen from the weights at the run's steps
 
     def make_perturber() -> Perturber:
-        masks = [magnitude_mask(p, 1.0 - sparsity) for p in params] if sparsity else None
         return Perturber(params, chunk=int(log["chunk"]), workers=workers,
-                         directions=log.get("directions", "gaussian"), masks=masks)
+                         directions=log.get("directions", "gaussian"), masks=sparse_masks(params, sparsity))
 
     perturber = make_perturber()
     rule = UpdateRule(params, group_of, log["estimator"], n, float(log["momentum"]), tuple(log["betas"]),
@@ -123,7 +122,7 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
         fused_passes = FusedPasses(params)
     for t, status, grads, lrs, rows, fused in zip(steps, log["status"].tolist(), log["projected_grads"].tolist(),
                                                   log["lrs"].tolist(), all_rows, all_fused):
-        if mask_every and t and t % mask_every == 0:
+        if masks_due(t, mask_every):
             perturber = make_perturber()
         seeds = [direction_seed(int(log["seed"]), t, j) for j in range(n)]
         lrs = [lr] * len(lrs) if lr is not None else lrs
