@@ -113,6 +113,30 @@ def test_losses_classification_and_lm(sentiment, tokenizer):
     assert set(metrics) >= {"loss", "accuracy", "loss/prose", "loss/code", "loss/rot13", "loss/arithmetic"}
 
 
+def test_lm_loss_is_each_examples_mean_next_token_cross_entropy(tokenizer):
+    """Shifting the labels (not the logits) gives each example's mean −log p(token t+1 | ≤ t) over
+    its own tokens, with the gradient of that mean — checked against a loop over examples."""
+    task = load_task("multidomain", tokenizer=tokenizer, n_train=12, n_validation=4, max_length=128)
+    model, _ = load_model("tiny-gpt2", size="1m", seed=1)
+    batch = task.batch("train", range(6))
+    assert (batch["labels"] == -100).any(), "the check needs padded examples"
+    per = task.example_losses(model, batch)
+    per.mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = task.forward(model, batch)
+    manual = []
+    for i in range(6):
+        n = int((batch["labels"][i] != -100).sum())          # the example's real tokens
+        logp = torch.log_softmax(logits[i, :n - 1].double(), -1)
+        manual.append(-logp[torch.arange(n - 1), batch["labels"][i, 1:n]].mean())
+    manual = torch.stack(manual)
+    assert torch.allclose(per.double(), manual, rtol=1e-5, atol=1e-6)
+    manual.float().mean().backward()
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_evaluate_accuracy_matches_predictions(sentiment):
     model, _ = load_model("tiny-opt", size="1m", num_labels=2)
     metrics = sentiment.evaluate(model, batch_size=7)

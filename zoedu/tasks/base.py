@@ -257,9 +257,12 @@ class Task:
                 return self._losses_by_length(model, batch, pieces)
         logits = self.forward(model, batch)
         if self.kind == "lm":
-            shift_logits = logits[:, :-1, :].float()
-            shift_labels = batch["labels"][:, 1:]
-            tok = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+            # position t predicts token t + 1: shift the labels, not the logits. Slicing the
+            # logits (B × T × vocabulary, the largest tensor of a small LM's step) would copy them
+            # and, in the backward pass, fill a zero tensor of their size and copy into it.
+            labels = batch["labels"]
+            shift_labels = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+            tok = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                   shift_labels.reshape(-1), ignore_index=-100, reduction="none")
             tok = tok.view(shift_labels.shape)
             valid = (shift_labels != -100).sum(1).clamp_min(1)
