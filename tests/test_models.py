@@ -96,3 +96,33 @@ def test_resolve_device_and_dtype():
             resolve_device("cuda")
     assert resolve_dtype("bf16") is torch.bfloat16
     assert resolve_dtype(None) is None
+
+
+def _cgroup(tmp_path, v2=None, v1=None):
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2)
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(str(v1[0]))
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(str(v1[1]))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("v2, v1, quota", [
+    ("150000 100000\n", None, 2),      # cgroup v2: 1.5 cores → 2 threads
+    ("50000 100000\n", None, 1),       # half a core → 1
+    (None, (100000, 100000), 1),       # cgroup v1: one core
+    (None, (300000, 100000), 3),
+    ("max 100000\n", None, None),      # no quota: the affinity count
+    (None, (-1, 100000), None),        # v1's "no quota"
+    (None, None, None),                # no cgroup files at all
+    ("garbage\n", None, None),         # unreadable: ignored, not an error
+])
+def test_available_cpus_is_affinity_capped_by_the_cgroup_quota(tmp_path, monkeypatch, v2, v1, quota):
+    import os
+
+    from zoedu.models import available_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    got = available_cpus(_cgroup(tmp_path, v2, v1))
+    assert got == (16 if quota is None else quota)

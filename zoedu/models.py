@@ -95,6 +95,43 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPU cores this process may actually use: its affinity, capped by a cgroup CPU quota.
+
+    A container (Binder, a CI runner) often sees all of its host's cores while its quota
+    allows one or two; ``torch``'s default thread count follows the cores it sees, and a
+    dozen threads time-sliced onto two cores run slower than two. The quota is read from
+    cgroup v2's ``cpu.max`` or v1's ``cpu/cpu.cfs_quota_us`` ÷ ``cpu.cfs_period_us``
+    (rounded up); no quota, or no such files, leaves the affinity count.
+    """
+    import math
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):    # not on Linux
+        n = os.cpu_count() or 1
+    quota = None
+    try:
+        with open(os.path.join(cgroup_root, "cpu.max")) as f:
+            q, period = f.read().split()[:2]
+            if q != "max":
+                quota = int(q) / int(period)
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(cgroup_root, "cpu", "cpu.cfs_quota_us")) as f:
+                q = int(f.read())
+            with open(os.path.join(cgroup_root, "cpu", "cpu.cfs_period_us")) as f:
+                period = int(f.read())
+            if q > 0 and period > 0:
+                quota = q / period
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
 @contextlib.contextmanager
 def _quiet_transformers():
     """Silence transformers' load reports (missing classifier weights are expected)."""
