@@ -214,7 +214,11 @@ def _activation_bytes(a: _Arch, batch: int, seq: int, e: int, *, training: bool)
     """Activation bytes at the peak of a forward pass and its loss (see :func:`estimate`)."""
     c = _FAMILIES[a.family]
     n = batch * seq
-    head = n * a.vocab * (e + 8) if a.head == "lm" else n * a.hidden * e
+    # the LM loss: the logits and the fp32 log-softmax of the cross-entropy, and in training the
+    # backward's fp32 gradient of the logits; in inference the fp32 copy of narrower (bf16/fp16)
+    # logits instead (Task.example_losses shifts the labels, so the logits are not copied in fp32)
+    lm_bytes = e + 8 if training or e < 4 else e + 4
+    head = n * a.vocab * lm_bytes if a.head == "lm" else n * a.hidden * e
     if training:
         layer = (c.train_h * a.hidden + c.train_kv * a.kv_hidden + c.train_f * a.ffn
                  + c.train_attn * a.heads * seq) * e

@@ -98,9 +98,10 @@ def estimate(model, method: str, *, batch_size: int, seq_len: int, dtype=None, n
       in transformers' layers (SDPA attention), plus dropout masks (1 byte per hidden
       element at each site when the config has dropout). Inference: one layer's working
       set plus the key/value cache (``2·layers·N·kv·e``), which the models keep while they
-      run. The language-model loss adds ``N·vocab·(e + 8)``: the logits, their fp32
-      shifted copy and the fp32 log-softmax of the cross-entropy, which dominate small
-      models with a 30 522-token vocabulary.
+      run. The language-model loss adds ``N·vocab·(e + 8)`` in training — the logits, the
+      fp32 log-softmax of the cross-entropy and the backward's fp32 gradient of the logits —
+      and ``N·vocab·(e + 4)`` in inference (``e + 8`` below fp32, for the fp32 copy of the
+      logits), which dominate small models with a 30 522-token vocabulary.
     * The peak of a step is the larger of the end of the forward pass (weights + optimizer
       state + activations + loss) and the optimizer update (weights + gradients + state +
       the update's temporaries, ``other``). In the first step (``first_step=True``) the
