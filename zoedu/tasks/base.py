@@ -255,18 +255,24 @@ class Task:
             integer("pieces", pieces, low=1)
             if self.kind != "tabular":
                 return self._losses_by_length(model, batch, pieces)
-        logits = self.forward(model, batch)
+        return self._losses_from_logits(self.forward(model, batch), batch)
+
+    @staticmethod
+    def _next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+        """The label of position t is token t + 1 (−100, ignored, at the last position).
+
+        The labels are shifted, not the logits: slicing the logits (B × T × vocabulary, the
+        largest tensor of a small LM's step) would copy them and, in the backward pass, fill a
+        zero tensor of their size and copy into it."""
+        return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+
+    def _losses_from_logits(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """One loss per example (see :meth:`example_losses`) from the model's logits."""
         if self.kind == "lm":
-            # position t predicts token t + 1: shift the labels, not the logits. Slicing the
-            # logits (B × T × vocabulary, the largest tensor of a small LM's step) would copy them
-            # and, in the backward pass, fill a zero tensor of their size and copy into it.
-            labels = batch["labels"]
-            shift_labels = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
-            tok = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                  shift_labels.reshape(-1), ignore_index=-100, reduction="none")
-            tok = tok.view(shift_labels.shape)
-            valid = (shift_labels != -100).sum(1).clamp_min(1)
-            return tok.sum(1) / valid
+            labels = self._next_token_labels(batch["labels"])
+            tok = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                  ignore_index=-100, reduction="none").view(labels.shape)
+            return tok.sum(1) / (labels != -100).sum(1).clamp_min(1)
         return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
 
     def _losses_by_length(self, model: nn.Module, batch: dict, pieces: int) -> torch.Tensor:
@@ -296,24 +302,17 @@ class Task:
     def correct(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(example_losses, correct predictions, count)`` on a batch, without gradients."""
         logits = self.forward(model, batch)
+        pred = logits.argmax(-1)
         if self.kind == "lm":
-            pred = logits[:, :-1, :].argmax(-1)
-            labels = batch["labels"][:, 1:]
+            labels = self._next_token_labels(batch["labels"])
             mask = labels != -100
             correct = ((pred == labels) & mask).sum()
             count = int(mask.sum())
         else:
-            correct = (logits.argmax(-1) == batch["labels"]).sum()
+            correct = (pred == batch["labels"]).sum()
             count = int(batch["labels"].numel())
-        # recompute losses from the same logits to avoid a second forward pass
-        if self.kind == "lm":
-            sl = logits[:, :-1, :].float()
-            tok = F.cross_entropy(sl.reshape(-1, sl.shape[-1]), labels.reshape(-1),
-                                  ignore_index=-100, reduction="none").view(labels.shape)
-            losses = tok.sum(1) / mask.sum(1).clamp_min(1)
-        else:
-            losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
-        return losses, correct, count
+        # the losses from the same logits: no second forward pass
+        return self._losses_from_logits(logits, batch), correct, count
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str = "validation", *, batch_size: int = 64,
