@@ -95,6 +95,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _cgroup_cpu_quota(root: str) -> float | None:
+    """Cores allowed by the cgroup CPU quota under ``root`` (v2 ``cpu.max``, else v1's
+    ``cpu.cfs_quota_us`` ÷ ``cpu.cfs_period_us``); None when there is none or it is unreadable."""
+    import os
+
+    def read(*parts: str) -> list[str] | None:
+        try:
+            with open(os.path.join(root, *parts)) as f:
+                return f.read().split()
+        except OSError:
+            return None
+
+    v2 = read("cpu.max")
+    fields = v2[:2] if v2 else [(read("cpu", name) or [""])[0] for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+    try:
+        q, p = (int(x) for x in fields)
+    except ValueError:                # "max" (no quota), missing or unreadable files
+        return None
+    return q / p if q > 0 and p > 0 else None       # v1's −1: no quota
+
+
 def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
     """CPU cores this process may actually use: its affinity, capped by a cgroup CPU quota.
 
@@ -111,25 +132,8 @@ def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):    # not on Linux
         n = os.cpu_count() or 1
-    quota = None
-    try:
-        with open(os.path.join(cgroup_root, "cpu.max")) as f:
-            q, period = f.read().split()[:2]
-            if q != "max":
-                quota = int(q) / int(period)
-    except (OSError, ValueError):
-        try:
-            with open(os.path.join(cgroup_root, "cpu", "cpu.cfs_quota_us")) as f:
-                q = int(f.read())
-            with open(os.path.join(cgroup_root, "cpu", "cpu.cfs_period_us")) as f:
-                period = int(f.read())
-            if q > 0 and period > 0:
-                quota = q / period
-        except (OSError, ValueError):
-            pass
-    if quota is not None:
-        n = min(n, max(1, math.ceil(quota)))
-    return max(1, n)
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return max(1, n if quota is None else min(n, math.ceil(quota)))
 
 
 @contextlib.contextmanager
