@@ -16,6 +16,8 @@ BAD = [
     (["compare", "--steps", "x"], "--steps"),
     (["compare", "--batch-size", "-1"], "--batch-size"),
     (["compare", "--max-length", "1"], "--max-length"),
+    (["compare", "--train-max-length", "1"], "--train-max-length"),
+    (["compare", "--task", "sentiment", "--max-length", "16", "--train-max-length", "32", *TINY], "--train-max-length"),
     (["compare", "--lr", "nan"], "--lr"),
     (["compare", "--lr", "adam=-1"], "--lr"),
     (["compare", "--seed", "-1"], "--seed"),

@@ -397,3 +397,30 @@ def test_fit_resume_refuses_another_run(tmp_path):
         fit(nn.Linear(30, 2), task, "sgd", steps=2, lr=0.1, resume=tmp_path / "missing.ckpt")
     with pytest.raises(ValueError, match="checkpoint"):
         fit(nn.Linear(30, 2), task, "sgd", steps=2, lr=0.1, checkpoint=tmp_path / "no" / "such.ckpt")
+
+
+def test_fit_resume_refuses_a_task_cut_to_other_lengths(tiny_task, tmp_path):
+    """The checkpoint records the task's max_length and train_max_length: continuing a run on
+    examples cut at another length would silently train on other data."""
+    from zoedu.models import load_model, load_tokenizer
+    from zoedu.tasks import load_task
+    from zoedu.train import fit
+
+    path = tmp_path / "run.ckpt"
+    opts = dict(lr=1e-3, batch_size=4, seed=3, quiet=True, track_memory=False, eval_every=0)
+    fit(load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0], tiny_task, "mezo", steps=2, checkpoint=path,
+        **opts)
+    short = load_task("sentiment", tokenizer=load_tokenizer("tiny-opt"), n_train=200, n_validation=50,
+                      max_length=tiny_task.max_length, train_max_length=tiny_task.max_length - 1)
+    with pytest.raises(ValueError, match=f"train_max_length={tiny_task.max_length}.*build the task with"):
+        fit(load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0], short, "mezo", steps=4, resume=path, **opts)
+    h = fit(load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0], tiny_task, "mezo", steps=4, resume=path,
+            **opts)
+    assert list(h["step"]) == [1, 2, 3, 4]
+    # a checkpoint written before the lengths were recorded still resumes
+    state = torch.load(path, weights_only=False)
+    del state["config"]["max_length"], state["config"]["train_max_length"]
+    torch.save(state, tmp_path / "old.ckpt")
+    again = fit(load_model("tiny-opt", size="1m", num_labels=2, seed=0)[0], tiny_task, "mezo", steps=4,
+                resume=tmp_path / "old.ckpt", **opts)
+    assert np.array_equal(again["loss"], h["loss"])

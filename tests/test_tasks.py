@@ -61,6 +61,36 @@ def test_lengths_respect_max_length(tokenizer):
     assert task.lengths("train").max() == 64
 
 
+def test_train_max_length_cuts_only_the_training_examples(tokenizer):
+    full = load_task("sentiment", tokenizer=tokenizer, n_train=300, n_validation=40, max_length=32)
+    short = load_task("sentiment", tokenizer=tokenizer, n_train=300, n_validation=40, max_length=16)
+    crop = load_task("sentiment", tokenizer=tokenizer, n_train=300, n_validation=40, max_length=32,
+                     train_max_length=16)
+    # training examples as the tokenizer truncates them at 16 (special tokens kept), validation at 32
+    assert crop.encoded("train") == short.encoded("train") != full.encoded("train")
+    assert crop.encoded("validation") == full.encoded("validation")
+    assert crop.lengths("train").max() == 16 and crop.lengths("validation").max() == 32
+    assert crop.max_length_of("train") == 16 and crop.max_length_of("validation") == 32
+    batch = crop.sample("train", 64, np.random.default_rng(0))
+    assert batch["input_ids"].shape[1] <= 16
+    assert set(batch["input_ids"][batch["lengths"] == 16, 15].tolist()) == {tokenizer.sep_token_id}
+    # set later: the training tokens are re-cut; None goes back to max_length
+    crop.train_max_length = 8
+    assert crop.lengths("train").max() == 8 and crop.lengths("validation").max() == 32
+    crop.train_max_length = None
+    assert crop.train_max_length == 32 and crop.encoded("train") == full.encoded("train")
+
+
+@pytest.mark.parametrize("value, match", [(40, "larger than max_length=32"), (1, "integer ≥ 2"),
+                                          (8.5, "integer ≥ 2")])
+def test_bad_train_max_length(tokenizer, value, match):
+    with pytest.raises(ValueError, match="train_max_length.*" + match):
+        load_task("sentiment", tokenizer=tokenizer, n_train=5, n_validation=5, max_length=32,
+                  train_max_length=value)
+    with pytest.raises(ValueError, match="train_max_length.*tabular"):
+        load_task("tabular", train_max_length=8)
+
+
 def test_multidomain_has_distinct_real_domains(tokenizer):
     task = load_task("multidomain", tokenizer=tokenizer, n_train=20, n_validation=5)
     assert task.domains == ["prose", "code", "rot13", "arithmetic"]

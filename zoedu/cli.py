@@ -92,6 +92,7 @@ FLAG_RULES = {
     **{dest: _positive_int for dest in ("steps", "batch_size", "eval_examples", "seeds", "n_priv", "d", "trials",
                                         "nproc", "seq_len", "k0", "k1", "length_threshold", "timeout", "jobs")},
     "max_length": lambda v: _positive_int(v, low=2),
+    "train_max_length": lambda v: _positive_int(v, low=2),
     "num_labels": lambda v: _positive_int(v, low=2),
     "seed": lambda v: _positive_int(v, low=0),
     "eval_every": lambda v: _positive_int(v, low=0),

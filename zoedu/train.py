@@ -278,7 +278,8 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     named = isinstance(lr_schedule, str)
     config = {"method": name, "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed), "task": task.name,
               "lr_schedule": lr_schedule if named else getattr(lr_schedule, "__qualname__", repr(lr_schedule)),
-              "schedule_steps": horizon if named and lr_schedule != "constant" else None}
+              "schedule_steps": horizon if named and lr_schedule != "constant" else None,
+              "max_length": task.max_length, "train_max_length": task.train_max_length}
     if (checkpoint is not None or resume is not None) and par is not None:
         raise ValueError("checkpoint=/resume= are not supported under torch.distributed (parallel=) yet")
     start = 1
@@ -286,10 +287,13 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
         state = torch.load(os.fspath(resume), map_location=dev, weights_only=False)
         unscheduled = {"lr_schedule": "constant", "schedule_steps": None}  # checkpoints written before schedules
         for key, mine in config.items():
+            if key.endswith("max_length") and key not in state["config"]:
+                continue  # checkpoints written before the task's lengths were recorded
             value = state["config"].get(key, unscheduled.get(key))
             if mine != value:
+                where = "build the task with" if key.endswith("max_length") else "pass"
                 raise ValueError(f"resume: the checkpoint was written by a run with {key}={value!r}, this call has "
-                                 f"{key}={mine!r}; pass {key}={value!r} to continue that run")
+                                 f"{key}={mine!r}; {where} {key}={value!r} to continue that run")
         if state["step"] >= steps:
             raise ValueError(f"steps={steps}: the checkpoint {os.fspath(resume)!r} is already at step {state['step']}; "
                              f"pass steps > {state['step']} to continue it")

@@ -176,7 +176,8 @@ def _compare_and_report(args) -> int:
         args.methods, task=args.task, model=args.model, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, seed=args.seed, device=args.device, eval_every=args.eval_every,
         eval_examples=args.eval_examples,
-        task_options={"max_length": args.max_length} if args.task in ("sentiment", "sst2", "multidomain") else None,
+        task_options=({"max_length": args.max_length, "train_max_length": args.train_max_length}
+                      if args.task in ("sentiment", "sst2", "multidomain") else None),
         model_options=_model_options(args), head=args.head, zero_shot=args.zero_shot,
         lr_schedule=args.lr_schedule, quiet=args.quiet,
     )
@@ -250,6 +251,9 @@ def add_cli(subparsers) -> None:
                    help="every method's learning-rate schedule over --steps: constant (default), linear or cosine "
                         "decay (long zeroth-order runs want a decaying rate)")
     p.add_argument("--max-length", type=_positive_int, default=128, help="truncate examples to this many tokens (default: 128)")
+    p.add_argument("--train-max-length", type=_positive_int, default=None,
+                   help="train on the first N tokens of each example, evaluate on --max-length (cheaper steps; "
+                        "default: --max-length)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: only at the end)")
     p.add_argument("--eval-examples", type=int, default=200, help="validation examples per evaluation (default: 200)")
     p.add_argument("--seed", type=int, default=0)

@@ -23,7 +23,9 @@ def load_task(name: str, *, tokenizer=None, seed: int = 0, **options) -> Task:
     """Build the task ``name`` (see the table above); ``options`` go to its builder.
 
     Text tasks tokenize with ``tokenizer``, by default the bundled MiniLM tokenizer
-    (:func:`zoedu.models.default_tokenizer`), which every offline model shares.
+    (:func:`zoedu.models.default_tokenizer`), which every offline model shares. Every text
+    task also takes ``train_max_length`` (see :class:`Task`): its training examples are cut
+    shorter than ``max_length``, its validation examples are not.
     """
     if name not in TASKS:
         raise ValueError(f"task name={name!r} is unknown; allowed: {', '.join(TASKS)}")
@@ -36,20 +38,27 @@ def load_task(name: str, *, tokenizer=None, seed: int = 0, **options) -> Task:
         value = options.get(key)
         for v in (value.values() if isinstance(value, dict) else [] if value is None else [value]):
             integer(key, v, low=1, what="examples (per domain when a dict)")
+    train_max_length = options.pop("train_max_length", None)
+    if train_max_length is not None and name == "tabular":
+        raise ValueError("train_max_length: task 'tabular' has no tokens to truncate; "
+                         "allowed for the text tasks: sentiment, sst2, multidomain")
     module = import_module(f".{name}", __name__)
     if name != "tabular" and tokenizer is None:
         from ..models import default_tokenizer
 
         tokenizer = default_tokenizer()
     try:
-        return module.build(tokenizer, seed=seed, **options)
+        task = module.build(tokenizer, seed=seed, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
             import inspect
 
             allowed = [p for p in inspect.signature(module.build).parameters if p not in ("tokenizer", "seed")]
+            allowed.append("train_max_length")  # every text task's, taken here
             raise ValueError(f"task {name!r}: {err}; allowed options: {', '.join(allowed)}") from None
         raise
+    task.train_max_length = train_max_length  # checked against the task's max_length
+    return task
 
 
 def task_prompt(name: str):
