@@ -182,7 +182,9 @@ class Task:
         return out
 
     def collate(self, examples: Sequence[dict]) -> dict:
-        """Tokenize and pad a list of examples into a batch (see the module docstring)."""
+        """Tokenize and pad a list of examples into a batch (see the module docstring); text is
+        truncated at ``max_length`` (a training batch of a task with a lower ``train_max_length``
+        comes from :meth:`batch` or :meth:`sample`)."""
         if len(examples) == 0:
             raise ValueError("collate needs at least one example")
         if self.kind == "tabular":
