@@ -285,13 +285,15 @@ def fit(model: nn.Module, task: Task, method, *, steps: int, lr: float, batch_si
     start = 1
     if resume is not None:
         state = torch.load(os.fspath(resume), map_location=dev, weights_only=False)
-        unscheduled = {"lr_schedule": "constant", "schedule_steps": None}  # checkpoints written before schedules
+        # keys older checkpoints lack: the value they implied (before schedules), else not checked
+        # (before the task's lengths were recorded)
+        implied = {"lr_schedule": "constant", "schedule_steps": None}
         for key, mine in config.items():
-            if key.endswith("max_length") and key not in state["config"]:
-                continue  # checkpoints written before the task's lengths were recorded
-            value = state["config"].get(key, unscheduled.get(key))
+            if key not in state["config"] and key not in implied:
+                continue
+            value = state["config"].get(key, implied.get(key))
             if mine != value:
-                where = "build the task with" if key.endswith("max_length") else "pass"
+                where = "build the task with" if key in ("max_length", "train_max_length") else "pass"
                 raise ValueError(f"resume: the checkpoint was written by a run with {key}={value!r}, this call has "
                                  f"{key}={mine!r}; {where} {key}={value!r} to continue that run")
         if state["step"] >= steps:

@@ -38,10 +38,7 @@ def load_task(name: str, *, tokenizer=None, seed: int = 0, **options) -> Task:
         value = options.get(key)
         for v in (value.values() if isinstance(value, dict) else [] if value is None else [value]):
             integer(key, v, low=1, what="examples (per domain when a dict)")
-    train_max_length = options.pop("train_max_length", None)
-    if train_max_length is not None and name == "tabular":
-        raise ValueError("train_max_length: task 'tabular' has no tokens to truncate; "
-                         "allowed for the text tasks: sentiment, sst2, multidomain")
+    train_max_length = options.pop("train_max_length", None)  # every text task's, set on the built Task
     module = import_module(f".{name}", __name__)
     if name != "tabular" and tokenizer is None:
         from ..models import default_tokenizer
@@ -54,7 +51,7 @@ def load_task(name: str, *, tokenizer=None, seed: int = 0, **options) -> Task:
             import inspect
 
             allowed = [p for p in inspect.signature(module.build).parameters if p not in ("tokenizer", "seed")]
-            allowed.append("train_max_length")  # every text task's, taken here
+            allowed.append("train_max_length")
             raise ValueError(f"task {name!r}: {err}; allowed options: {', '.join(allowed)}") from None
         raise
     task.train_max_length = train_max_length  # checked against the task's max_length

@@ -140,6 +140,9 @@ class Task:
 
     @train_max_length.setter
     def train_max_length(self, value: int | None) -> None:
+        if value is not None and self.kind == "tabular":
+            raise ValueError(f"train_max_length={value!r}: task {self.name!r} is tabular and has no tokens to "
+                             f"truncate; allowed: None")
         value = self.max_length if value is None else integer(
             "train_max_length", value, low=2, what="tokens per training example after truncation")
         if value > self.max_length:
