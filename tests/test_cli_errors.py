@@ -46,6 +46,12 @@ BAD = [
     (["mix", "--csv", "/nonexistent/folder/x.csv"], "--csv"),
     (["mix", "--task", "tabular"], "--task"),
     (["mix", "--task", "synthetic", "--mixers", "proportional"], "--mixers"),
+    (["mix", "--tau", "0"], "--tau"),
+    (["mix", "--tau", "inf"], "--tau"),
+    (["mix", "--zeta2", "-0.5"], "--zeta2"),
+    (["mix", "--zeta2", "nan"], "--zeta2"),
+    (["mix", "--score-noise", "exact"], "--score-noise"),
+    (["mix", "--task", "synthetic", "--fast", "--steps", "1", "--score-noise", "measured"], "--score-noise"),
     # privacy
     (["privacy", "epsilon", "--steps", "-5"], "--steps"),
     (["privacy", "epsilon", "--delta", "0.5"], "--delta"),
@@ -140,6 +146,26 @@ def test_mix_synthetic_fast_runs_its_own_defaults(capsys):
     code, out = run(["mix", "--task", "synthetic", "--fast", "--steps", "2", "--cosines", "0"], capsys)
     assert code == 0, out.err
     assert "balanced-pike" in out.out
+
+
+def test_mix_passes_the_pike_flags_to_the_mixers(capsys, monkeypatch):
+    import zoedu.experiments.mixing as mixing
+
+    seen = {}
+
+    def fake(mixers, **kwargs):
+        seen.update(kwargs, mixers=mixers)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(mixing, "pretrain_multidomain", fake)
+    code, out = run(["mix", "--mixers", "pike,balanced-pike", "--tau", "2", "--zeta2", "0.1",
+                     "--score-noise", "measured", "--quiet"], capsys)
+    assert code == 2 and "stopped by the test" in out.err
+    assert seen["mixer_options"] == {"pike": {"zeta2": 0.1, "score_noise": "measured"},
+                                     "balanced-pike": {"tau": 2.0, "zeta2": 0.1, "score_noise": "measured"}}
+    seen.clear()
+    run(["mix", "--quiet"], capsys)  # no flags: the experiments' own defaults, untouched
+    assert seen["mixer_options"] == {"pike": {}, "balanced-pike": {}}
 
 
 def test_no_traceback_from_a_real_process():

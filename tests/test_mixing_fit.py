@@ -146,6 +146,19 @@ def test_synthetic_conflict_reports_losses_and_weights():
         synthetic_conflict(0.0, methods=("adam",))
 
 
+def test_zeta2_weighs_the_variance_penalty():
+    """Task 1 has the larger gradients (scale 1.5) and the noisier examples (ν 1.0): without the
+    variance penalty (ζ₂ = 0) both PiKEs sample it most; with a heavy one (ζ₂ = 10), the quiet task 0."""
+    from zoedu.experiments.mixing import synthetic_conflict
+
+    for zeta2, noisy_task_at_least, noisy_task_at_most in ((0.0, 0.8, 1.0), (10.0, 0.0, 0.2)):
+        h = synthetic_conflict(0.0, steps=60, methods=("pike", "balanced-pike"), zeta2=zeta2)
+        last = h[h.step == 60].set_index("method")["weight/1"]
+        assert ((last >= noisy_task_at_least) & (last <= noisy_task_at_most)).all(), (zeta2, last.to_dict())
+    with pytest.raises(ValueError, match="zeta2"):
+        synthetic_conflict(0.0, steps=2, methods=("pike",), zeta2=-1.0)
+
+
 def test_pretrain_multidomain_returns_the_tables(corpus):
     from zoedu.experiments.multidomain import pretrain_multidomain
 

@@ -104,6 +104,8 @@ FLAG_RULES = {
     "public_fractions": _floats_in(low=0.0, high=1.0, high_open=True),
     "cosines": _floats_in(low=-1.0, high=1.0),
     "gpus": _floats_in(low=0.0, low_open=True),
+    "tau": _floats_in(low=0.0, low_open=True),
+    "zeta2": _floats_in(low=0.0),
 }
 #: Flags naming a file to write: its folder must exist (checked before the work starts).
 OUTPUT_FILES = ("csv", "html", "json")

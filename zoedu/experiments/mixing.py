@@ -63,7 +63,8 @@ def _spread(value, n_tasks: int, name: str) -> np.ndarray:
 def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, steps: int = 100,
                        batch_size: int = 16, lr: float = 0.05, scales=(0.5, 1.5), noises=(0.1, 1.0),
                        methods: Sequence[str] = SYNTHETIC_METHODS, update_every: int = 10,
-                       tau: float = 1.0, shrink: bool = False, seed: int = 0) -> pd.DataFrame:
+                       tau: float = 1.0, zeta2: float = 1.0, shrink: bool = False,
+                       seed: int = 0) -> pd.DataFrame:
     """Train on K synthetic regression tasks with a chosen gradient conflict; the loss curves.
 
     Task k sees one feature direction u_k (unit vectors with pairwise cosine ``cosine``):
@@ -81,7 +82,8 @@ def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, 
     ``batch_size`` (per-task counts from the mixer) and take an SGD step on the batch mean;
     PiKE updates every ``update_every`` steps from per-example gradients of a fresh batch
     per task (their overhead is not part of this comparison); ``shrink`` is PiKE's noise-aware
-    step (:class:`~zoedu.mixing.PiKE`; False: Algorithm 1 as published). ``pcgrad`` and ``mgda`` take b/K examples per task and aggregate the K task gradients.
+    step (:class:`~zoedu.mixing.PiKE`; False: Algorithm 1 as published); ``tau`` is
+    Balanced-PiKE's tilt and ``zeta2`` both PiKEs' weight on the variance penalty. ``pcgrad`` and ``mgda`` take b/K examples per task and aggregate the K task gradients.
 
     Returns:
         One row per (method, step): ``method``, ``step``, ``cosine``, ``loss/k`` (excess
@@ -115,9 +117,10 @@ def synthetic_conflict(cosine: float = 0.0, n_tasks: int = 2, *, dim: int = 20, 
         x = np.zeros(dim)
         mixer = None
         if method == "pike":
-            mixer = PiKE(K, batch_size=batch_size, update_every=update_every, shrink=shrink)
+            mixer = PiKE(K, zeta2=zeta2, batch_size=batch_size, update_every=update_every, shrink=shrink)
         elif method == "balanced-pike":
-            mixer = BalancedPiKE(K, tau=tau, batch_size=batch_size, update_every=update_every, shrink=shrink)
+            mixer = BalancedPiKE(K, tau=tau, zeta2=zeta2, batch_size=batch_size, update_every=update_every,
+                                 shrink=shrink)
         uniform = Uniform(K)
         for step in range(1, steps + 1):
             if method in ("uniform", "pike", "balanced-pike"):
@@ -197,6 +200,11 @@ CLI_DEFAULT_MIXERS = {"multidomain": "uniform,proportional,pike,balanced-pike",
                       "synthetic": "uniform,pike,balanced-pike"}
 
 
+def _pike_flags(args) -> dict:
+    """``--tau`` and ``--zeta2`` as PiKE options (only those given)."""
+    return {k: getattr(args, k) for k in ("tau", "zeta2") if getattr(args, k) is not None}
+
+
 def _run(args) -> int:
     mixers = [m.strip() for m in (args.mixers or CLI_DEFAULT_MIXERS[args.task]).split(",") if m.strip()]
     if args.task == "synthetic":
@@ -204,8 +212,12 @@ def _run(args) -> int:
         bad = [m for m in mixers if m not in SYNTHETIC_METHODS]
         if bad:
             raise ValueError(f"--mixers {bad} unknown for the synthetic task; allowed: {', '.join(SYNTHETIC_METHODS)}")
+        if args.score_noise is not None:
+            raise ValueError("--score-noise is for --task multidomain (the synthetic task's PiKE reads exact "
+                             "per-example gradients); leave it out")
         cosines = [float(c) for c in args.cosines.split(",")]
-        table = conflict_sweep(cosines, methods=methods, steps=args.steps or (20 if args.fast else 100), seed=args.seed)
+        table = conflict_sweep(cosines, methods=methods, steps=args.steps or (20 if args.fast else 100), seed=args.seed,
+                               **_pike_flags(args))
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.csv:
             table.to_csv(args.csv, index=False)
@@ -223,8 +235,12 @@ def _run(args) -> int:
         config["batch_size"] = args.batch_size
     if args.lr:
         config["lr"] = args.lr
+    pike = _pike_flags(args)
+    if args.score_noise is not None:
+        pike["score_noise"] = args.score_noise
+    options = {"pike": {k: v for k, v in pike.items() if k != "tau"}, "balanced-pike": pike}
     result = pretrain_multidomain(mixers, fast=args.fast, seed=args.seed, device=args.device,
-                                  quiet=args.quiet, **config)
+                                  quiet=args.quiet, mixer_options=options, **config)
     print(format_summary(result["summary"]))
     cos = result["cosine"]
     if len(cos):
@@ -258,6 +274,13 @@ def add_cli(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 3e-3)")
     p.add_argument("--fast", action="store_true", help="the notebook's FAST configuration (seconds)")
     p.add_argument("--cosines", default="1,0.5,0,-1", help="synthetic: conflict levels to sweep")
+    p.add_argument("--tau", type=float, default=None,
+                   help="Balanced-PiKE's tilt τ > 0: larger favours the worst domain (default: 1)")
+    p.add_argument("--zeta2", type=float, default=None,
+                   help="PiKE's and Balanced-PiKE's weight ζ₂ ≥ 0 on the variance penalty (default: 1; "
+                        "benchmarks/README.md: Balanced-PiKE with τ 2, ζ₂ 0.1)")
+    p.add_argument("--score-noise", default=None, choices=("bound", "measured"),
+                   help="multidomain: the noise model of PiKE's noise-aware step (default: bound)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--csv", default=None, help="also write the summary table as CSV here")
