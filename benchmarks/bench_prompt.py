@@ -22,6 +22,8 @@
         --sparsity 0.5 --mask-every 40 --seeds 0          # ... its mask re-chosen every 40 steps
     python benchmarks/bench_prompt.py goal --steps 380 --every 190 --lrs 1e-4 --max-length 32 --train-max-length 16 \
         --seeds 0                                          # training on the first 16 tokens, validation on 32
+    python benchmarks/bench_prompt.py goal --steps 580 --every 145 --lrs 2e-4 --max-length 32 --train-max-length 16 \
+        --blocks layers --seeds 0                         # one layer a step, the layers below it run once
     python benchmarks/bench_prompt.py goal --steps 850 --every 170 --lrs 1e-5 --batch-size 16 --max-length 32 \
         --heads prompt --directions gaussian --seeds 0     # the previous default in the same CPU budget
 
@@ -203,6 +205,8 @@ def _goal(args) -> pd.DataFrame:
                 options["sparsity"] = args.sparsity
             if args.mask_every:
                 options["mask_every"] = args.mask_every
+            if args.blocks:
+                options["blocks"] = args.blocks
             h = fit(model, task, "mezo", steps=args.steps, lr=lr, batch_size=args.batch_size, seed=seed,
                     device="cpu", eval_every=args.every, eval_examples=400, quiet=True, track_memory=False,
                     **options)
@@ -211,7 +215,7 @@ def _goal(args) -> pd.DataFrame:
             rows.append({"seed": seed, "head": head, "lr": lr, "schedule": args.lr_schedule,
                          "train_max_length": task.train_max_length,
                          "eps": h.attrs["settings"]["eps"], "sparsity": h.attrs["settings"]["sparsity"],
-                         "mask_every": args.mask_every,
+                         "mask_every": args.mask_every, "blocks": args.blocks,
                          "batch_size": args.batch_size,
                          "directions": h.attrs["settings"]["directions"], "steps": args.steps,
                          "start": start["accuracy"], "final": float(ev["eval_accuracy"].iloc[-1]),
@@ -377,6 +381,8 @@ def main() -> None:
                    help="goal: re-choose Sparse MeZO's masks every N steps (default: fixed at the first step)")
     p.add_argument("--train-max-length", type=int, default=None,
                    help="goal: train on the first N tokens of each review (validation keeps --max-length)")
+    p.add_argument("--blocks", default=None, choices=("layers",),
+                   help="goal: block-coordinate MeZO, one transformer layer a step (default: dense)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     if args.part in ("noise", "long", "share"):

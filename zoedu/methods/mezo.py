@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..loop import check_weights_finite
 from ..optim.embedding_rows import BatchRows
 from ..optim.mezo import MeZO
 from .forwards import forward_context, resolve_autocast, resolve_pieces
+from .layers import LayerCache, find_layer_stack, layer_blocks
 
 
 class MeZORunner:
@@ -32,12 +35,18 @@ class MeZORunner:
     ``length_pieces``: each forward as that many length-sorted pieces, each padded to its own
     longest example (``None``: 2 for text batches of 32 or more, else 1; same losses, less
     padding; :mod:`zoedu.methods.forwards`); the ``"accuracy"`` objective runs whole batches.
+
+    ``layers``/``starts`` (from ``blocks="layers"``, :mod:`zoedu.methods.layers`): the model's
+    layer stack and the layer each of the optimizer's blocks starts at; a step on a block
+    starting above layer 0 runs the layers below it once and both perturbed forwards from
+    there (whole batches: one cached hidden state per forward).
     """
 
     OBJECTIVES = ("loss", "accuracy")
 
     def __init__(self, ctx, optimizer: MeZO, objective: str = "loss", sparse_embedding: bool = True,
-                 autocast: str | None = "auto", length_pieces: int | None = None):
+                 autocast: str | None = "auto", length_pieces: int | None = None, layers=None,
+                 starts: list[int] | None = None):
         if objective not in self.OBJECTIVES:
             raise ValueError(f"objective={objective!r} is unknown; allowed: {', '.join(self.OBJECTIVES)}")
         if objective == "accuracy" and ctx.task.kind not in ("classification", "tabular"):
@@ -49,6 +58,13 @@ class MeZORunner:
         self.autocast = resolve_autocast(autocast, ctx.model)
         pieces = resolve_pieces(length_pieces, ctx.task, ctx.batch_size)
         self.pieces = pieces if objective == "loss" else 1  # the accuracy objective runs whole batches
+        self.cache, self.starts, self._checked = None, starts, False
+        if layers is not None:
+            if length_pieces not in (None, 1):
+                raise ValueError(f"length_pieces={length_pieces!r}: blocks='layers' runs whole batches (one cached "
+                                 f"hidden state per forward); leave length_pieces out")
+            self.pieces = 1
+            self.cache = LayerCache(layers)
 
     def settings(self) -> dict:
         """The choices this run uses, defaults resolved (``fit`` puts them in
@@ -56,7 +72,8 @@ class MeZORunner:
         return {"directions": self.optimizer.directions, "eps": getattr(self.optimizer, "eps", None),
                 "sparsity": getattr(self.optimizer, "sparsity", 0.0),
                 "mask_every": getattr(self.optimizer, "mask_every", None),
-                "sparse_embedding": self.sparse_embedding, "autocast": self.autocast, "length_pieces": self.pieces}
+                "sparse_embedding": self.sparse_embedding, "autocast": self.autocast, "length_pieces": self.pieces,
+                "blocks": None if self.starts is None else "layers"}
 
     def _value(self, batch):
         with forward_context(self.autocast, self.ctx.device):
@@ -65,13 +82,30 @@ class MeZORunner:
             _, correct, count = self.ctx.task.correct(self.ctx.model, batch)
         return -float(correct) / max(count, 1)
 
+    def _closure(self, batch):
+        """The step's forward: whole, or from the cached input of its block's first layer."""
+        def whole():
+            return self._value(batch)
+
+        if self.cache is None:
+            return whole
+        start = self.starts[self.optimizer.block_at()]
+        with torch.no_grad():
+            if not self._checked:  # once: the cut forward must be the whole one on this model
+                self.cache.check(len(self.cache.stack) // 2, whole)
+                self._checked = True
+            if start == 0:
+                return whole
+            hidden = self.cache.record(start, whole)
+        return lambda: self.cache.resume(start, hidden, whole)
+
     def step(self, step: int) -> dict:
         batch = self.ctx.sample()
         model = self.ctx.model
         was_training = model.training
         model.eval()
         try:
-            loss = self.optimizer.step(lambda: self._value(batch), rows=self.rows(batch))
+            loss = self.optimizer.step(self._closure(batch), rows=self.rows(batch))
         finally:
             model.train(was_training)
         if not math.isfinite(float(loss)):  # skipped: fine once, but not if the weights themselves diverged
@@ -100,11 +134,13 @@ def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: i
               estimator: str = "sgd", one_sided: bool = False, exact_restore: bool = False,
               workers: int | None = None, objective: str = "loss", sparse_embedding: bool = True,
               directions: str | None = None, autocast: str | None = "auto", length_pieces: int | None = None,
-              **options) -> MeZORunner:
+              blocks: str | None = None, **options) -> MeZORunner:
     """``fit(..., "mezo", eps=..., n_perturb=..., estimator=..., objective="loss"|"accuracy",
     sparse_embedding=True, directions=None, autocast="auto", length_pieces=None, sparsity=0,
-    mask_every=None)``: MeZO on the trainable parameters (see :class:`MeZORunner`; ``sparsity``
-    and ``mask_every`` are Sparse MeZO's, :class:`~zoedu.optim.mezo.MeZO`). ``directions=None`` is
+    mask_every=None, blocks=None)``: MeZO on the trainable parameters (see :class:`MeZORunner`;
+    ``sparsity`` and ``mask_every`` are Sparse MeZO's, :class:`~zoedu.optim.mezo.MeZO`;
+    ``blocks="layers"`` block-coordinate MeZO, one block per transformer layer,
+    :mod:`zoedu.methods.layers`). ``directions=None`` is
     :func:`default_directions`, ``autocast="auto"``
     :func:`zoedu.methods.forwards.resolve_autocast`, ``length_pieces=None``
     :func:`zoedu.methods.forwards.resolve_pieces` (the History's ``attrs["settings"]`` records
@@ -112,11 +148,18 @@ def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: i
     params = ctx.params()
     if directions is None:
         directions = default_directions(params)
+    layers = starts = param_blocks = None
+    if blocks is not None:
+        if blocks != "layers":
+            raise ValueError(f"blocks={blocks!r} is unknown; allowed: 'layers' (block-coordinate MeZO, one block "
+                             f"per transformer layer) or None (dense MeZO)")
+        layers = find_layer_stack(ctx.model)
+        param_blocks, starts = layer_blocks(params, layers)
     opt = MeZO(params, lr=ctx.lr, eps=eps, weight_decay=weight_decay, n_perturb=n_perturb,
                estimator=estimator, one_sided=one_sided, seed=ctx.seed, exact_restore=exact_restore,
-               workers=workers, directions=directions, **options)
+               workers=workers, directions=directions, blocks=param_blocks, **options)
     return MeZORunner(ctx, opt, objective=objective, sparse_embedding=sparse_embedding, autocast=autocast,
-                      length_pieces=length_pieces)
+                      length_pieces=length_pieces, layers=layers, starts=starts)
 
 
 def make_mezo_accuracy(ctx, **options) -> MeZORunner:

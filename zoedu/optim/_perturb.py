@@ -96,6 +96,12 @@ def direction_seed(seed: int, step: int, j: int = 0) -> int:
     return mix_seed(seed, step, j)
 
 
+def block_for_step(seed: int, step: int, n_blocks: int) -> int:
+    """Block-coordinate MeZO's block at step ``step``: uniform over ``n_blocks``, a function of
+    the seed and the step alone (so a resumed run and :func:`~zoedu.optim.replay` find it again)."""
+    return int(mix_seed(seed, step, -7) % n_blocks)
+
+
 @dataclass(frozen=True, eq=False)
 class Stream:
     """One slice of one parameter: ``flat[start:stop]`` (or the whole tensor if not contiguous),

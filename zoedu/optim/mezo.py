@@ -74,6 +74,7 @@ from ._perturb import (
     LOW_PRECISION,
     Perturber,
     Stream,
+    block_for_step,
     direction_seed,
     masks_due,
     row_map,
@@ -189,6 +190,15 @@ class MeZO(torch.optim.Optimizer):
             many steps (at the start of steps k·``mask_every``); ``None`` (default): the first
             step's masks throughout. Deterministic, so :func:`replay` and a resume re-choose
             them at the same steps from the same weights.
+        blocks: block-coordinate MeZO — a partition of the trainable parameters into B lists
+            (e.g. one transformer layer each). Each step perturbs and updates one block, chosen
+            uniformly from the seed and the step (:func:`~zoedu.optim._perturb.block_for_step`,
+            :meth:`block_at`), at B times the rate, so the expected update is dense MeZO's.
+            What it buys is cheaper forwards: the layers below the block see the unperturbed
+            weights, so ``fit(..., "mezo", blocks="layers")`` runs them once and starts both
+            perturbed forwards from their output (benchmarks/README.md, "Block-coordinate
+            MeZO"). The plain estimator only (``estimator="sgd"``, ``n_perturb=1``, two-sided,
+            dense, not exact, not fused). ``None`` (default): every step perturbs everything.
     """
 
     zeroth_order = True
@@ -198,7 +208,7 @@ class MeZO(torch.optim.Optimizer):
                  momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                  seed: int = 0, exact_restore: bool = False, fused: bool | None = None,
                  workers: int | None = None, chunk: int = CHUNK, directions: str = "gaussian",
-                 sparsity: float = 0.0, mask_every: int | None = None):
+                 sparsity: float = 0.0, mask_every: int | None = None, blocks=None):
         choice("directions", directions, DIRECTIONS)
         unit_interval("sparsity", sparsity, high_open=True)
         optional_integer("mask_every", mask_every, low=1, what="steps between re-chosen Sparse MeZO masks")
@@ -211,6 +221,8 @@ class MeZO(torch.optim.Optimizer):
         if exact_restore is not None and not isinstance(exact_restore, bool):
             raise ValueError(f"exact_restore={exact_restore!r} must be True or False")
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay)))
+        self.block_of = self._check_blocks(blocks, estimator=estimator, n_perturb=n_perturb, one_sided=one_sided,
+                                           sparsity=sparsity, exact_restore=exact_restore, fused=fused)
         self.eps = float(eps)
         self.n_perturb = int(n_perturb)
         self.estimator = estimator
@@ -244,6 +256,58 @@ class MeZO(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         self._perturber = None  # the stream plan follows the parameter list
+
+    def _check_blocks(self, blocks, **config) -> list[int] | None:
+        """``blocks`` as the block index of every perturbed parameter (in :meth:`_flat_params`
+        order), or a ValueError naming what is wrong."""
+        if blocks is None:
+            return None
+        plain = {"estimator": "sgd", "n_perturb": 1, "one_sided": False, "sparsity": 0.0, "exact_restore": False}
+        for k, v in plain.items():
+            if config[k] != v:
+                raise ValueError(f"blocks= runs the plain estimator: {k}={config[k]!r} is not allowed with it "
+                                 f"(needs {k}={v!r})")
+        if config["fused"]:
+            raise ValueError("blocks= runs the torch passes: fused=True is not allowed with it")
+        try:
+            blocks = [list(b) for b in blocks]
+        except TypeError:
+            raise ValueError("blocks must be a list of lists of parameters (a partition of the trainable "
+                             "parameters), e.g. one list per transformer layer") from None
+        params = self._flat_params()[0]
+        index = {id(p): k for k, p in enumerate(params)}
+        block_of = [-1] * len(params)
+        for b, block in enumerate(blocks):
+            if not block:
+                raise ValueError(f"blocks[{b}] is empty; every block needs at least one trainable parameter")
+            for p in block:
+                k = index.get(id(p))
+                if k is None:
+                    raise ValueError(f"blocks[{b}] holds a tensor that is not one of the optimizer's trainable "
+                                     f"parameters")
+                if block_of[k] != -1:
+                    raise ValueError(f"blocks[{b}] repeats a parameter of blocks[{block_of[k]}]: the blocks "
+                                     f"must not overlap")
+                block_of[k] = b
+        if len(blocks) < 2:
+            raise ValueError(f"blocks has {len(blocks)} block; give at least 2 (one block is dense MeZO: "
+                             f"blocks=None)")
+        missing = block_of.count(-1)
+        if missing:
+            raise ValueError(f"blocks leaves {missing} trainable parameters out; every parameter must be in "
+                             f"one block")
+        return block_of
+
+    @property
+    def n_blocks(self) -> int:
+        """B, the number of blocks (1 without ``blocks``)."""
+        return 1 if self.block_of is None else max(self.block_of) + 1
+
+    def block_at(self, step: int | None = None) -> int | None:
+        """The block step ``step`` (default: the next one) perturbs; ``None`` without ``blocks``."""
+        if self.block_of is None:
+            return None
+        return block_for_step(self.seed, self.step_count if step is None else int(step), self.n_blocks)
 
     @property
     def forwards_per_step(self) -> int:
@@ -344,6 +408,11 @@ class MeZO(torch.optim.Optimizer):
         streams = self.perturber.plan(rows_of)
         self._step_rows = {k: r.to(torch.int32).cpu() for k, r in rows_of.items()} or None
         t = self.step_count
+        scale = 1.0
+        if self.block_of is not None:  # block-coordinate: this step's block alone, at B times the rate
+            block = self.block_at(t)
+            streams = [st for st in streams if self.block_of[st.param_index] == block]
+            scale = float(self.n_blocks)
         self.step_count += 1
         group_lrs = [float(g["lr"]) for g in self.param_groups]
         calls = [0]          # closure calls so far
@@ -377,10 +446,15 @@ class MeZO(torch.optim.Optimizer):
                                                "(needs 'sgd', 1, 'gaussian', 0: the Triton kernels draw "
                                                "dense gaussian z)",
                                  rows=bool(rows_of), exact=self._exact)
+        if self.block_of is not None:
+            if self.share is not None:
+                raise ValueError("blocks= (block-coordinate MeZO) cannot run with parallel='directions': "
+                                 "use parallel='data' or one process")
+            fused = False  # the fused kernels cover every weight; a block step touches its streams only
         self._step_fused = fused
         if not fused and not self._exact and not self.one_sided and self.estimator == "sgd" \
                 and self.n_perturb == 1 and self.share is None:  # the plain configuration: Algorithm 1 as printed
-            lrs = [group_lrs[k] for k in group_of]
+            lrs = [group_lrs[k] * scale for k in group_of]
             wds = [float(self.param_groups[k]["weight_decay"]) if decays(p) else 0.0
                    for p, k in zip(params, group_of)]
             try:
@@ -450,6 +524,7 @@ class MeZO(torch.optim.Optimizer):
             "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
             "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact,
             "directions": self.directions, "sparsity": self.sparsity, "mask_every": self.mask_every or 0,
+            "blocks": None if self.block_of is None else torch.tensor(self.block_of, dtype=torch.int32),
             "weight_decay": [float(g["weight_decay"]) for g in self.param_groups],
             "group_of": torch.tensor(group_of, dtype=torch.int32),
             **self._trajectory.tensors(self.n_perturb, len(self.param_groups)),
@@ -467,7 +542,8 @@ class MeZO(torch.optim.Optimizer):
         return {"seed": self.seed, "eps": self.eps, "n_perturb": self.n_perturb, "estimator": self.estimator,
                 "one_sided": self.one_sided, "momentum": self.momentum, "betas": list(self.betas),
                 "adam_eps": self.adam_eps, "chunk": self.chunk, "exact_restore": self._exact,
-                "directions": self.directions, "sparsity": self.sparsity, "mask_every": self.mask_every or 0}
+                "directions": self.directions, "sparsity": self.sparsity, "mask_every": self.mask_every or 0,
+                "blocks": self.block_of}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch.optim's contract (learning rates and per-parameter state come from the state),
@@ -478,8 +554,10 @@ class MeZO(torch.optim.Optimizer):
         log = state_dict.pop("trajectory", None)
         counters = state_dict.pop("counters", None)
         if log is not None:
-            saved = {"sparsity": 0.0, "mask_every": 0,  # older logs: dense
+            saved = {"sparsity": 0.0, "mask_every": 0, "blocks": None,  # older logs: dense
                      **{k: log[k] for k in self._config() if k in log}}
+            if saved["blocks"] is not None:
+                saved["blocks"] = [int(b) for b in saved["blocks"]]
             same_config("MeZO", saved, self._config())
         super().load_state_dict(state_dict)
         for st in self.state.values():  # torch casts every saved tensor to its parameter's dtype:
