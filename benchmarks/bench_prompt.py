@@ -22,8 +22,8 @@
         --sparsity 0.5 --mask-every 40 --seeds 0          # ... its mask re-chosen every 40 steps
     python benchmarks/bench_prompt.py goal --steps 380 --every 190 --lrs 1e-4 --max-length 32 --train-max-length 16 \
         --seeds 0                                          # training on the first 16 tokens, validation on 32
-    python benchmarks/bench_prompt.py goal --steps 580 --every 145 --lrs 2e-4 --max-length 32 --train-max-length 16 \
-        --blocks layers --seeds 0                         # one layer a step, the layers below it run once
+    python benchmarks/bench_prompt.py goal --steps 580 --every 290 --lrs 1e-4 --max-length 32 --train-max-length 16 \
+        --blocks layers --heads prompt --seeds 0          # one layer a step, the layers below it run once
     python benchmarks/bench_prompt.py goal --steps 850 --every 170 --lrs 1e-5 --batch-size 16 --max-length 32 \
         --heads prompt --directions gaussian --seeds 0     # the previous default in the same CPU budget
 
