@@ -20,6 +20,7 @@ RUNS = [
     ("mezo", "mezo", dict(lr=1e-3, eps=1e-3, parallel="data")),
     ("addax", "addax", dict(lr=1e-2, eps=1e-3, k0=4, k1=6, parallel="data")),
     ("directions", "mezo", dict(lr=1e-3, eps=1e-3, parallel="directions")),
+    ("mezo-blocks", "mezo", dict(lr=1e-3, eps=1e-3, parallel="data", blocks="layers")),
     ("adam", "adam", dict(lr=1e-3, parallel="data")),
     ("ipsgd", "ipsgd", dict(lr=1e-2, parallel="data")),
     ("pike", "sgd", dict(lr=3e-2, mixer="pike", parallel="data")),

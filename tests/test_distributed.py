@@ -55,7 +55,8 @@ def single_process(name, task):
     return h, net.state_dict()
 
 
-@pytest.mark.parametrize("name,weight_atol", [("mezo", 1e-5), ("addax", 1e-5), ("directions", 1e-5),
+@pytest.mark.parametrize("name,weight_atol", [("mezo", 1e-5), ("mezo-blocks", 1e-5), ("addax", 1e-5),
+                                              ("directions", 1e-5),
                                               ("adam", 1e-4), ("ipsgd", 1e-5), ("semi_dp", 1e-5),
                                               ("pike", 1e-5)])
 def test_two_ranks_equal_one_process(two_ranks, task, name, weight_atol):
