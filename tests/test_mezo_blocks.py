@@ -163,6 +163,11 @@ def test_fit_refuses_layer_blocks_where_they_cannot_apply(tiny_task):
         _fit(model, tiny_task, 1, blocks="layers", length_pieces=2)
     with pytest.raises(ValueError, match="n_perturb=2"):
         _fit(model, tiny_task, 1, blocks="layers", n_perturb=2)
+    frozen, _ = load_model("tiny-opt", size="1m", num_labels=2, seed=0)
+    for p in find_layer_stack(frozen).parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="one block and nothing to cache"):
+        _fit(frozen, tiny_task, 1, blocks="layers")
     linear = torch.nn.Linear(30, 2)
     with pytest.raises(ValueError, match="nn.ModuleList"):
         _fit(linear, load_task("tabular", dataset="breast_cancer"), 1, blocks="layers")
