@@ -6,9 +6,10 @@ A step perturbs one block, so the layers below it see the unperturbed weights in
 perturbed forwards: :class:`LayerCache` runs them once (``record``: the forward stops at the
 block's first layer, keeping that layer's input) and each perturbed forward starts there
 (``resume``: the layer stack is cut to the block's layer and above, and the kept hidden
-states replace the block layer's input). With the block chosen uniformly from L layers a
-step costs about (L + 1)/2 + L/2·… — on the 6-layer MiniLM 1.58 forwards' worth of layers
-instead of 2 (benchmarks/README.md, "Block-coordinate MeZO").
+states replace the block layer's input). A block starting at layer j of L costs j/L of a
+forward once and (L − j)/L twice: with the block drawn uniformly, 1.58 forwards' worth of
+layers a step on the 6-layer MiniLM instead of 2 (benchmarks/README.md, "Block-coordinate
+MeZO").
 
 The cut relies on the model running its layers one after another from a ``nn.ModuleList``
 and passing each one's output on as the next one's first input (BERT, OPT, GPT-2, Llama in
@@ -61,10 +62,8 @@ def layer_blocks(params: Sequence[torch.Tensor], stack: nn.ModuleList) -> tuple[
             layer_of[id(p)] = i
     blocks: dict[int, list[torch.Tensor]] = {}
     for p in params:
-        blocks.setdefault(max(layer_of.get(id(p), 0), 0), []).append(p)
+        blocks.setdefault(layer_of.get(id(p), 0), []).append(p)
     starts = sorted(blocks)
-    if 0 not in blocks:  # nothing trainable outside the later layers: the first block starts higher
-        pass
     return [blocks[s] for s in starts], starts
 
 
