@@ -102,6 +102,16 @@ def block_for_step(seed: int, step: int, n_blocks: int) -> int:
     return int(mix_seed(seed, step, -7) % n_blocks)
 
 
+def block_streams(streams: Sequence[Stream], block_of: Sequence[int], seed: int,
+                  step: int) -> tuple[list[Stream], float]:
+    """Block-coordinate MeZO's plan for step ``step`` (``block_of``: each parameter's block): the
+    streams of that step's block and the factor B on the rate — the one rule of
+    :meth:`MeZO.step <zoedu.optim.MeZO.step>` and :func:`~zoedu.optim.replay`."""
+    n_blocks = max(block_of) + 1
+    block = block_for_step(seed, step, n_blocks)
+    return [s for s in streams if block_of[s.param_index] == block], float(n_blocks)
+
+
 @dataclass(frozen=True, eq=False)
 class Stream:
     """One slice of one parameter: ``flat[start:stop]`` (or the whole tensor if not contiguous),

@@ -75,6 +75,7 @@ from ._perturb import (
     Perturber,
     Stream,
     block_for_step,
+    block_streams,
     direction_seed,
     masks_due,
     row_map,
@@ -410,9 +411,7 @@ class MeZO(torch.optim.Optimizer):
         t = self.step_count
         scale = 1.0
         if self.block_of is not None:  # block-coordinate: this step's block alone, at B times the rate
-            block = self.block_at(t)
-            streams = [st for st in streams if self.block_of[st.param_index] == block]
-            scale = float(self.n_blocks)
+            streams, scale = block_streams(streams, self.block_of, self.seed, t)
         self.step_count += 1
         group_lrs = [float(g["lr"]) for g in self.param_groups]
         calls = [0]          # closure calls so far

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ._perturb import Perturber, block_for_step, direction_seed, masks_due, sparse_masks
+from ._perturb import Perturber, block_streams, direction_seed, masks_due, sparse_masks
 from ..checks import non_negative
 from .estimators import UpdateRule
 
@@ -101,9 +101,7 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
     sparsity = float(log.get("sparsity", 0.0))  # Sparse MeZO: the masks of the base weights, as the run's,
     mask_every = int(log.get("mask_every", 0))   # re-chosen from the weights at the run's steps
     block_of = log.get("blocks")                  # block-coordinate MeZO: each step's block, at B× the rate
-    if block_of is not None:
-        block_of = [int(b) for b in block_of]
-        n_blocks = max(block_of) + 1
+    block_of = None if block_of is None else [int(b) for b in block_of]
 
     def make_perturber() -> Perturber:
         return Perturber(params, chunk=int(log["chunk"]), workers=workers,
@@ -132,9 +130,8 @@ def replay(params: Iterable[torch.Tensor], log: dict, *, lr: float | None = None
         lrs = [lr] * len(lrs) if lr is not None else lrs
         streams = perturber.plan({int(k): r.to(torch.int64) for k, r in rows.items()} if rows else None)
         if block_of is not None:
-            block = block_for_step(int(log["seed"]), t, n_blocks)
-            streams = [st for st in streams if block_of[st.param_index] == block]
-            lrs = [x * n_blocks for x in lrs]
+            streams, scale = block_streams(streams, block_of, int(log["seed"]), t)
+            lrs = [x * scale for x in lrs]
         fp = fused_passes if fused else None
 
         def add(seed, scale, fp=fp, streams=streams):
