@@ -130,7 +130,6 @@ def variance_curves(*, n_priv: int = 2000, n_pub: int = 200, d: int = 20,
         direction = rng.standard_normal(d)
         mu = direction / np.linalg.norm(direction) * (radius - spread) * (1 - 1e-9)
         errs = {label: np.empty(trials) for label, _, _ in VARIANCE_CHOICES}
-        weights = {}
         for t in range(trials):
             pub = _sphere_rows(rng, n_pub, mu, spread)
             if private_rows:

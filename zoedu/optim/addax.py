@@ -221,7 +221,7 @@ class Addax(torch.optim.Optimizer):
         perturbs and updates only those rows of ``param`` — the input-embedding rows the long
         part looks up (:func:`zoedu.optim.embedding_rows`); its loss does not read the others.
         """
-        alpha, eps = self.alpha, self.eps
+        alpha = self.alpha
         if alpha > 0 and zo_closure is None:
             raise ValueError(f"alpha={alpha} > 0 needs a zo_closure (forward pass on the long examples)")
         if alpha < 1 and fo_closure is None:
