@@ -5,8 +5,7 @@ Subcommands (each prints a markdown table and can write a CSV):
   synthetic [--synthetic-seeds N]      the synthetic K-task conflict sweep (seed 0; or N seeds)
   sweep --seed S [--mixtures "w;w;..."] fixed mixtures on a scenario: where is the best one?
   mixers --seeds 0,1,2 [--mixers ...] [--best w]   uniform, proportional, best fixed (static),
-                                       PiKE, Balanced-PiKE, round-robin, random-task;
-                                       [--streams per-domain]: common random numbers across mixers
+                                       PiKE, Balanced-PiKE, round-robin, random-task
   noise                                the PiKE score's noise from each statistics estimator
 
 Scenario: ``--domains`` (default ``SCENARIO_DOMAINS``: prose, code, noise, duplicated,
@@ -56,8 +55,6 @@ def main() -> None:
     parser.add_argument("--pike-options", default=None,
                         help="JSON options for pike and balanced-pike over PIKE_DEFAULTS, e.g. "
                              "'{\"precondition\": \"none\"}'")
-    parser.add_argument("--streams", default="shared", choices=("shared", "per-domain"),
-                        help="mixers: the training examples' randomness, for every mixer (MixedBatchSource)")
     parser.add_argument("--synthetic-seeds", type=int, default=0)
     parser.add_argument("--csv", default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -113,9 +110,6 @@ def main() -> None:
             extra = json.loads(args.pike_options)
             for m in ("pike", "balanced-pike"):
                 options[m] = {**options.get(m, {}), **extra}
-        if args.streams != "shared":
-            for m in mixers:
-                options[m] = {**options.get(m, {}), "streams": args.streams}
         frames = []
         for seed in seeds:
             r = pretrain_multidomain(mixers, seed=seed, device="cpu", mixer_options=options, **config)

@@ -116,50 +116,6 @@ def test_mixer_bad_input(model, corpus, sentiment):
         _fit(model, sentiment, "pcgrad", steps=1)
 
 
-def _examples_by_domain(model, corpus, mixer, steps=6):
-    """Run ``fit`` with ``mixer`` and return, per domain, the training examples in the order seen."""
-    seen = []
-    batch = corpus.batch
-
-    def recording(split, indices):
-        if split == "train":
-            seen.extend(int(i) for i in indices)
-        return batch(split, indices)
-
-    corpus.batch = recording
-    try:
-        _fit(model, corpus, mixer=mixer, steps=steps, batch_size=8)
-    finally:
-        del corpus.batch
-    dom = corpus.domain_of("train")
-    return [[i for i in seen if dom[i] == k] for k in range(len(DOMAINS))]
-
-
-def test_per_domain_streams_give_every_mixer_the_same_examples_of_a_domain(gpt2, corpus):
-    import copy
-
-    def run(weights, streams):
-        return _examples_by_domain(copy.deepcopy(gpt2), corpus, MixedBatchSource(Static(weights), streams=streams))
-
-    a = run([0.5, 0.25, 0.25, 0.0], "per-domain")
-    b = run([0.25, 0.25, 0.25, 0.25], "per-domain")
-    sizes = [12, 12, 8, 6]
-    for k in range(3):                         # domain k's examples arrive in one order under both mixers,
-        n = min(len(a[k]), len(b[k]))          # only faster or slower
-        assert n > 0 and a[k][:n] == b[k][:n]
-        # in epochs: every example once before any twice
-        for seq in (a[k], b[k]):
-            for start in range(0, len(seq) - sizes[k] + 1, sizes[k]):
-                assert sorted(seq[start:start + sizes[k]]) == sorted(set(seq[start:start + sizes[k]]))
-    assert len(a[0]) == 2 * len(b[0]) and a[3] == [] and len(b[3]) == 12
-    # the shared stream: the prose that both mixers draw differs once their counts do
-    c = run([0.5, 0.25, 0.25, 0.0], "shared")
-    d = run([0.25, 0.25, 0.25, 0.25], "shared")
-    assert c[1][:12] != d[1][:12]
-    with pytest.raises(ValueError, match="streams='each'.*allowed: shared, per-domain"):
-        MixedBatchSource("uniform", streams="each")
-
-
 # --------------------------------------------------------------------------- experiments
 def test_task_directions_have_the_requested_cosine():
     from zoedu.experiments.mixing import task_directions

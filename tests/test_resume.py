@@ -377,32 +377,6 @@ def test_fit_resumes_a_pike_mixer_bit_for_bit(tokenizer, tmp_path):
               _fit_run(corpus, make, "adam", tmp_path, split=3, mixer=mixer, lr=3e-3))
 
 
-def test_fit_resumes_per_domain_streams_bit_for_bit_and_refuses_shared_ones(tokenizer, tmp_path):
-    from zoedu.mixing import MixedBatchSource
-    from zoedu.models import load_model
-    from zoedu.tasks import load_task
-    from zoedu.train import fit
-
-    # 6 arithmetic examples, 2–3 a step: the split falls inside an epoch of its stream
-    corpus = load_task("multidomain", tokenizer=tokenizer, n_train={"prose": 12, "code": 12, "rot13": 8,
-                                                                    "arithmetic": 6}, n_validation=2, max_length=16)
-
-    def make():
-        return load_model("tiny-gpt2", size="1m", seed=0)[0]
-
-    def mixer():
-        return MixedBatchSource("pike", stats_every=2, update_every=2, streams="per-domain")
-
-    _same_run(_fit_run(corpus, make, "adam", tmp_path, mixer=mixer, lr=3e-3),
-              _fit_run(corpus, make, "adam", tmp_path, split=3, mixer=mixer, lr=3e-3))
-    path = tmp_path / "streams.ckpt"
-    fit(make(), corpus, "adam", steps=2, lr=3e-3, quiet=True, track_memory=False, checkpoint=path,
-        mixer=MixedBatchSource("uniform", streams="per-domain"))
-    with pytest.raises(ValueError, match="streams='per-domain'"):
-        fit(make(), corpus, "adam", steps=4, lr=3e-3, quiet=True, track_memory=False, resume=path,
-            mixer=MixedBatchSource("uniform"))
-
-
 def test_fit_resume_refuses_another_run(tmp_path):
     from zoedu.tasks import load_task
     from zoedu.train import fit

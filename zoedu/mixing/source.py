@@ -4,8 +4,7 @@
 timed step) and ``after_step(ctx, step, out)`` (after it). The source
 
 1. asks its sampler (or PiKE) for per-task counts summing to ``ctx.batch_size``, draws that
-   many examples of each domain with ``ctx.rng`` (or, with ``streams="per-domain"``, with
-   the domain's own generator) and builds one batch on their union;
+   many examples of each domain with ``ctx.rng`` and builds one batch on their union;
 2. records each domain's mean training loss *of that batch* without an extra forward pass:
    ``ctx.loss`` hands it the per-example losses the method computes anyway
    (:meth:`MixedBatchSource.record_losses`), split by ``batch["domain"]``;
@@ -43,15 +42,6 @@ Better statistics at no or little cost (``smoothing``, ``tilt_losses``):
   already scales down (its own, frequently large ones) no longer looks worth more. Optimizers
   without second moments (SGD, IP-SGD, MeZO) and steps before the first update use P = I.
 
-Comparing mixers (``streams``): with one shared stream, the first step at which two mixers'
-counts differ — or at which one of them draws statistics — shifts every later draw, so two
-runs from one seed see different examples in a different order from then on, and their
-losses differ by that luck as well as by their weights (on ``multidomain``: 0.05–0.14 nats of
-average validation loss between two uniform-weight runs). ``streams="per-domain"`` gives each
-domain its own generator: the examples of a domain arrive in the same order under every
-mixer, only faster or slower — common random numbers, the usual way to compare two
-simulated policies on the same randomness.
-
 Columns added to the History (one per domain ``d``): ``loss/d`` (training loss of the
 step's batch, NaN if the domain was absent), ``count/d`` (its examples in the batch),
 ``weight/d`` (the mixing weight the batch was drawn with); at statistics steps
@@ -76,7 +66,6 @@ from .stats import task_gradient_stats
 TILT_LOSSES = ("stats", "train")
 PRECONDITION = ("none", "optimizer")
 SCORE_NOISE = ("bound", "measured")
-STREAMS = ("shared", "per-domain")
 _AVERAGED = 5  # rows of the statistics' running average: ĝ, σ̂², losses, tr Σ², μᵀΣμ
 MIXERS = ("uniform", "proportional", "static", "round-robin", "random-task", "pike", "balanced-pike")
 
@@ -128,14 +117,6 @@ class MixedBatchSource:
             (in the optimizer's preconditioned coordinates, module docstring).
         score_noise: ``"bound"`` or ``"measured"``, the noise model of PiKE's noise-aware step
             (module docstring); ``"measured"`` needs the groups estimator with ``n_groups`` ≥ 4.
-        streams: where the training examples' randomness comes from. ``"shared"`` (the
-            default): ``fit``'s ``rng``, one stream for every domain and for the statistics'
-            draws; each batch drawn without replacement. ``"per-domain"``: each domain's
-            examples come in epochs (a permutation of the domain's examples, then another),
-            drawn by its own generator seeded by ``fit``'s seed and the domain's index, so the
-            n-th example a run sees of a domain is the same whatever the mixer — common random
-            numbers: two mixers' runs from one seed then differ by their weights, not by the
-            luck of the draw (module docstring).
         **mixer_options: passed to the mixer when it is given by name (e.g. ``zeta1``, ``tau``).
     """
 
@@ -143,7 +124,7 @@ class MixedBatchSource:
                  stats_batch_size: int | None = None, variance: str = "groups", n_groups: int = 4,
                  require_all: bool = False, smoothing: float = 0.0, tilt_losses: str = "stats",
                  loss_smoothing: float = 0.9, precondition: str = "none", score_noise: str = "bound",
-                 streams: str = "shared", **mixer_options):
+                 **mixer_options):
         if stats_every is not None and (isinstance(stats_every, bool) or not isinstance(stats_every, int)
                                         or stats_every < 1):
             raise ValueError(f"stats_every={stats_every!r} must be None or a positive integer")
@@ -163,9 +144,6 @@ class MixedBatchSource:
             raise ValueError(f"score_noise='measured' estimates tr Σ² from at least 4 group gradients: it needs "
                              f"variance='groups' and n_groups ≥ 4 (got variance={variance!r}, n_groups={n_groups!r})")
         self.score_noise = score_noise
-        if streams not in STREAMS:
-            raise ValueError(f"streams={streams!r} is unknown; allowed: {', '.join(STREAMS)}")
-        self.streams = streams
         self.smoothing, self.tilt_losses, self.loss_smoothing = float(smoothing), tilt_losses, float(loss_smoothing)
         if mixer_options and not isinstance(mixer, str):
             raise ValueError(f"mixer options {sorted(mixer_options)} only apply to a mixer given by name")
@@ -211,26 +189,7 @@ class MixedBatchSource:
         self._weights = self.mixer.weights
         self._avg = None                      # EMA state of (ĝ, σ̂², losses, tr Σ², μᵀΣμ), its weight sums
         self._train_loss = np.full(K, np.nan)  # EMA of the training-batch losses per domain
-        # per-domain streams: domain k's examples in epochs, each a permutation of its pool drawn by
-        # its own generator (from fit's seed and k); "shared" draws every batch with ctx.rng
-        self._domain_rngs = ([np.random.default_rng([int(ctx.seed), k, 0x6D6978]) for k in range(K)]
-                             if self.streams == "per-domain" else None)
-        self._epochs = [np.empty(0, dtype=np.int64) for _ in range(K)]  # the current permutation of each pool
-        self._cursors = [0] * K                                         # how much of it is used
         return self
-
-    def _next_of_domain(self, k: int, c: int) -> np.ndarray:
-        """The next ``c`` examples of domain ``k``'s own stream (``streams="per-domain"``)."""
-        out = []
-        while c > 0:
-            if self._cursors[k] == self._epochs[k].size:
-                self._epochs[k] = self._domain_rngs[k].permutation(self.pools[k])
-                self._cursors[k] = 0
-            take = min(c, self._epochs[k].size - self._cursors[k])
-            out.append(self._epochs[k][self._cursors[k]:self._cursors[k] + take])
-            self._cursors[k] += take
-            c -= take
-        return np.concatenate(out)
 
     def record_losses(self, batch: dict, losses: torch.Tensor) -> None:
         """``FitContext.loss``'s hook: keep each domain's mean loss on this batch."""
@@ -254,11 +213,8 @@ class MixedBatchSource:
         if counts.sum() != ctx.batch_size or np.any(counts < 0):
             raise RuntimeError(f"mixer {self.mixer!r} returned counts {counts.tolist()} that do not sum to "
                                f"the batch size {ctx.batch_size}")
-        if self._domain_rngs is not None:
-            chosen = [self._next_of_domain(k, int(c)) for k, c in enumerate(counts) if c > 0]
-        else:
-            chosen = [ctx.rng.choice(pool, size=int(c), replace=bool(c > pool.size))
-                      for pool, c in zip(self.pools, counts) if c > 0]
+        chosen = [ctx.rng.choice(pool, size=int(c), replace=bool(c > pool.size))
+                  for pool, c in zip(self.pools, counts) if c > 0]
         self._counts = counts
         self._weights = self.mixer.weights
         self._task_losses = {}
@@ -361,18 +317,13 @@ class MixedBatchSource:
 
     def state_dict(self) -> dict:
         """The source's running state (step, averages, per-domain losses) and its mixer's
-        ``state_dict()``; the batches' randomness is ``fit``'s ``rng``, saved with the run, or
-        with ``streams="per-domain"`` the domains' generators, saved here."""
+        ``state_dict()``; the batches' randomness is ``fit``'s ``rng``, saved with the run."""
         import copy
 
         if self.mixer is None:
             raise ValueError("MixedBatchSource.state_dict: bind it first (fit does)")
-        state = {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}
-        if self._domain_rngs is not None:
-            state["domain_streams"] = {"rngs": [g.bit_generator.state for g in self._domain_rngs],
-                                       "epochs": copy.deepcopy(self._epochs), "cursors": list(self._cursors)}
-        return {"mixer": self.mixer.state_dict(), "stats_every": self.stats_every, "streams": self.streams,
-                "state": state}
+        return {"mixer": self.mixer.state_dict(), "stats_every": self.stats_every,
+                "state": {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         import copy
@@ -381,19 +332,11 @@ class MixedBatchSource:
 
         if self.mixer is None:
             raise ValueError("MixedBatchSource.load_state_dict: bind it first (fit does)")
-        same_config("MixedBatchSource", {"stats_every": state_dict["stats_every"],
-                                         "streams": state_dict.get("streams", "shared")},
-                    {"stats_every": self.stats_every, "streams": self.streams})
+        same_config("MixedBatchSource", {"stats_every": state_dict["stats_every"]}, {"stats_every": self.stats_every})
         self.mixer.load_state_dict(state_dict["mixer"])
         for k, v in state_dict["state"].items():
             if k in self._STATE:
                 setattr(self, k, copy.deepcopy(v))
-        streams = state_dict["state"].get("domain_streams")
-        if streams is not None and self._domain_rngs is not None:
-            for g, st in zip(self._domain_rngs, streams["rngs"]):
-                g.bit_generator.state = copy.deepcopy(st)
-            self._epochs = copy.deepcopy(streams["epochs"])
-            self._cursors = list(streams["cursors"])
         if self._avg is not None and len(self._avg[0]) < _AVERAGED:
             # a checkpoint from before tr Σ² and μᵀΣμ were averaged: those rows are unknown (NaN) so far
             m = self._avg[0]
