@@ -16,7 +16,7 @@
     python benchmarks/bench_prompt.py share --max-length 32 --steps 512 --seeds 0,1,2  # why Sparse MeZO: ‖∇L‖² on small weights
     python benchmarks/bench_prompt.py forwards --steps 20 --max-length 32  # fp32/bf16 x whole/length pieces
     python benchmarks/bench_prompt.py examples --steps 32 --max-length 32 --train-max-length 16 \
-        --threads 2                                        # robust means of the batch, importance sampling
+        --seeds 0                                          # robust means of the batch, importance sampling
     python benchmarks/bench_prompt.py goal --steps 300 --every 50 --lrs 1e-4 --batch-size 64 --max-length 32 --seeds 0
     python benchmarks/bench_prompt.py goal --steps 240 --every 80 --lrs 3e-4 --max-length 32 --heads prompt \
         --sparsity 0.5 --seeds 0                          # Sparse MeZO: the smallest half of each tensor
@@ -39,7 +39,9 @@ appended to ``--csv`` as it happens.
 model and, in the same number of steps and batch, MeZO with a fresh linear head (the
 ablation), one torch thread per process so that CPU seconds are the budget (run seeds as
 parallel processes). ``noise`` measures the gradient noise scale behind MeZO's batch of 64;
-``forwards`` what a step costs in bf16 and in length pieces, and how far g moves.
+``forwards`` what a step costs in bf16 and in length pieces, and how far g moves; ``examples``
+whether a robust mean of the batch's per-review projected gradients, or importance sampling of
+the reviews, would buy MeZO a better step than the plain mean.
 
 Every run: ``sentiment`` (2000 training reviews, ``max_length`` 64 unless ``--max-length``),
 batch 16 (``goal``: ``--batch-size``; ``addax``: each method's default), 400 validation
@@ -450,7 +452,7 @@ def _forwards(args) -> pd.DataFrame:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=("ablation", "lr", "addax", "long", "goal", "noise", "forwards", "share",
-                                        "examples"))
+                                    "examples"))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", default="0")
     p.add_argument("--max-length", type=int, default=64)
