@@ -354,7 +354,10 @@ def _examples(args) -> pd.DataFrame:
     uniform = np.array([rng.choice(n, b, replace=False) for _ in range(draws)])
 
     def clip(c):
-        return lambda x: np.clip(x, -c * np.median(np.abs(x)), c * np.median(np.abs(x))).mean()
+        def f(x):
+            bound = c * np.median(np.abs(x))
+            return np.clip(x, -bound, bound).mean()
+        return f
 
     def trim(q):
         return lambda x: np.sort(x)[int(round(q * len(x))):len(x) - int(round(q * len(x)))].mean()

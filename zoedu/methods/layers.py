@@ -52,7 +52,7 @@ def layer_blocks(params: Sequence[torch.Tensor], stack: nn.ModuleList) -> tuple[
     """Partition ``params`` by layer: block 0 holds every parameter outside layers 1…L−1 (the
     embeddings, layer 0, heads, final norms), then one block per later layer that has
     trainable parameters. Returns the blocks and the layer each block starts at (0 for the
-    first: its step runs whole forwards)."""
+    first: its step runs whole forwards); a ValueError when that leaves one block."""
     layer_of: dict[int, int] = {}
     for i, layer in enumerate(stack):
         for p in layer.parameters():
@@ -64,6 +64,10 @@ def layer_blocks(params: Sequence[torch.Tensor], stack: nn.ModuleList) -> tuple[
     for p in params:
         blocks.setdefault(layer_of.get(id(p), 0), []).append(p)
     starts = sorted(blocks)
+    if len(starts) < 2:
+        raise ValueError("blocks='layers': every trainable parameter lies outside layers 1… of the stack (a "
+                         "frozen model with prefix or prompt tuning, a head alone), so there is one block and "
+                         "nothing to cache; use blocks=None")
     return [blocks[s] for s in starts], starts
 
 

@@ -155,10 +155,6 @@ def make_mezo(ctx, *, eps: float = 1e-3, weight_decay: float = 0.0, n_perturb: i
                              f"per transformer layer) or None (dense MeZO)")
         layers = find_layer_stack(ctx.model)
         param_blocks, starts = layer_blocks(params, layers)
-        if len(param_blocks) < 2:
-            raise ValueError("blocks='layers': every trainable parameter lies outside layers 1… of the stack (a "
-                             "frozen model with prefix or prompt tuning, a head alone), so there is one block and "
-                             "nothing to cache; use blocks=None")
     opt = MeZO(params, lr=ctx.lr, eps=eps, weight_decay=weight_decay, n_perturb=n_perturb,
                estimator=estimator, one_sided=one_sided, seed=ctx.seed, exact_restore=exact_restore,
                workers=workers, directions=directions, blocks=param_blocks, **options)
